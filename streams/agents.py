@@ -1,0 +1,284 @@
+"""What the worker does with each message. Plain async code, bound to Faust in streams/app.py.
+
+Data path:
+  content          -> parse -> encode (encoders/) -> upsert into Qdrant (ranking/store.py)
+  user-events      -> parse -> item vectors from Qdrant -> update the user's state in the
+                      users Table (ranking/state.py) -> recommend (ranking/recommender.py)
+                      -> recommendations; and -> item-activity (repartitioned by item)
+  item-activity    -> item's decayed popularity (trend) in the items Table -> Qdrant payload
+  recommendation-requests -> recommend from the current state -> recommendations
+Failures: bad input -> dead-letters (with reason and original bytes) and go on; a dependency
+that is down -> retry with backoff, offset not committed meanwhile; anything else is a bug ->
+the worker crashes loudly and the supervisor restarts it (nothing acked is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import orjson
+
+from encoders.base import Encoder
+from encoders.text import item_text
+from ranking.recommender import Recommender, now_ms
+from ranking.state import UserState, apply_event, event_weight
+from ranking.store import NO_TREND, ItemRecord, ItemStore, StoredItem, trend_after
+from streams import schemas
+from streams.schemas import BadInput
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Sink(Protocol):
+    """Where output goes: a Faust topic in the worker, a list in unit tests."""
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Msg:
+    """The parts of a Kafka message the handlers need (from faust's ``event.message``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...]
+try:  # qdrant-client raises these when the server is unreachable or overloaded
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException
+
+    TRANSIENT_ERRORS = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
+except ImportError:  # pragma: no cover
+    TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
+
+
+async def retrying(op: Callable[[], Awaitable[T]], what: str, max_delay_s: float = 30.0) -> T:
+    """Retry a dependency call until it works. Blocking the partition is the point: the offset
+    is not committed, so nothing is skipped while Qdrant is away."""
+    delay = 0.1
+    while True:
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay_s)
+
+
+class Handlers:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ItemStore,
+        encoders: Mapping[str, Encoder[str]],
+        recommender: Recommender,
+        users: MutableMapping[str, bytes],
+        item_trends: MutableMapping[str, float],
+        recommendations: Sink,
+        dead_letters: Sink,
+        item_activity: Sink,
+    ):
+        self.settings = settings
+        self.store = store
+        self.encoders = dict(encoders)
+        self.recommender = recommender
+        self.users = users
+        self.item_trends = item_trends
+        self.recommendations = recommendations
+        self.dead_letters = dead_letters
+        self.item_activity = item_activity
+        r = settings.ranking
+        self.half_life_ms = r.interest_half_life_hours * 3_600_000
+        self.trend_half_life_ms = r.trending_half_life_hours * 3_600_000
+        self._pending_trends: dict[str, float] = {}
+        # onnxruntime releases the GIL: encode off the event loop, one batch at a time.
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
+
+    async def dead_letter(self, msg: Msg, error: str) -> None:
+        log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
+        value = schemas.dead_letter(
+            source_topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            error=error,
+            payload=msg.value,
+            key=msg.key,
+            ts=now_ms(),
+        )
+        await self.dead_letters.send(key=msg.key, value=schemas.dumps(value))
+
+    # -- content ----------------------------------------------------------------------------
+    async def on_content(self, batch: Sequence[Msg]) -> None:
+        """A micro-batch of content messages: one encoder call and one upsert for all."""
+        latest: dict[str, tuple[Msg, schemas.ContentItem]] = {}
+        for msg in batch:
+            try:
+                item = schemas.parse_content(msg.value, self.settings.max_message_bytes)
+            except BadInput as exc:
+                await self.dead_letter(msg, str(exc))
+                continue
+            latest.pop(item.item_id, None)  # keep the newest version, in arrival order
+            latest[item.item_id] = (msg, item)
+        deleted = [i for i, (_, it) in latest.items() if it.deleted]
+        live = [it for _, it in latest.values() if not it.deleted]
+        records = await self._encode(live)
+        await retrying(lambda: self.store.upsert(records), "Qdrant upsert")
+        await retrying(lambda: self.store.delete(deleted), "Qdrant delete")
+        if records or deleted:
+            log.info("content: %d items stored, %d deleted", len(records), len(deleted))
+
+    async def _encode(self, items: Sequence[schemas.ContentItem]) -> list[ItemRecord]:
+        vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
+        text_idx = [i for i, it in enumerate(items) if it.has_text()]
+        encoder = self.encoders.get("text")
+        if text_idx and encoder is not None:
+            texts = [item_text(items[i].title, items[i].description, items[i].tags) for i in text_idx]
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self._encode_pool, encoder.encode, texts)
+            for row, i in enumerate(text_idx):
+                vectors[i]["text"] = out[row]
+        return [
+            ItemRecord(
+                item_id=it.item_id,
+                vectors=vectors[i],
+                title=it.title,
+                tags=tuple(it.tags or ()),
+                published_at=it.published_at,
+                kind=str((it.attributes or {}).get("kind")) if (it.attributes or {}).get("kind") else None,
+            )
+            for i, it in enumerate(items)
+        ]
+
+    # -- user events -------------------------------------------------------------------------
+    def load_state(self, user_id: str) -> UserState:
+        raw = self.users.get(user_id)
+        return UserState.from_bytes(raw) if raw is not None else UserState()
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
+        except BadInput as exc:
+            await self.dead_letter(msg, str(exc))
+            return
+        state = self.load_state(event.user_id)
+        r = self.settings.ranking
+        duplicate = state.is_duplicate(msg.partition, msg.offset, event.event_id)
+        wanted = [event.item_id, *(i for i, _ in state.recent_positive)]
+        items = await retrying(lambda: self.store.get(wanted), "Qdrant retrieve")
+        item = items.get(event.item_id)
+        if not duplicate:
+            if item is None:
+                await self.dead_letter(
+                    msg, f"unknown item: no item {event.item_id!r} in the catalog (never "
+                    "published, deleted, or not indexed yet)"
+                )
+                return
+            state = apply_event(
+                state,
+                item_id=event.item_id,
+                item_title=item.title,
+                item_vectors=item.vectors,
+                event_type=event.type,
+                ts=event.ts,
+                value=event.value,
+                weights=r.event_weights,
+                half_life_ms=self.half_life_ms,
+                partition=msg.partition,
+                offset=msg.offset,
+                event_id=event.event_id,
+                dedupe_window=r.dedupe_window,
+                recent_positive=r.recent_positive,
+            )
+            self.users[event.user_id] = state.to_bytes()
+            w = event_weight(event.type, event.value, r.event_weights)
+            if w > 0:
+                await self.item_activity.send(
+                    key=event.item_id.encode(),
+                    value=orjson.dumps({"item_id": event.item_id, "w": w, "ts": event.ts}),
+                )
+        anchors = [items[i] for i, _ in state.recent_positive if i in items]
+        await self._emit(
+            event.user_id, state, r.k, anchors=anchors, trigger=event.event_id, source_ts=event.ts
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            req = schemas.parse_request(msg.value, self.settings.max_message_bytes)
+        except BadInput as exc:
+            await self.dead_letter(msg, str(exc))
+            return
+        state = self.load_state(req.user_id)
+        ids = [i for i, _ in state.recent_positive]
+        anchors = list((await retrying(lambda: self.store.get(ids), "Qdrant retrieve")).values())
+        k = min(req.k or self.settings.ranking.k, self.settings.ranking.max_k)
+        await self._emit(
+            req.user_id, state, k, anchors=anchors, trigger=req.request_id, source_ts=req.ts,
+            request_id=req.request_id,
+        )
+
+    async def _emit(
+        self,
+        user_id: str,
+        state: UserState,
+        k: int,
+        *,
+        anchors: Sequence[StoredItem],
+        trigger: str | None,
+        source_ts: int | None,
+        request_id: str | None = None,
+    ) -> None:
+        ranked = await retrying(
+            lambda: self.recommender.recommend(state, k, anchors=anchors), "Qdrant query"
+        )
+        value = schemas.recommendation(
+            user_id=user_id,
+            items=[r.to_wire() for r in ranked],
+            trigger=trigger,
+            source_ts=source_ts,
+            generated_at=now_ms(),
+            model_version=self.settings.model_version,
+            request_id=request_id,
+        )
+        await self.recommendations.send(key=user_id.encode(), value=schemas.dumps(value))
+
+    # -- item activity (internal, keyed by item id) -------------------------------------------
+    async def on_item_activity(self, msg: Msg) -> None:
+        """Fold one interaction into the item's trend (Table, exact); the Qdrant copy is
+        written in batches by :meth:`flush_trends`."""
+        try:
+            a = orjson.loads(msg.value or b"")
+            item_id, w, ts = str(a["item_id"]), float(a["w"]), int(a["ts"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            await self.dead_letter(msg, f"invalid item-activity record: {exc}")
+            return
+        old = self.item_trends.get(item_id)
+        new = trend_after(NO_TREND if old is None else old, w, ts, self.trend_half_life_ms)
+        self.item_trends[item_id] = new
+        self._pending_trends[item_id] = new
+        if len(self._pending_trends) >= 500:
+            await self.flush_trends()
+
+    async def flush_trends(self) -> None:
+        """Copy changed trends to Qdrant (called per 500 changes and by a timer). A crash may
+        lose the last interval's copy, not the trend itself: the Table holds it, and the item's
+        next interaction writes it again."""
+        pending, self._pending_trends = self._pending_trends, {}
+        await retrying(lambda: self.store.set_trends(pending), "Qdrant set_payload")
+
+    def close(self) -> None:
+        self._encode_pool.shutdown(wait=False)

@@ -1,0 +1,200 @@
+"""Build the Faust app: topics, tables and agents, bound to the handlers in one place.
+
+Nothing here runs at import time: ``build_app(settings, ...)`` returns a fresh app, so tests
+and several workers in one test run each get their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from encoders.base import Encoder
+from ranking.ranker import RankParams
+from ranking.recommender import Recommender
+from ranking.store import ItemStore
+from streams.agents import Handlers, Msg
+from streams.settings import Settings
+from streams.transport import RecstreamApp
+
+log = logging.getLogger(__name__)
+
+TANSU_FETCH_MAX_WAIT_MS = 10
+TREND_FLUSH_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    content: str
+    events: str
+    requests: str
+    recommendations: str
+    dead_letters: str
+    item_activity: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TopicNames:
+        k = s.kafka
+        return cls(
+            content=k.topic(k.content_topic),
+            events=k.topic(k.events_topic),
+            requests=k.topic(k.requests_topic),
+            recommendations=k.topic(k.recommendations_topic),
+            dead_letters=k.topic(k.dead_letters_topic),
+            item_activity=k.topic(f"{s.app_id}-item-activity"),
+        )
+
+    def all(self) -> list[str]:
+        return list(vars(self).values())
+
+
+def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
+    """Faust settings; the Tansu workarounds (see README) apply only when flavor == 'tansu'."""
+    k = settings.kafka
+    conf: dict[str, Any] = {
+        "broker": f"kafka://{k.bootstrap_servers}",
+        "store": "memory://",
+        "topic_partitions": k.partitions,
+        "topic_replication_factor": k.replication_factor,
+        "processing_guarantee": k.processing_guarantee,
+        "consumer_auto_offset_reset": "earliest",
+        "web_enabled": settings.web_enabled,
+        "web_port": settings.web_port,
+        "stream_recovery_delay": 0.0,
+    }
+    if k.security_protocol != "PLAINTEXT":
+        import ssl
+
+        ssl_ctx = ssl.create_default_context() if "SSL" in k.security_protocol else None
+        if k.sasl_username:
+            conf["broker_credentials"] = faust.SASLCredentials(
+                username=k.sasl_username,
+                password=k.sasl_password or "",
+                mechanism=k.sasl_mechanism,
+                ssl_context=ssl_ctx,
+            )
+        elif ssl_ctx is not None:
+            conf["broker_credentials"] = ssl_ctx
+    if flavor == "tansu":
+        if k.processing_guarantee == "exactly_once":
+            raise ValueError("exactly_once needs idempotent producers, which Tansu lacks")
+        conf.update(
+            # Tansu under-reports the high watermark after a multi-record batch, and table
+            # recovery stops there: one record per batch keeps the changelog exact.
+            producer_max_batch_size=1,
+            # Tansu joins groups slowly; short timeouts make a worker ready in ~3 s.
+            broker_session_timeout=2.0,
+            broker_rebalance_timeout=2.0,
+            broker_heartbeat_interval=0.5,
+        )
+    return conf
+
+
+def build_app(
+    settings: Settings,
+    *,
+    flavor: str,
+    store: ItemStore,
+    encoders: Mapping[str, Encoder[Any]],
+) -> tuple[faust.App, Handlers]:
+    k = settings.kafka
+    app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
+    app.fetch_max_wait_ms = k.fetch_max_wait_ms or (
+        TANSU_FETCH_MAX_WAIT_MS if flavor == "tansu" else None
+    )
+    names = TopicNames.from_settings(settings)
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=k.partitions,
+        )
+
+    content, events, requests = raw_topic(names.content), raw_topic(names.events), raw_topic(names.requests)
+    item_activity = raw_topic(names.item_activity)
+    # Changelog-backed tables: key = user id / item id (UTF-8), values in our own encodings.
+    users = app.Table(
+        "users",
+        schema=faust.Schema(
+            key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
+        partitions=k.partitions,
+    )
+    item_trends = app.Table(
+        "item-trends",
+        schema=faust.Schema(
+            key_type=str, value_type=float, key_serializer="raw", value_serializer="json"
+        ),
+        partitions=k.partitions,
+    )
+    r = settings.ranking
+    recommender = Recommender(
+        store,
+        RankParams(
+            popularity_weight=r.popularity_weight,
+            freshness_weight=r.freshness_weight,
+            freshness_half_life_ms=r.freshness_half_life_hours * 3_600_000,
+            trending_half_life_ms=r.trending_half_life_hours * 3_600_000,
+            modality_weights={"text": 1.0},
+        ),
+        candidate_factor=r.candidate_factor,
+    )
+    handlers = Handlers(
+        settings,
+        store=store,
+        encoders=encoders,
+        recommender=recommender,
+        users=users,
+        item_trends=item_trends,
+        recommendations=raw_topic(names.recommendations),
+        dead_letters=raw_topic(names.dead_letters),
+        item_activity=item_activity,
+    )
+
+    async def guarded(work: Awaitable[None]) -> None:
+        # Bad input never gets here (handlers dead-letter it). What does is a bug: crash
+        # loudly, un-acked, so the restarted worker processes the message again.
+        try:
+            await work
+        except Exception as exc:
+            log.exception("worker bug while processing a message; stopping the worker")
+            await app.crash(exc)
+            raise
+
+    def bind(topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]) -> None:
+        async def agent(stream: faust.StreamT) -> None:
+            if batch:
+                async for evs in stream.take_events(
+                    settings.encoder.batch_size, within=max(settings.encoder.batch_ms, 1) / 1000
+                ):
+                    await guarded(fn([_msg(e) for e in evs]))
+            else:
+                async for ev in stream.events():
+                    await guarded(fn(_msg(ev)))
+
+        agent.__name__ = agent.__qualname__ = name.replace("-", "_")
+        app.agent(topic, name=name)(agent)
+
+    bind(content, "content", True, handlers.on_content)
+    bind(events, "user-events", False, handlers.on_event)
+    bind(requests, "recommendation-requests", False, handlers.on_request)
+    bind(item_activity, "item-activity", False, handlers.on_item_activity)
+
+    @app.timer(TREND_FLUSH_INTERVAL_S)
+    async def flush_trends() -> None:
+        await guarded(handlers.flush_trends())
+
+    return app, handlers
+
+
+def _msg(event: faust.EventT) -> Msg:
+    m = event.message
+    return Msg(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value)

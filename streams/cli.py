@@ -1,0 +1,93 @@
+"""The ``recstream`` command.
+
+  recstream demo                 the whole system on one machine, no configuration
+  recstream broker [--port N]    the local development broker (Tansu)
+  recstream worker               the stream worker (settings from RECSTREAM_* variables)
+  recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
+  recstream tail TOPIC           print a topic's messages as they arrive
+  recstream models export        export the ONNX encoders into the model cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+
+from streams.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recstream", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run broker, worker, sample catalog and events; print recommendations")
+    d.add_argument("--users", type=int, default=8, help="simulated users (default 8)")
+    d.add_argument("--events", type=int, default=400, help="user events to send (default 400)")
+    d.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
+    d.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    b = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
+    b.add_argument("--port", type=int, default=9092)
+
+    sub.add_parser("worker", help="run the stream worker")
+
+    pr = sub.add_parser("produce", help="send JSON lines to a topic (key: the schema's key field)")
+    pr.add_argument("topic", help="topic name, e.g. content or user-events (prefix applied)")
+    pr.add_argument("file", nargs="?", help="JSON lines file (default: stdin)")
+    pr.add_argument("--key-field", help="field whose value is the message key (default: by topic)")
+
+    t = sub.add_parser("tail", help="print a topic's messages")
+    t.add_argument("topic")
+    t.add_argument("--from-beginning", action="store_true")
+    t.add_argument("--max", type=int, default=0, help="stop after N messages (0: never)")
+
+    m = sub.add_parser("models", help="model management")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    ex = msub.add_parser("export", help="export ONNX encoders (needs recstream[export])")
+    ex.add_argument("--model-dir", help="default: RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    if args.command == "worker":
+        from streams.worker import run_worker
+
+        run_worker(settings)
+        return 0
+    if args.command == "broker":
+        from streams.broker import run_forever
+
+        run_forever(args.port)
+        return 0
+    if args.command == "demo":
+        from streams.demo import run_demo
+
+        return run_demo(settings, users=args.users, events=args.events, rate=args.rate, quiet=args.quiet)
+    if args.command == "produce":
+        from streams.client import produce_lines
+
+        src = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+        with src:
+            n = asyncio.run(produce_lines(settings, args.topic, src, key_field=args.key_field))
+        print(f"sent {n} messages to {settings.kafka.topic(args.topic)}", file=sys.stderr)
+        return 0
+    if args.command == "tail":
+        from streams.client import tail
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.max))
+        return 0
+    if args.command == "models":
+        from encoders.export import main as export_main
+
+        model_dir = args.model_dir or str(settings.encoder.model_dir)
+        return export_main(["--model-dir", model_dir, "text"])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

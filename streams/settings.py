@@ -1,0 +1,144 @@
+"""One settings object for the whole service, read from ``RECSTREAM_*`` environment variables.
+
+Every section is its own ``BaseSettings`` with its own prefix, so the variable names are flat
+and predictable (``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS``, ``RECSTREAM_QDRANT_URL``...).
+Defaults run locally with no configuration at all. The README lists every field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "recstream"
+
+
+class KafkaSettings(BaseSettings):
+    """Broker connection and topic names. Env prefix ``RECSTREAM_KAFKA_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    # auto: ask the broker (Tansu answers cluster id "tansu_*"); Tansu workarounds apply only there.
+    flavor: Literal["auto", "tansu", "kafka"] = "auto"
+    # Start the bundled Tansu broker when nothing listens at the default address and
+    # bootstrap_servers was not set explicitly.
+    start_local_broker: bool = True
+    topic_prefix: str = ""
+    content_topic: str = "content"
+    events_topic: str = "user-events"
+    requests_topic: str = "recommendation-requests"
+    recommendations_topic: str = "recommendations"
+    dead_letters_topic: str = "dead-letters"
+    # Partitions of the keyed input topics (events and requests must match: they share the
+    # user table). Only used when recstream creates the topics.
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    # Consumer fetch wait in ms. None: Faust's 1500 on real Kafka (which answers a waiting
+    # fetch as soon as data arrives) and 10 on Tansu (which always waits the full time).
+    fetch_max_wait_ms: int | None = None
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+class QdrantSettings(BaseSettings):
+    """Vector store. Env prefix ``RECSTREAM_QDRANT_``. No url: embedded (qdrant-client local)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_QDRANT_", extra="ignore")
+
+    url: str | None = None
+    api_key: str | None = None
+    # Embedded store folder; ":memory:" keeps nothing. Unset: <data_dir>/qdrant.
+    path: str | None = None
+    collection: str = "recstream_items"
+    timeout_s: float = 10.0
+
+
+class EncoderSettings(BaseSettings):
+    """ONNX encoders. Env prefix ``RECSTREAM_ENCODER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_ENCODER_", extra="ignore")
+
+    # Where exported ONNX files live (never committed). Unset: ~/.cache/recstream/models.
+    model_dir: Path = Field(default_factory=lambda: _default_home() / "models")
+    # auto: CUDA when a GPU is really usable, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(default=0, ge=0)  # 0: onnxruntime decides
+    max_tokens: int = Field(default=128, ge=8, le=512)
+    # Content micro-batch: up to batch_size items or batch_ms milliseconds, whichever first.
+    batch_size: int = Field(default=32, ge=1)
+    batch_ms: int = Field(default=20, ge=0)
+
+
+class RankingSettings(BaseSettings):
+    """Online interest update and ranking. Env prefix ``RECSTREAM_RANKING_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_RANKING_", extra="ignore")
+
+    k: int = Field(default=10, ge=1, le=1000)
+    max_k: int = Field(default=100, ge=1)
+    # Event type -> weight of that event in the user's interest (negative pushes away).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 0.5,
+            "click": 1.0,
+            "like": 2.0,
+            "share": 3.0,
+            "complete": 2.0,
+            "skip": -0.5,
+            "dislike": -2.0,
+        }
+    )
+    # Interest decays with event time: a contribution halves every half_life_hours.
+    interest_half_life_hours: float = Field(default=72.0, gt=0)
+    # Item popularity ("trending") halves every trending_half_life_hours.
+    trending_half_life_hours: float = Field(default=24.0, gt=0)
+    # Final score = similarity + popularity_weight * popularity + freshness_weight * freshness.
+    popularity_weight: float = 0.15
+    freshness_weight: float = 0.10
+    freshness_half_life_hours: float = Field(default=48.0, gt=0)
+    # Candidates fetched per source = k * candidate_factor.
+    candidate_factor: int = Field(default=4, ge=1)
+    # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
+    dedupe_window: int = Field(default=64, ge=0)
+    recent_positive: int = Field(default=5, ge=1)
+
+
+class Settings(BaseSettings):
+    """Top level. Env prefix ``RECSTREAM_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore")
+
+    app_id: str = "recstream"
+    data_dir: Path = Field(default_factory=lambda: _default_home() / "data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Values larger than this (bytes) go to the dead-letter topic unparsed.
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    model_version: str = "recstream-0.1"
+    # Faust's web server (health, stats); off by default so several workers share a host.
+    web_enabled: bool = False
+    web_port: int = 6066
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    ranking: RankingSettings = Field(default_factory=RankingSettings)
+
+    def qdrant_location(self) -> str:
+        """Embedded store location: the configured path, or a folder under data_dir."""
+        if self.qdrant.path:
+            return self.qdrant.path
+        return str(self.data_dir / "qdrant")
