@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -36,10 +37,17 @@ class UserState:
     recent_event_ids: list[str] = field(default_factory=list)
     offsets: dict[int, int] = field(default_factory=dict)  # source partition -> last offset
 
-    # -- serialisation: compact JSON (vectors as base64 float32), used for the changelog --
+    # -- serialisation: a JSON-ready dict (vectors as base64 float32); the Faust table keeps
+    # -- it as is and writes it to the changelog as JSON.
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        return cls.from_dict(orjson.loads(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
                 "v": STATE_VERSION,
                 "interest": {
                     m: base64.b64encode(np.ascontiguousarray(vec, np.float32).tobytes()).decode()
@@ -53,11 +61,9 @@ class UserState:
                 "recent_event_ids": self.recent_event_ids,
                 "offsets": {str(p): o for p, o in self.offsets.items()},
             }
-        )
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> UserState:
-        d = orjson.loads(raw)
+    def from_dict(cls, d: Mapping[str, Any]) -> UserState:
         if d.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported user state version {d.get('v')!r}")
         return cls(
@@ -79,7 +85,11 @@ class UserState:
         return set(self.seen) | set(self.disliked)
 
     def is_duplicate(self, partition: int | None, offset: int | None, event_id: str | None) -> bool:
-        if partition is not None and offset is not None and offset <= self.offsets.get(partition, -1):
+        if (
+            partition is not None
+            and offset is not None
+            and offset <= self.offsets.get(partition, -1)
+        ):
             return True
         return event_id is not None and event_id in self.recent_event_ids
 
@@ -134,6 +144,8 @@ def apply_event(
     if w > POSITIVE_THRESHOLD:
         recent = [p for p in recent if p[0] != item_id] + [(item_id, item_title or item_id)]
         recent = recent[-recent_positive:]
+    elif w < 0:  # never explain a recommendation by an item the user has since rejected
+        recent = [p for p in recent if p[0] != item_id]
     event_ids = state.recent_event_ids
     if event_id is not None and dedupe_window:
         event_ids = [*event_ids, event_id][-dedupe_window:]

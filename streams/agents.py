@@ -86,7 +86,7 @@ class Handlers:
         store: ItemStore,
         encoders: Mapping[str, Encoder[str]],
         recommender: Recommender,
-        users: MutableMapping[str, bytes],
+        users: MutableMapping[str, dict[str, Any]],
         item_trends: MutableMapping[str, float],
         recommendations: Sink,
         dead_letters: Sink,
@@ -166,7 +166,7 @@ class Handlers:
     # -- user events -------------------------------------------------------------------------
     def load_state(self, user_id: str) -> UserState:
         raw = self.users.get(user_id)
-        return UserState.from_bytes(raw) if raw is not None else UserState()
+        return UserState.from_dict(raw) if raw is not None else UserState()
 
     async def on_event(self, msg: Msg) -> None:
         try:
@@ -203,7 +203,7 @@ class Handlers:
                 dedupe_window=r.dedupe_window,
                 recent_positive=r.recent_positive,
             )
-            self.users[event.user_id] = state.to_bytes()
+            self.users[event.user_id] = state.to_dict()
             w = event_weight(event.type, event.value, r.event_weights)
             if w > 0:
                 await self.item_activity.send(

@@ -120,21 +120,10 @@ def build_app(
 
     content, events, requests = raw_topic(names.content), raw_topic(names.events), raw_topic(names.requests)
     item_activity = raw_topic(names.item_activity)
-    # Changelog-backed tables: key = user id / item id (UTF-8), values in our own encodings.
-    users = app.Table(
-        "users",
-        schema=faust.Schema(
-            key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
-        partitions=k.partitions,
-    )
-    item_trends = app.Table(
-        "item-trends",
-        schema=faust.Schema(
-            key_type=str, value_type=float, key_serializer="raw", value_serializer="json"
-        ),
-        partitions=k.partitions,
-    )
+    # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
+    # string; value: UserState.to_dict() / the item's trend as a number).
+    users = app.Table("users", key_type=str, partitions=k.partitions)
+    item_trends = app.Table("item-trends", key_type=str, value_type=float, partitions=k.partitions)
     r = settings.ranking
     recommender = Recommender(
         store,

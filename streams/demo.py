@@ -199,7 +199,7 @@ async def _drive(
                                        + log_path.read_text()[-3000:])
                 try:
                     topic, v, _ = await asyncio.wait_for(inbox.get(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     topic, v = "", {}
                 if topic and pred(topic, v):
                     return v
@@ -259,7 +259,7 @@ async def _drive(
                 while len(lat) < until_n and time.monotonic() < deadline:
                     try:
                         topic, v, at = await asyncio.wait_for(inbox.get(), 0.2)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if topic == k.topic(k.dead_letters_topic):
                         dead.append(v)

@@ -19,6 +19,10 @@ EVENT_TYPES = ("view", "click", "like", "share", "complete", "skip", "dislike")
 EventType = Literal["view", "click", "like", "share", "complete", "skip", "dislike"]
 
 MAX_ID_CHARS = 256
+# Largest epoch-ms accepted: exact as a JSON double and within the 64-bit ints that orjson and
+# Qdrant store. orjson reads 1e29 as a whole float; unbounded, it would pass here and crash the
+# worker later, when the user state or the item activity is serialised.
+MAX_TS_MS = 2**53 - 1
 
 
 class BadInput(ValueError):
@@ -42,7 +46,7 @@ class ContentItem(_Wire):
     image_uri: StrictStr | None = None
     video_uri: StrictStr | None = None
     audio_uri: StrictStr | None = None
-    published_at: int | None = Field(default=None, ge=0)
+    published_at: int | None = Field(default=None, ge=0, le=MAX_TS_MS)
     attributes: dict[str, Any] | None = None
     deleted: StrictBool = False
 
@@ -56,7 +60,7 @@ class UserEvent(_Wire):
     user_id: Id = Field(min_length=1, max_length=MAX_ID_CHARS)
     item_id: Id = Field(min_length=1, max_length=MAX_ID_CHARS)
     type: EventType
-    ts: int = Field(ge=0)
+    ts: int = Field(ge=0, le=MAX_TS_MS)
     event_id: StrictStr | None = Field(default=None, max_length=MAX_ID_CHARS)
     value: float | None = None
 
@@ -67,7 +71,7 @@ class RecommendationRequest(_Wire):
     user_id: Id = Field(min_length=1, max_length=MAX_ID_CHARS)
     request_id: StrictStr | None = Field(default=None, max_length=MAX_ID_CHARS)
     k: int | None = Field(default=None, ge=1)
-    ts: int | None = Field(default=None, ge=0)
+    ts: int | None = Field(default=None, ge=0, le=MAX_TS_MS)
 
 
 def _describe(exc: ValidationError, what: str) -> str:
@@ -78,7 +82,8 @@ def _describe(exc: ValidationError, what: str) -> str:
         if err["type"] == "missing":
             parts.append(f"required field '{loc}' is missing")
         elif err["type"] == "literal_error":
-            parts.append(f"field '{loc}' is {err.get('input')!r}; allowed: {', '.join(EVENT_TYPES)}")
+            allowed = ", ".join(EVENT_TYPES)
+            parts.append(f"field '{loc}' is {err.get('input')!r}; allowed: {allowed}")
         else:
             parts.append(f"field '{loc}': {msg[0].lower()}{msg[1:]}")
     more = f" (and {exc.error_count() - 3} more problems)" if exc.error_count() > 3 else ""

@@ -71,7 +71,8 @@ def _norms(x: np.ndarray) -> np.ndarray:
 
 
 def test_implements_encoder_protocol(encoder: TextEncoder) -> None:
-    assert isinstance(encoder, Encoder)
+    typed: Encoder[str] = encoder  # mypy checks the structural match
+    assert isinstance(typed, Encoder)
     assert encoder.modality == "text"
     assert encoder.dim == DIM
     assert encoder.model_id == "sentence-transformers/all-MiniLM-L6-v2"

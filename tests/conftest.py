@@ -1,0 +1,241 @@
+"""Shared fixtures: the real local broker, the exported text model, and worker processes.
+
+Integration tests act as an app would: they run `recstream worker` as a separate process
+(so it can be killed with SIGKILL), produce JSON with aiokafka and read the output topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from streams.client import RecstreamClient, now_ms
+from streams.settings import EncoderSettings, Settings
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+        return False
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The exported text model (exported on first use, in a subprocess, into the cache)."""
+    from encoders.cache import ensure_text_model
+
+    path = EncoderSettings().model_dir
+    ensure_text_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, for the whole session."""
+    from streams import broker as brokers
+
+    try:
+        brokers.tansu_binary()
+    except RuntimeError as exc:
+        pytest.skip(f"no local Kafka-protocol broker: {exc}")
+    with brokers.LocalBroker(port=brokers.free_port()) as b:
+        yield b.bootstrap_servers
+
+
+class Worker:
+    """A `recstream worker` process with its own topics, consumer group and Qdrant folder."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture
+def worker_env(broker: str, model_dir: Path, tmp_path: Path) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "RECSTREAM_KAFKA_BOOTSTRAP_SERVERS": broker,
+        "RECSTREAM_KAFKA_TOPIC_PREFIX": f"t{tag}.",
+        "RECSTREAM_APP_ID": f"recstream-test-{tag}",
+        "RECSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "RECSTREAM_QDRANT_PATH": str(tmp_path / "qdrant"),
+        "RECSTREAM_ENCODER_MODEL_DIR": str(model_dir),
+        "RECSTREAM_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def make_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def make(**overrides: str) -> Worker:
+        w = Worker({**worker_env, **overrides}, tmp_path / "worker.log").start()
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    s = Settings()
+    s.kafka.bootstrap_servers = env["RECSTREAM_KAFKA_BOOTSTRAP_SERVERS"]
+    s.kafka.topic_prefix = env["RECSTREAM_KAFKA_TOPIC_PREFIX"]
+    s.app_id = env["RECSTREAM_APP_ID"]
+    return s
+
+
+class AppHarness:
+    """What an app does: produce content/events/requests, read recommendations/dead-letters."""
+
+    def __init__(self, settings: Settings, worker: Worker):
+        self.settings = settings
+        self.worker = worker
+        self.client = RecstreamClient(settings)
+        k = settings.kafka
+        self.recs_topic = k.topic(k.recommendations_topic)
+        self.dl_topic = k.topic(k.dead_letters_topic)
+        self.recs: list[dict[str, Any]] = []
+        self.dead: list[dict[str, Any]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AppHarness:
+        await self.client.__aenter__()
+        deadline = time.monotonic() + 120
+        while True:  # the worker creates the topics when it starts
+            consumer = AIOKafkaConsumer(
+                self.recs_topic, self.dl_topic,
+                bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10,
+            )
+            await consumer.start()
+            if self.recs_topic in (await consumer.topics()):
+                break
+            await consumer.stop()
+            if time.monotonic() > deadline or not self.worker.alive():
+                raise AssertionError("worker never created its topics:\n" + self.worker.log_tail())
+            await asyncio.sleep(0.5)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None and self._consumer is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self._consumer.stop()
+        await self.client.__aexit__(*exc)
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        async for m in self._consumer:
+            v = orjson.loads(m.value)
+            v["_received_at"] = now_ms()
+            (self.recs if m.topic == self.recs_topic else self.dead).append(v)
+
+    async def wait(self, pred: Any, timeout: float = 60, what: str = "a message") -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if not self.worker.alive():
+                raise AssertionError(f"worker died waiting for {what}:\n" + self.worker.log_tail())
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n" + self.worker.log_tail())
+            await asyncio.sleep(0.05)
+
+    def rec_for(self, trigger: str) -> dict[str, Any] | None:
+        return next((r for r in self.recs if r.get("trigger") == trigger), None)
+
+    async def ask(self, user_id: str, k: int | None = None, timeout: float = 60) -> dict[str, Any]:
+        rid = uuid.uuid4().hex
+        await self.client.request(user_id, request_id=rid, k=k)
+        await self.client.flush()
+        await self.wait(lambda: self.rec_for(rid) is not None, timeout, f"answer to {rid}")
+        rec = self.rec_for(rid)
+        assert rec is not None
+        return rec
+
+    async def wait_ready(self, timeout: float = 180) -> None:
+        """The worker is consuming once it answers a request."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.ask("probe", timeout=5)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline or not self.worker.alive():
+                    raise
+
+    async def publish_catalog(self, items: list[dict[str, Any]]) -> None:
+        """Publish and wait until every item is recommendable (a cold user sees them all)."""
+        for it in items:
+            await self.client.publish_content(it)
+        await self.client.flush()
+        await self.wait_catalog_size(len(items))
+
+    async def wait_catalog_size(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len((await self.ask("catalog-probe", k=max(n, 1)))["items"]) != n:
+            assert time.monotonic() < deadline, "catalog never reached size %d" % n
+            await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def catalog() -> list[dict[str, Any]]:
+    from streams.demo import load_catalog
+
+    return load_catalog()
