@@ -107,8 +107,9 @@ def ensure_text_model(model_dir: Path, timeout_s: float = 900.0) -> Path:
     if missing:
         raise EncoderUnavailableError(_unavailable_message(export_dir, missing))
 
-    logger.info("text encoder not exported yet: exporting to %s (one time, about a minute)",
-                export_dir)
+    logger.info(
+        "text encoder not exported yet: exporting to %s (one time, about a minute)", export_dir
+    )
     # The child must find this package even when it is run from a checkout, not installed.
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parent.parent)

@@ -67,8 +67,10 @@ PARITY_SENTENCES = (
     "the encoded state.",
     "cheap flights london paris",
     "Is this the real life? Is this just fantasy?",
-    " ".join(["A very long review that keeps going about the documentary's cinematography,"]
-             + ["its pacing, its score and the interviews with the surviving crew"] * 12),
+    " ".join(
+        ["A very long review that keeps going about the documentary's cinematography,"]
+        + ["its pacing, its score and the interviews with the surviving crew"] * 12
+    ),
 )
 
 
@@ -84,9 +86,7 @@ def export_text_minilm(out_dir: Path, force: bool = False) -> Path:
     return _export_locked(Path(out_dir), _build_text_minilm, force)[0]
 
 
-def _export_locked(
-    out_dir: Path, build: Callable[[Path], None], force: bool
-) -> tuple[Path, bool]:
+def _export_locked(out_dir: Path, build: Callable[[Path], None], force: bool) -> tuple[Path, bool]:
     """Run ``build(tmp_dir)`` under the lock and move the result to ``out_dir``.
 
     Returns (model path, whether this call exported). Nothing partial is ever left at out_dir.
@@ -200,8 +200,16 @@ def _build_text_minilm(tmp: Path) -> None:
         "sha256": _sha256(onnx_path),
         "versions": {
             name: _version(name)
-            for name in ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "transformers",
-                         "sentence-transformers", "tokenizers", WEIGHTS_PACKAGE)
+            for name in (
+                "torch",
+                "onnx",
+                "onnxruntime-gpu",
+                "onnxruntime",
+                "transformers",
+                "sentence-transformers",
+                "tokenizers",
+                WEIGHTS_PACKAGE,
+            )
             if _version(name) is not None
         },
         "export_seconds": round(export_s, 2),
@@ -226,9 +234,7 @@ def _text_parity(export_dir: Path, st_model: Any, sentences: Sequence[str]) -> f
         st_model.encode(list(sentences), convert_to_numpy=True, normalize_embeddings=True),
         dtype=np.float32,
     )
-    cos = (got * ref).sum(axis=1) / (
-        np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
-    )
+    cos = (got * ref).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     return float(cos.min())
 
 
@@ -288,13 +294,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m encoders.export", description="Export pretrained encoders to ONNX."
     )
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="cache root (default: $RECSTREAM_ENCODER_MODEL_DIR or "
-                             "~/.cache/recstream/models)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="cache root (default: $RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models)",
+    )
     parser.add_argument("--force", action="store_true", help="export even if already done")
     # No argparse `choices` here: with nargs="*" Python 3.11 checks the default against them.
-    parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"what to export: {', '.join(EXPORTERS)} (default: text)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help=f"what to export: {', '.join(EXPORTERS)} (default: text)",
+    )
     args = parser.parse_args(argv)
     models = args.models or ["text"]
     unknown = sorted(set(models) - set(EXPORTERS))
@@ -310,8 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         missing = missing_export_modules()
         if missing:
-            print(f"cannot export {name}: missing {', '.join(missing)}; "
-                  f"install with: {INSTALL_HINT}", file=sys.stderr)
+            print(
+                f"cannot export {name}: missing {', '.join(missing)}; install with: {INSTALL_HINT}",
+                file=sys.stderr,
+            )
             return EXIT_MISSING_DEPENDENCY
         started = time.perf_counter()
         try:
@@ -327,8 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         info = read_export_info(out_dir) or {}
         parity = info.get("parity", {}).get("min_cosine")
-        print(f"{name}: exported {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
-              f"{time.perf_counter() - started:.1f} s; parity min cosine {parity}")
+        print(
+            f"{name}: exported {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
+            f"{time.perf_counter() - started:.1f} s; parity min cosine {parity}"
+        )
     return 0
 
 

@@ -66,7 +66,10 @@ def create_session(
         logger.warning("CUDA requested for %s but unusable; running on %s", path, running)
     logger.info(
         "onnx session %s: provider %s (device=%s, intra_op_threads=%s)",
-        Path(path).name, running, device, intra_op_threads or "auto",
+        Path(path).name,
+        running,
+        device,
+        intra_op_threads or "auto",
     )
     return session
 

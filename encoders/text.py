@@ -66,8 +66,9 @@ class TextEncoder:
         self._load(Path(export_dir), device, intra_op_threads, max_tokens)
         return self
 
-    def _load(self, export_dir: Path, device: Device, intra_op_threads: int,
-              max_tokens: int) -> None:
+    def _load(
+        self, export_dir: Path, device: Device, intra_op_threads: int, max_tokens: int
+    ) -> None:
         if not 2 <= max_tokens <= MAX_POSITIONS:  # [CLS] and [SEP] take two
             raise ValueError(f"max_tokens must be in [2, {MAX_POSITIONS}], not {max_tokens}")
         self.export_dir = export_dir
@@ -118,16 +119,16 @@ class TextEncoder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return (f"TextEncoder({self.export_dir}, provider={self.provider}, dim={self.dim}, "
-                f"max_tokens={self.max_tokens})")
+        return (
+            f"TextEncoder({self.export_dir}, provider={self.provider}, dim={self.dim}, "
+            f"max_tokens={self.max_tokens})"
+        )
 
 
 _SENTENCE_END = re.compile(r"[.!?…:;]$")
 
 
-def item_text(
-    title: str | None, description: str | None, tags: Sequence[str] | None = None
-) -> str:
+def item_text(title: str | None, description: str | None, tags: Sequence[str] | None = None) -> str:
     """The text a content item is embedded from: "title. description. tags: a, b".
 
     Empty parts are left out; a part that already ends a sentence gets no extra full stop.

@@ -48,19 +48,19 @@ class UserState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-                "v": STATE_VERSION,
-                "interest": {
-                    m: base64.b64encode(np.ascontiguousarray(vec, np.float32).tobytes()).decode()
-                    for m, vec in self.interest.items()
-                },
-                "last_ts": self.last_ts,
-                "n": self.n_events,
-                "seen": self.seen,
-                "disliked": self.disliked,
-                "recent_positive": self.recent_positive,
-                "recent_event_ids": self.recent_event_ids,
-                "offsets": {str(p): o for p, o in self.offsets.items()},
-            }
+            "v": STATE_VERSION,
+            "interest": {
+                m: base64.b64encode(np.ascontiguousarray(vec, np.float32).tobytes()).decode()
+                for m, vec in self.interest.items()
+            },
+            "last_ts": self.last_ts,
+            "n": self.n_events,
+            "seen": self.seen,
+            "disliked": self.disliked,
+            "recent_positive": self.recent_positive,
+            "recent_event_ids": self.recent_event_ids,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UserState:
@@ -94,9 +94,7 @@ class UserState:
         return event_id is not None and event_id in self.recent_event_ids
 
 
-def event_weight(
-    event_type: str, value: float | None, weights: Mapping[str, float]
-) -> float:
+def event_weight(event_type: str, value: float | None, weights: Mapping[str, float]) -> float:
     """Weight of one event in the interest sum. ``value`` (e.g. watch fraction in [0, 1])
     scales consumption events: a view watched to 90% counts more than one abandoned at 5%."""
     w = float(weights.get(event_type, 0.0))

@@ -156,7 +156,9 @@ class ItemStore:
             points.append(
                 models.PointStruct(
                     id=point_id(r.item_id),
-                    vector={m: np.asarray(v, dtype=np.float32).tolist() for m, v in r.vectors.items()},
+                    vector={
+                        m: np.asarray(v, dtype=np.float32).tolist() for m, v in r.vectors.items()
+                    },
                     payload={
                         "item_id": r.item_id,
                         "title": r.title,
@@ -177,7 +179,9 @@ class ItemStore:
                 wait=True,
             )
 
-    async def get(self, item_ids: Sequence[str], *, with_vectors: bool = True) -> dict[str, StoredItem]:
+    async def get(
+        self, item_ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, StoredItem]:
         if not item_ids:
             return {}
         points = await self.client.retrieve(

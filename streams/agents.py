@@ -60,7 +60,12 @@ try:  # qdrant-client raises these when the server is unreachable or overloaded
     import httpx
     from qdrant_client.http.exceptions import ResponseHandlingException
 
-    TRANSIENT_ERRORS = (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError)
+    TRANSIENT_ERRORS = (
+        ResponseHandlingException,
+        httpx.TransportError,
+        ConnectionError,
+        TimeoutError,
+    )
 except ImportError:  # pragma: no cover
     TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
 
@@ -146,7 +151,9 @@ class Handlers:
         text_idx = [i for i, it in enumerate(items) if it.has_text()]
         encoder = self.encoders.get("text")
         if text_idx and encoder is not None:
-            texts = [item_text(items[i].title, items[i].description, items[i].tags) for i in text_idx]
+            texts = [
+                item_text(items[i].title, items[i].description, items[i].tags) for i in text_idx
+            ]
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self._encode_pool, encoder.encode, texts)
             for row, i in enumerate(text_idx):
@@ -158,7 +165,9 @@ class Handlers:
                 title=it.title,
                 tags=tuple(it.tags or ()),
                 published_at=it.published_at,
-                kind=str((it.attributes or {}).get("kind")) if (it.attributes or {}).get("kind") else None,
+                kind=str((it.attributes or {}).get("kind"))
+                if (it.attributes or {}).get("kind")
+                else None,
             )
             for i, it in enumerate(items)
         ]
@@ -183,8 +192,9 @@ class Handlers:
         if not duplicate:
             if item is None:
                 await self.dead_letter(
-                    msg, f"unknown item: no item {event.item_id!r} in the catalog (never "
-                    "published, deleted, or not indexed yet)"
+                    msg,
+                    f"unknown item: no item {event.item_id!r} in the catalog (never "
+                    "published, deleted, or not indexed yet)",
                 )
                 return
             state = apply_event(
@@ -227,7 +237,12 @@ class Handlers:
         anchors = list((await retrying(lambda: self.store.get(ids), "Qdrant retrieve")).values())
         k = min(req.k or self.settings.ranking.k, self.settings.ranking.max_k)
         await self._emit(
-            req.user_id, state, k, anchors=anchors, trigger=req.request_id, source_ts=req.ts,
+            req.user_id,
+            state,
+            k,
+            anchors=anchors,
+            trigger=req.request_id,
+            source_ts=req.ts,
             request_id=req.request_id,
         )
 

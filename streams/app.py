@@ -118,7 +118,11 @@ def build_app(
             partitions=k.partitions,
         )
 
-    content, events, requests = raw_topic(names.content), raw_topic(names.events), raw_topic(names.requests)
+    content, events, requests = (
+        raw_topic(names.content),
+        raw_topic(names.events),
+        raw_topic(names.requests),
+    )
     item_activity = raw_topic(names.item_activity)
     # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
     # string; value: UserState.to_dict() / the item's trend as a number).
@@ -158,7 +162,9 @@ def build_app(
             await app.crash(exc)
             raise
 
-    def bind(topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]) -> None:
+    def bind(
+        topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]
+    ) -> None:
         async def agent(stream: faust.StreamT) -> None:
             if batch:
                 async for evs in stream.take_events(

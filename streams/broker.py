@@ -83,9 +83,12 @@ class LocalBroker:
             [
                 str(tansu_binary()),
                 "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
                 "--silent",
             ],
             stdin=subprocess.DEVNULL,
@@ -124,7 +127,9 @@ class LocalBroker:
 
 
 async def cluster_id(bootstrap_servers: str, timeout_s: float = 10.0) -> str | None:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+    )
     await client.bootstrap()
     try:
         node = next(iter(client.cluster.brokers())).nodeId

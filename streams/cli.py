@@ -1,11 +1,11 @@
 """The ``recstream`` command.
 
-  recstream demo                 the whole system on one machine, no configuration
-  recstream broker [--port N]    the local development broker (Tansu)
-  recstream worker               the stream worker (settings from RECSTREAM_* variables)
-  recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
-  recstream tail TOPIC           print a topic's messages as they arrive
-  recstream models export        export the ONNX encoders into the model cache
+recstream demo                 the whole system on one machine, no configuration
+recstream broker [--port N]    the local development broker (Tansu)
+recstream worker               the stream worker (settings from RECSTREAM_* variables)
+recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
+recstream tail TOPIC           print a topic's messages as they arrive
+recstream models export        export the ONNX encoders into the model cache
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recstream", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run broker, worker, sample catalog and events; print recommendations")
+    d = sub.add_parser(
+        "demo", help="run broker, worker, sample catalog and events; print recommendations"
+    )
     d.add_argument("--users", type=int, default=8, help="simulated users (default 8)")
     d.add_argument("--events", type=int, default=400, help="user events to send (default 400)")
     d.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
@@ -46,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="model management")
     msub = m.add_subparsers(dest="models_command", required=True)
     ex = msub.add_parser("export", help="export ONNX encoders (needs recstream[export])")
-    ex.add_argument("--model-dir", help="default: RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models")
+    ex.add_argument(
+        "--model-dir", help="default: RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models"
+    )
     return p
 
 
@@ -66,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from streams.demo import run_demo
 
-        return run_demo(settings, users=args.users, events=args.events, rate=args.rate, quiet=args.quiet)
+        return run_demo(
+            settings, users=args.users, events=args.events, rate=args.rate, quiet=args.quiet
+        )
     if args.command == "produce":
         from streams.client import produce_lines
 
@@ -79,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         from streams.client import tail
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.max))
+            asyncio.run(
+                tail(settings, args.topic, from_beginning=args.from_beginning, limit=args.max)
+            )
         return 0
     if args.command == "models":
         from encoders.export import main as export_main

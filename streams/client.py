@@ -22,8 +22,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.settings import Settings
 
-KEY_FIELDS = {"content": "item_id", "user-events": "user_id", "recommendation-requests": "user_id",
-              "recommendations": "user_id"}
+KEY_FIELDS = {
+    "content": "item_id",
+    "user-events": "user_id",
+    "recommendation-requests": "user_id",
+    "recommendations": "user_id",
+}
 
 
 def key_field_for(settings: Settings, topic: str) -> str | None:
@@ -67,7 +71,9 @@ class RecstreamClient:
         event.setdefault("ts", now_ms())
         await self._send(self.settings.kafka.events_topic, event["user_id"], event)
 
-    async def request(self, user_id: str, *, request_id: str | None = None, k: int | None = None) -> None:
+    async def request(
+        self, user_id: str, *, request_id: str | None = None, k: int | None = None
+    ) -> None:
         req: dict[str, Any] = {"user_id": user_id, "ts": now_ms()}
         if request_id:
             req["request_id"] = request_id
@@ -103,7 +109,11 @@ async def consume(
 
 
 async def produce_lines(
-    settings: Settings, topic_setting: str, lines: IO[bytes] | Iterable[bytes], *, key_field: str | None
+    settings: Settings,
+    topic_setting: str,
+    lines: IO[bytes] | Iterable[bytes],
+    *,
+    key_field: str | None,
 ) -> int:
     """`recstream produce`: each non-empty line is sent as-is (bytes), keyed by its key field.
     Lines that are not JSON objects are still sent (the worker dead-letters them)."""
@@ -129,9 +139,11 @@ async def produce_lines(
     return n
 
 
-async def tail(settings: Settings, topic_setting: str, *, from_beginning: bool, limit: int = 0) -> None:
+async def tail(
+    settings: Settings, topic_setting: str, *, from_beginning: bool, limit: int = 0
+) -> None:
     n = 0
-    async for key, value, _ in consume(settings, topic_setting, from_beginning=from_beginning):
+    async for _key, value, _ in consume(settings, topic_setting, from_beginning=from_beginning):
         out = value if isinstance(value, (bytes, type(None))) else orjson.dumps(value)
         sys.stdout.buffer.write((out or b"null") + b"\n")
         sys.stdout.flush()

@@ -42,7 +42,9 @@ def load_catalog() -> list[dict[str, Any]]:
 
 
 def load_personas() -> dict[str, dict[str, list[str]]]:
-    return orjson.loads((importlib.resources.files("streams") / "data" / "personas.json").read_bytes())
+    return orjson.loads(
+        (importlib.resources.files("streams") / "data" / "personas.json").read_bytes()
+    )
 
 
 @dataclass
@@ -87,7 +89,9 @@ def run_demo(settings: Settings, *, users: int, events: int, rate: float, quiet:
     return asyncio.run(_demo(settings, n_users=users, n_events=events, rate=rate, quiet=quiet))
 
 
-async def _demo(settings: Settings, *, n_users: int, n_events: int, rate: float, quiet: bool) -> int:
+async def _demo(
+    settings: Settings, *, n_users: int, n_events: int, rate: float, quiet: bool
+) -> int:
     say = (lambda *a: None) if quiet else print  # noqa: E731
     k = settings.kafka
     local: brokers.LocalBroker | None = None
@@ -133,12 +137,22 @@ async def _demo(settings: Settings, *, n_users: int, n_events: int, rate: float,
         with open(log_path, "wb") as log_file:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         print(f"worker   pid {worker.pid}, log {log_path}")
         return await _drive(
-            settings, catalog, personas, worker, log_path,
-            n_users=n_users, n_events=n_events, rate=rate, say=say,
+            settings,
+            catalog,
+            personas,
+            worker,
+            log_path,
+            n_users=n_users,
+            n_events=n_events,
+            rate=rate,
+            say=say,
         )
     finally:
         if worker is not None and worker.poll() is None:
@@ -170,17 +184,23 @@ async def _drive(
     rng = random.Random(7)
     names = sorted(personas)
     sim = [
-        SimUser(f"user-{i + 1:02d}", names[i % len(names)],
-                set(personas[names[i % len(names)]]["likes"]),
-                set(personas[names[i % len(names)]].get("dislikes", [])))
+        SimUser(
+            f"user-{i + 1:02d}",
+            names[i % len(names)],
+            set(personas[names[i % len(names)]]["likes"]),
+            set(personas[names[i % len(names)]].get("dislikes", [])),
+        )
         for i in range(n_users)
     ]
     by_id = {u.user_id: u for u in sim}
 
     consumer = AIOKafkaConsumer(
-        k.topic(k.recommendations_topic), k.topic(k.dead_letters_topic),
-        bootstrap_servers=k.bootstrap_servers, auto_offset_reset="earliest",
-        enable_auto_commit=False, fetch_max_wait_ms=10,
+        k.topic(k.recommendations_topic),
+        k.topic(k.dead_letters_topic),
+        bootstrap_servers=k.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
     )
     async with RecstreamClient(settings) as app:
         # The topics exist once the worker created them; wait for that, then subscribe.
@@ -195,8 +215,10 @@ async def _drive(
             deadline = time.monotonic() + timeout
             while True:
                 if worker.poll() is not None:
-                    raise RuntimeError(f"worker exited ({worker.returncode}); see {log_path}:\n"
-                                       + log_path.read_text()[-3000:])
+                    raise RuntimeError(
+                        f"worker exited ({worker.returncode}); see {log_path}:\n"
+                        + log_path.read_text()[-3000:]
+                    )
                 try:
                     topic, v, _ = await asyncio.wait_for(inbox.get(), 0.5)
                 except TimeoutError:
@@ -238,12 +260,16 @@ async def _drive(
                 await app.request("demo-probe", request_id=rid, k=probe_k)
                 v = await wait_for(lambda t, v, rid=rid: v.get("request_id") == rid, 30, "indexing")
                 n_indexed = len(v["items"])
-            print(f"catalog  {len(catalog)} items encoded and searchable in "
-                  f"{time.monotonic() - t_pub:.2f} s")
+            print(
+                f"catalog  {len(catalog)} items encoded and searchable in "
+                f"{time.monotonic() - t_pub:.2f} s"
+            )
 
             # 3. Bad input goes to dead-letters, the worker goes on.
             await app._send(k.events_topic, "bad", b"{not json")
-            await app.send_event({"user_id": "bad", "item_id": catalog[0]["item_id"], "type": "teleport"})
+            await app.send_event(
+                {"user_id": "bad", "item_id": catalog[0]["item_id"], "type": "teleport"}
+            )
 
             # 4. Users act; each event brings a fresh list.
             print(f"events   {n_events} events from {n_users} users at {rate:g}/s\n")
@@ -270,14 +296,18 @@ async def _drive(
                     lat.append(at - ev["ts"])
                     u = by_id[v["user_id"]]
                     top = v["items"]
-                    share = (sum(1 for r in top if tags.get(r["item_id"], set()) & u.likes)
-                             / max(len(top), 1))
+                    share = sum(1 for r in top if tags.get(r["item_id"], set()) & u.likes) / max(
+                        len(top), 1
+                    )
                     shares.append(share)
-                    say(f"[{lat[-1]:6.1f} ms] {u.user_id} ({u.persona:<14}) {ev['type']:<8} "
+                    say(
+                        f"[{lat[-1]:6.1f} ms] {u.user_id} ({u.persona:<14}) {ev['type']:<8} "
                         f"{titles.get(ev['item_id'], '?')[:34]:<34} -> "
-                        + " | ".join(f"{titles.get(r['item_id'], r['item_id'])[:26]}"
-                                     for r in top[:3])
-                        + (f"  ({top[0]['reason']})" if top else ""))
+                        + " | ".join(
+                            f"{titles.get(r['item_id'], r['item_id'])[:26]}" for r in top[:3]
+                        )
+                        + (f"  ({top[0]['reason']})" if top else "")
+                    )
 
             for i in range(n_events):
                 ev = next_event(sim[i % n_users], catalog, rng)
@@ -296,20 +326,34 @@ async def _drive(
             match_first, match_last = shares[:fifth], shares[-fifth:]
 
             with contextlib.suppress(RuntimeError):
-                await wait_for(lambda t, v: (dead.append(v) or len(dead) >= 2)
-                               if t == k.topic(k.dead_letters_topic) else False, 3, "dead letters")
+                await wait_for(
+                    lambda t, v: (
+                        (dead.append(v) or len(dead) >= 2)
+                        if t == k.topic(k.dead_letters_topic)
+                        else False
+                    ),
+                    3,
+                    "dead letters",
+                )
             print()
             for d in dead[:2]:
-                print(f"dead-letter  {d['source_topic']}[{d['partition']}]@{d['offset']}: {d['error']}")
-            print(f"\nrecommendations  {len(lat)}/{n_events} received; sent at "
-                  f"{n_events / send_s:.0f} events/s, all answered within {total_s:.1f} s")
+                where = f"{d['source_topic']}[{d['partition']}]@{d['offset']}"
+                print(f"dead-letter  {where}: {d['error']}")
+            print(
+                f"\nrecommendations  {len(lat)}/{n_events} received; sent at "
+                f"{n_events / send_s:.0f} events/s, all answered within {total_s:.1f} s"
+            )
             if lat:
-                print(f"latency  event -> recommendation: p50 {_pct(lat, 50):.1f} ms, "
-                      f"p95 {_pct(lat, 95):.1f} ms, p99 {_pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+                print(
+                    f"latency  event -> recommendation: p50 {_pct(lat, 50):.1f} ms, "
+                    f"p95 {_pct(lat, 95):.1f} ms, p99 {_pct(lat, 99):.1f} ms, max {max(lat):.1f} ms"
+                )
             if match_first and match_last:
-                print(f"learning share of recommended items matching the user's tastes: first "
-                      f"{len(match_first)} lists {np.mean(match_first):.0%}, last {len(match_last)} "
-                      f"lists {np.mean(match_last):.0%}")
+                print(
+                    f"learning share of recommended items matching the user's tastes: first "
+                    f"{len(match_first)} lists {np.mean(match_first):.0%}, last {len(match_last)} "
+                    f"lists {np.mean(match_last):.0%}"
+                )
             return 0 if len(lat) == n_events else 1
         finally:
             read_task.cancel()

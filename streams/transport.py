@@ -26,7 +26,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 def transport_class(fetch_max_wait_ms: int | None) -> type[faust_aiokafka.Transport]:
-    thread_cls = type("ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": fetch_max_wait_ms})
+    thread_cls = type(
+        "ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": fetch_max_wait_ms}
+    )
 
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:

@@ -67,7 +67,9 @@ def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
 
 
 def run_worker(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     local = resolve_broker(settings)
     if local is not None:
         settings.kafka.bootstrap_servers = local.bootstrap_servers

@@ -73,7 +73,9 @@ class Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         return self
@@ -156,9 +158,12 @@ class AppHarness:
         deadline = time.monotonic() + 120
         while True:  # the worker creates the topics when it starts
             consumer = AIOKafkaConsumer(
-                self.recs_topic, self.dl_topic,
+                self.recs_topic,
+                self.dl_topic,
                 bootstrap_servers=self.settings.kafka.bootstrap_servers,
-                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                fetch_max_wait_ms=10,
             )
             await consumer.start()
             if self.recs_topic in (await consumer.topics()):
@@ -230,7 +235,7 @@ class AppHarness:
     async def wait_catalog_size(self, n: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while len((await self.ask("catalog-probe", k=max(n, 1)))["items"]) != n:
-            assert time.monotonic() < deadline, "catalog never reached size %d" % n
+            assert time.monotonic() < deadline, f"catalog never reached size {n}"
             await asyncio.sleep(0.2)
 
 

@@ -18,64 +18,76 @@ def pick(catalog: list[dict[str, Any]], tag: str, n: int) -> list[dict[str, Any]
     return [it for it in catalog if tag in it["tags"]][:n]
 
 
-def test_events_bring_fresh_personal_lists(make_worker, worker_env, catalog) -> None:
+async def personal_lists_scenario(app: AppHarness, catalog: list[dict[str, Any]]) -> None:
+    """What an app sees: cold-start lists, personal lists after events, requests, deletion."""
     baking = pick(catalog, "cooking", 6)
     jazz = pick(catalog, "jazz", 6)
     space = pick(catalog, "basketball", 6)
     items = baking + jazz + space
     assert len(items) == 18
+    await app.wait_ready()
+    # A cold user gets a sensible non-empty list as soon as there is a catalog.
+    await app.publish_catalog(items)
+    cold = await app.ask("nobody")
+    assert len(cold["items"]) == 10
+    assert all(r["reason"] for r in cold["items"])
+
+    # A baker likes two baking items and dislikes a jazz one.
+    sent = []
+    for it, kind in [(baking[0], "like"), (jazz[0], "dislike"), (baking[1], "complete")]:
+        ev = {
+            "user_id": "baker",
+            "item_id": it["item_id"],
+            "type": kind,
+            "ts": now_ms(),
+            "event_id": uuid.uuid4().hex,
+        }
+        sent.append(ev)
+        await app.client.send_event(ev)
+        await app.client.flush()
+        await app.wait(
+            lambda ev=ev: app.rec_for(ev["event_id"]) is not None,
+            what=f"recommendation for {ev['event_id']}",
+        )
+    for ev in sent:
+        rec = app.rec_for(ev["event_id"])
+        assert rec is not None
+        assert rec["user_id"] == "baker" and rec["source_ts"] == ev["ts"]
+        assert rec["generated_at"] >= ev["ts"] and rec["model_version"]
+        assert len(rec["items"]) == 10
+        scores = [r["score"] for r in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+    last = app.rec_for(sent[-1]["event_id"])
+    assert last is not None
+    ids = [r["item_id"] for r in last["items"]]
+    interacted = {baking[0]["item_id"], jazz[0]["item_id"], baking[1]["item_id"]}
+    assert not interacted & set(ids), "lists never repeat what the user interacted with"
+    # Personal: the rest of the baking items lead the list, explained by what was liked.
+    assert set(ids[:4]) <= {it["item_id"] for it in baking[2:]}, ids
+    assert last["items"][0]["reason"].startswith("because you liked")
+
+    # A request answers from the same state without changing it.
+    a = await app.ask("baker")
+    b = await app.ask("baker")
+    assert [r["item_id"] for r in a["items"]] == [r["item_id"] for r in b["items"]] == ids
+    assert a["trigger"] == a["request_id"]
+
+    # Deleting an item removes it from every later list.
+    gone = baking[2]["item_id"]
+    await app.client.publish_content({"item_id": gone, "deleted": True})
+    await app.client.flush()
+    await app.wait_catalog_size(len(items) - 1)
+    after = await app.ask("baker")
+    assert gone not in [r["item_id"] for r in after["items"]]
+    assert app.dead == []
+
+
+def test_events_bring_fresh_personal_lists(make_worker, worker_env, catalog) -> None:
     worker = make_worker()
 
     async def scenario() -> None:
         async with AppHarness(settings_for(worker_env), worker) as app:
-            await app.wait_ready()
-            # A cold user gets a sensible non-empty list as soon as there is a catalog.
-            await app.publish_catalog(items)
-            cold = await app.ask("nobody")
-            assert len(cold["items"]) == 10
-            assert all(r["reason"] for r in cold["items"])
-
-            # A baker likes two baking items and dislikes a jazz one.
-            sent = []
-            for it, kind in [(baking[0], "like"), (jazz[0], "dislike"), (baking[1], "complete")]:
-                ev = {"user_id": "baker", "item_id": it["item_id"], "type": kind,
-                      "ts": now_ms(), "event_id": uuid.uuid4().hex}
-                sent.append(ev)
-                await app.client.send_event(ev)
-                await app.client.flush()
-                await app.wait(lambda ev=ev: app.rec_for(ev["event_id"]) is not None,
-                               what=f"recommendation for {ev['event_id']}")
-            for ev in sent:
-                rec = app.rec_for(ev["event_id"])
-                assert rec is not None
-                assert rec["user_id"] == "baker" and rec["source_ts"] == ev["ts"]
-                assert rec["generated_at"] >= ev["ts"] and rec["model_version"]
-                assert len(rec["items"]) == 10
-                scores = [r["score"] for r in rec["items"]]
-                assert scores == sorted(scores, reverse=True)
-            last = app.rec_for(sent[-1]["event_id"])
-            assert last is not None
-            ids = [r["item_id"] for r in last["items"]]
-            interacted = {baking[0]["item_id"], jazz[0]["item_id"], baking[1]["item_id"]}
-            assert not interacted & set(ids), "lists never repeat what the user interacted with"
-            # Personal: the rest of the baking items lead the list, explained by what was liked.
-            assert set(ids[:4]) <= {it["item_id"] for it in baking[2:]}, ids
-            assert last["items"][0]["reason"].startswith("because you liked")
-
-            # A request answers from the same state without changing it.
-            a = await app.ask("baker")
-            b = await app.ask("baker")
-            assert [r["item_id"] for r in a["items"]] == [r["item_id"] for r in b["items"]] == ids
-            assert a["trigger"] == a["request_id"]
-
-            # Deleting an item removes it from every later list.
-            gone = baking[2]["item_id"]
-            await app.client.publish_content({"item_id": gone, "deleted": True})
-            await app.client.flush()
-            await app.wait_catalog_size(len(items) - 1)
-            after = await app.ask("baker")
-            assert gone not in [r["item_id"] for r in after["items"]]
-            assert app.dead == []
+            await personal_lists_scenario(app, catalog)
 
     asyncio.run(scenario())
 
@@ -104,10 +116,18 @@ def test_bad_input_goes_to_dead_letters_and_work_goes_on(make_worker, worker_env
             sent: list[tuple[str, bytes, str]] = [
                 (k.events_topic, raw, why) for raw, why in BAD_EVENTS
             ]
-            sent.append((k.events_topic,
-                         b'{"user_id": "u", "item_id": "no-such-item", "type": "like", "ts": 1}',
-                         "unknown item"))
-            big = b'{"user_id": "u", "item_id": "x", "type": "like", "ts": 1, "pad": "' + b"x" * 4000 + b'"}'
+            sent.append(
+                (
+                    k.events_topic,
+                    b'{"user_id": "u", "item_id": "no-such-item", "type": "like", "ts": 1}',
+                    "unknown item",
+                )
+            )
+            big = (
+                b'{"user_id": "u", "item_id": "x", "type": "like", "ts": 1, "pad": "'
+                + b"x" * 4000
+                + b'"}'
+            )
             sent.append((k.events_topic, big, "over the 2,048-byte limit"))
             sent.append((k.content_topic, b'{"title": "no id"}', "required field 'item_id'"))
             sent.append((k.content_topic, b'{"item_id": "c", "tags": "jazz"}', "field 'tags'"))
@@ -116,8 +136,13 @@ def test_bad_input_goes_to_dead_letters_and_work_goes_on(make_worker, worker_env
             for topic, raw, _ in sent:
                 await app.client._send(topic, "u", raw)
             # ... and a good event after all of them still gets its recommendation.
-            ok = {"user_id": "u", "item_id": items[0]["item_id"], "type": "like",
-                  "ts": now_ms(), "event_id": "good"}
+            ok = {
+                "user_id": "u",
+                "item_id": items[0]["item_id"],
+                "type": "like",
+                "ts": now_ms(),
+                "event_id": "good",
+            }
             await app.client.send_event(ok)
             await app.client.flush()
             await app.wait(lambda: app.rec_for("good") is not None, what="the good event")

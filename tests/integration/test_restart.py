@@ -39,8 +39,12 @@ async def behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
 
 async def read_changelog(bootstrap: str, topic: str) -> dict[str, UserState]:
     """Latest value per key of the users table changelog = the table's state."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
     await c.start()
     try:
         parts = c.partitions_for_topic(topic) or set()
@@ -63,8 +67,12 @@ async def read_changelog(bootstrap: str, topic: str) -> dict[str, UserState]:
 
 async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
     """(partition, offset, event) for every event in the topic."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or set())]
@@ -80,7 +88,9 @@ async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[s
         await c.stop()
 
 
-def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, catalog, tmp_path) -> None:
+def test_kill9_mid_stream_loses_and_doubles_nothing(
+    make_worker, worker_env, catalog, tmp_path
+) -> None:
     items = catalog[:40]
     s = settings_for(worker_env)
     k = s.kafka
@@ -90,8 +100,10 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, cat
     events = []
     for i in range(N_EVENTS):
         ev: dict[str, Any] = {
-            "user_id": rng.choice(users), "item_id": rng.choice(items)["item_id"],
-            "type": rng.choice(types), "ts": 1_790_000_000_000 + i * 60_000,
+            "user_id": rng.choice(users),
+            "item_id": rng.choice(items)["item_id"],
+            "type": rng.choice(types),
+            "ts": 1_790_000_000_000 + i * 60_000,
             "event_id": f"ev-{i}",
         }
         if ev["type"] in ("view", "complete"):
@@ -114,8 +126,13 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, cat
                     await asyncio.sleep(0.05)  # a stream, not one burst
             await app.client.flush()
             # Kill -9 when about half the events have been answered: mid-stream.
-            await app.wait(lambda: sum(1 for r in app.recs if (r.get("trigger") or "").startswith("ev-"))
-                           >= N_EVENTS // 2, what="half the events processed")
+            await app.wait(
+                lambda: (
+                    sum(1 for r in app.recs if (r.get("trigger") or "").startswith("ev-"))
+                    >= N_EVENTS // 2
+                ),
+                what="half the events processed",
+            )
             worker.kill9()
             done_before = sum(1 for r in app.recs if (r.get("trigger") or "").startswith("ev-"))
             assert done_before < N_EVENTS, "the kill must land mid-stream"
@@ -123,8 +140,13 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, cat
             app.worker = worker
             # Wait until every event has been answered at least once.
             await app.wait(
-                lambda: {r["trigger"] for r in app.recs if (r.get("trigger") or "").startswith("ev-")}
-                >= {e["event_id"] for e in events}, timeout=180, what="all events after restart")
+                lambda: (
+                    {r["trigger"] for r in app.recs if (r.get("trigger") or "").startswith("ev-")}
+                    >= {e["event_id"] for e in events}
+                ),
+                timeout=180,
+                what="all events after restart",
+            )
         # Every state in the changelog: complete and not double counted.
         changelog = f"{s.app_id}-users-changelog"
         deadline = time.monotonic() + 60
@@ -133,13 +155,20 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, cat
             if {u: st.n_events for u, st in states.items()} == dict(expected_n):
                 break
             assert time.monotonic() < deadline, (
-                {u: st.n_events for u, st in states.items()}, dict(expected_n))
+                {u: st.n_events for u, st in states.items()},
+                dict(expected_n),
+            )
             await asyncio.sleep(0.5)
         worker.stop()
 
         # The uninterrupted reference: the same events, in partition order, same update code.
-        store = ItemStore.connect(url=None, api_key=None, location=worker_env["RECSTREAM_QDRANT_PATH"],
-                                  collection=s.qdrant.collection, dims={"text": 384})
+        store = ItemStore.connect(
+            url=None,
+            api_key=None,
+            location=worker_env["RECSTREAM_QDRANT_PATH"],
+            collection=s.qdrant.collection,
+            dims={"text": 384},
+        )
         stored = await store.get([it["item_id"] for it in items])
         await store.close()
         r = RankingSettings()
@@ -147,11 +176,20 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(make_worker, worker_env, cat
         for part, off, ev in await read_events(k.bootstrap_servers, k.topic(k.events_topic)):
             it = stored[ev["item_id"]]
             ref[ev["user_id"]] = apply_event(
-                ref[ev["user_id"]], item_id=ev["item_id"], item_title=it.title,
-                item_vectors=it.vectors, event_type=ev["type"], ts=ev["ts"], value=ev.get("value"),
-                weights=r.event_weights, half_life_ms=r.interest_half_life_hours * 3_600_000,
-                partition=part, offset=off, event_id=ev["event_id"],
-                dedupe_window=r.dedupe_window, recent_positive=r.recent_positive,
+                ref[ev["user_id"]],
+                item_id=ev["item_id"],
+                item_title=it.title,
+                item_vectors=it.vectors,
+                event_type=ev["type"],
+                ts=ev["ts"],
+                value=ev.get("value"),
+                weights=r.event_weights,
+                half_life_ms=r.interest_half_life_hours * 3_600_000,
+                partition=part,
+                offset=off,
+                event_id=ev["event_id"],
+                dedupe_window=r.dedupe_window,
+                recent_positive=r.recent_positive,
             )
         assert set(ref) == set(states)
         for u, want in ref.items():

@@ -50,9 +50,14 @@ def item(
     )
 
 
-def run(candidates: list[StoredItem], interest: dict[str, np.ndarray] | None = None, *,
-        exclude: set[str] | None = None, anchors: list[StoredItem] | None = None,
-        k: int = 10) -> list[RankedItem]:
+def run(
+    candidates: list[StoredItem],
+    interest: dict[str, np.ndarray] | None = None,
+    *,
+    exclude: set[str] | None = None,
+    anchors: list[StoredItem] | None = None,
+    k: int = 10,
+) -> list[RankedItem]:
     return rank(
         candidates=candidates,
         interest=interest or {},
@@ -108,8 +113,11 @@ def test_order_follows_the_documented_score() -> None:
     ]
     u = interest["text"] / np.linalg.norm(interest["text"])
     pops = {
-        c.item_id: (math.exp(c.trend - NOW * math.log(2) / PARAMS.trending_half_life_ms)
-                    if c.trend > NO_TREND else 0.0)
+        c.item_id: (
+            math.exp(c.trend - NOW * math.log(2) / PARAMS.trending_half_life_ms)
+            if c.trend > NO_TREND
+            else 0.0
+        )
         for c in cands
     }
     max_log = max(math.log1p(p) for p in pops.values())
@@ -131,8 +139,9 @@ def test_order_follows_the_documented_score() -> None:
 
 
 def test_similarity_is_weighted_mean_cosine_over_shared_modalities() -> None:
-    it = StoredItem("a", None, (), None, NO_TREND,
-                    vectors={"text": 2 * unit(1, 0), "image": unit(0, 1)})
+    it = StoredItem(
+        "a", None, (), None, NO_TREND, vectors={"text": 2 * unit(1, 0), "image": unit(0, 1)}
+    )
     units = {"text": unit(1, 0), "image": unit(1, 0), "audio": unit(1, 0)}
     assert similarity(it, units, {"text": 3.0, "image": 1.0}) == pytest.approx(0.75)
     assert similarity(it, {"audio": unit(1, 0)}, {}) == 0.0
@@ -161,8 +170,11 @@ def test_similarity_reason_names_the_anchor_most_like_the_candidate() -> None:
     rome = item("rome", unit(0, 1, 0.1), title="A weekend in Rome")
     untitled = item("x-42", unit(0, 0, 1))
     interest = {"text": np.array([2.0, 1.0, 0.5], dtype=np.float32)}  # mostly cooking
-    cands = [item("risotto", unit(1, 0, 0)), item("venice", unit(0, 1, 0)),
-             item("opera", unit(0.1, 0, 1))]
+    cands = [
+        item("risotto", unit(1, 0, 0)),
+        item("venice", unit(0, 1, 0)),
+        item("opera", unit(0.1, 0, 1)),
+    ]
     out = {r.item_id: r.reason for r in run(cands, interest, anchors=[pasta, rome, untitled])}
     assert out["risotto"] == "because you liked \u201cFresh pasta\u201d"
     assert out["venice"] == "because you liked \u201cA weekend in Rome\u201d"

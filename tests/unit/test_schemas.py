@@ -304,11 +304,19 @@ def test_event_round_trip(d: dict[str, Any]) -> None:
     deleted=st.booleans(),
 )
 def test_content_round_trip(
-    item_id: str, title: str | None, tags: list[str] | None, published_at: int | None,
+    item_id: str,
+    title: str | None,
+    tags: list[str] | None,
+    published_at: int | None,
     deleted: bool,
 ) -> None:
-    d = {"item_id": item_id, "title": title, "tags": tags, "published_at": published_at,
-         "deleted": deleted}
+    d = {
+        "item_id": item_id,
+        "title": title,
+        "tags": tags,
+        "published_at": published_at,
+        "deleted": deleted,
+    }
     item = parse_content(orjson.dumps(d))
     assert item.model_dump(include=set(d)) == d
 
@@ -332,7 +340,12 @@ def test_recommendation_builder() -> None:
     }
     assert "request_id" not in out  # only answers to a request carry one
     with_req = recommendation(
-        user_id="u", items=[], trigger=None, source_ts=None, generated_at=1, model_version="m",
+        user_id="u",
+        items=[],
+        trigger=None,
+        source_ts=None,
+        generated_at=1,
+        model_version="m",
         request_id="r1",
     )
     assert with_req["request_id"] == "r1"
@@ -343,14 +356,29 @@ def test_recommendation_builder() -> None:
 @given(payload=st.none() | st.binary(max_size=300), key=st.none() | st.binary(max_size=40))
 def test_dead_letter_builder_keeps_original_bytes(payload: bytes | None, key: bytes | None) -> None:
     out = dead_letter(
-        source_topic="user-events", partition=3, offset=42, error="invalid user event: x",
-        payload=payload, key=key, ts=99,
+        source_topic="user-events",
+        partition=3,
+        offset=42,
+        error="invalid user event: x",
+        payload=payload,
+        key=key,
+        ts=99,
     )
     assert {
-        "schema_version", "source_topic", "partition", "offset", "error", "payload", "key", "ts"
+        "schema_version",
+        "source_topic",
+        "partition",
+        "offset",
+        "error",
+        "payload",
+        "key",
+        "ts",
     } <= out.keys()
     assert (out["source_topic"], out["partition"], out["offset"], out["ts"]) == (
-        "user-events", 3, 42, 99,
+        "user-events",
+        3,
+        42,
+        99,
     )
     wire = orjson.loads(dumps(out))
     decoded = None if wire["payload"] is None else base64.b64decode(wire["payload"])

@@ -124,12 +124,26 @@ def test_value_scales_the_interest_update(weights: dict[str, float]) -> None:
 
 def test_modalities_are_updated_independently(weights: dict[str, float]) -> None:
     s = apply_event(
-        UserState(), item_id="a", item_title=None, item_vectors={"text": E[0]},
-        event_type="like", ts=0, value=None, weights=weights, half_life_ms=H,
+        UserState(),
+        item_id="a",
+        item_title=None,
+        item_vectors={"text": E[0]},
+        event_type="like",
+        ts=0,
+        value=None,
+        weights=weights,
+        half_life_ms=H,
     )
     s = apply_event(
-        s, item_id="b", item_title=None, item_vectors={"image": E[1, :3]},
-        event_type="like", ts=int(H), value=None, weights=weights, half_life_ms=H,
+        s,
+        item_id="b",
+        item_title=None,
+        item_vectors={"image": E[1, :3]},
+        event_type="like",
+        ts=int(H),
+        value=None,
+        weights=weights,
+        half_life_ms=H,
     )
     np.testing.assert_array_equal(s.interest["text"], E[0])  # decayed, no new text
     np.testing.assert_array_equal(s.interest["image"], 2.0 * E[1, :3])
@@ -140,8 +154,14 @@ def test_modalities_are_updated_independently(weights: dict[str, float]) -> None
 
 def test_seen_and_disliked(weights: dict[str, float]) -> None:
     s = UserState()
-    for item, etype in [("a", "view"), ("b", "like"), ("a", "like"), ("c", "dislike"),
-                        ("c", "dislike"), ("d", "skip")]:
+    for item, etype in [
+        ("a", "view"),
+        ("b", "like"),
+        ("a", "like"),
+        ("c", "dislike"),
+        ("c", "dislike"),
+        ("d", "skip"),
+    ]:
         s = step(s, item, E[0], etype, 0, weights)
     assert s.seen == ["a", "b", "c", "d"]  # once each, first-seen order
     assert s.disliked == ["c"]  # skip is not a dislike
@@ -206,8 +226,9 @@ def test_is_duplicate(weights: dict[str, float]) -> None:
 
 
 def test_input_state_is_not_mutated(weights: dict[str, float]) -> None:
-    s = step(UserState(), "a", E[0], "like", 0, weights, title="A", partition=0, offset=1,
-             event_id="e1")
+    s = step(
+        UserState(), "a", E[0], "like", 0, weights, title="A", partition=0, offset=1, event_id="e1"
+    )
     before = copy.deepcopy(s)
     vec_before = s.interest["text"].copy()
     new = step(s, "b", E[1], "dislike", int(H), weights, partition=0, offset=2, event_id="e2")
@@ -228,22 +249,25 @@ def random_events(seed: int, n: int, dim: int = 384) -> list[dict[str, object]]:
     for i in range(n):
         ts += int(rng.integers(-500, 5_000))  # some arrive out of order
         v = rng.standard_normal(dim).astype(np.float32)
-        out.append({
-            "item_id": f"item-{int(rng.integers(0, 50))}",
-            "item_title": f"Item {i}",
-            "item_vectors": {"text": v / np.linalg.norm(v)},
-            "event_type": types[int(rng.integers(0, len(types)))],
-            "ts": ts,
-            "value": float(rng.random()) if rng.random() < 0.5 else None,
-            "partition": 0,
-            "offset": i,
-            "event_id": f"e{i}",
-        })
+        out.append(
+            {
+                "item_id": f"item-{int(rng.integers(0, 50))}",
+                "item_title": f"Item {i}",
+                "item_vectors": {"text": v / np.linalg.norm(v)},
+                "event_type": types[int(rng.integers(0, len(types)))],
+                "ts": ts,
+                "value": float(rng.random()) if rng.random() < 0.5 else None,
+                "partition": 0,
+                "offset": i,
+                "event_id": f"e{i}",
+            }
+        )
     return out
 
 
-def replay(events: list[dict[str, object]], weights: Mapping[str, float],
-           through_bytes: bool = False) -> UserState:
+def replay(
+    events: list[dict[str, object]], weights: Mapping[str, float], through_bytes: bool = False
+) -> UserState:
     s = UserState()
     for e in events:
         s = apply_event(s, weights=weights, half_life_ms=3_600_000.0, **e)  # type: ignore[arg-type]

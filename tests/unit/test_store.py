@@ -106,16 +106,28 @@ def test_upsert_get_round_trip() -> None:
     v = unit(1, 2, 3, 4)
 
     async def scenario(store: ItemStore) -> None:
-        await store.upsert([
-            rec("a", v, title="Pasta", tags=("cooking", "italian"), published_at=NOW, kind="video"),
-            rec("b", unit(0, 0, 0, 1)),
-        ])
+        await store.upsert(
+            [
+                rec(
+                    "a",
+                    v,
+                    title="Pasta",
+                    tags=("cooking", "italian"),
+                    published_at=NOW,
+                    kind="video",
+                ),
+                rec("b", unit(0, 0, 0, 1)),
+            ]
+        )
         assert await store.count() == 2
         got = await store.get(["a", "b", "a", "missing"])
         assert set(got) == {"a", "b"}
         a = got["a"]
         assert (a.title, a.tags, a.published_at, a.trend) == (
-            "Pasta", ("cooking", "italian"), NOW, NO_TREND,
+            "Pasta",
+            ("cooking", "italian"),
+            NOW,
+            NO_TREND,
         )
         np.testing.assert_allclose(a.vectors["text"], v, rtol=1e-6)
         assert a.vectors["text"].dtype == np.float32
@@ -144,8 +156,9 @@ def test_reupsert_replaces_content_and_keeps_trend() -> None:
 
 def test_delete() -> None:
     async def scenario(store: ItemStore) -> None:
-        await store.upsert([rec(i, unit(1, n, 0, 0), published_at=NOW + n)
-                            for n, i in enumerate("abc")])
+        await store.upsert(
+            [rec(i, unit(1, n, 0, 0), published_at=NOW + n) for n, i in enumerate("abc")]
+        )
         await store.set_trends({"b": 5.0})
         await store.delete(["b", "never-existed"])
         await store.delete([])
@@ -173,7 +186,8 @@ def test_candidates_similar_trending_fresh_minus_exclusions() -> None:
         await store.set_trends({i: t for i, (_, _, t) in items.items() if t is not None})
         out = await store.candidates(
             {"text": unit(1, 0, 0, 0), "audio": unit(1, 0)},  # no audio vectors: ignored
-            exclude={"seen-near"}, limit=2,
+            exclude={"seen-near"},
+            limit=2,
         )
         assert len(out) == 6
         similar, trending, fresh = out[:2], out[2:4], out[4:]
@@ -243,8 +257,15 @@ RANK = RankParams(
     trending_half_life_ms=H,
     modality_weights={"text": 1.0},
 )
-WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "share": 3.0, "complete": 2.0,
-           "skip": -0.5, "dislike": -2.0}
+WEIGHTS = {
+    "view": 0.5,
+    "click": 1.0,
+    "like": 2.0,
+    "share": 3.0,
+    "complete": 2.0,
+    "skip": -0.5,
+    "dislike": -2.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -257,16 +278,25 @@ def catalog_vectors(text_encoder: Any) -> dict[str, np.ndarray]:
 
 def test_recommender_on_real_text_vectors(catalog_vectors: dict[str, np.ndarray]) -> None:
     async def scenario(store: ItemStore) -> None:
-        await store.upsert([
-            ItemRecord(item_id=i, vectors={"text": catalog_vectors[i]}, title=t, tags=(tag,),
-                       published_at=NOW - 30 * HOUR)
-            for i, (t, tag) in CATALOG.items()
-        ])
+        await store.upsert(
+            [
+                ItemRecord(
+                    item_id=i,
+                    vectors={"text": catalog_vectors[i]},
+                    title=t,
+                    tags=(tag,),
+                    published_at=NOW - 30 * HOUR,
+                )
+                for i, (t, tag) in CATALOG.items()
+            ]
+        )
         # some popularity elsewhere, so similarity has something to beat
-        await store.set_trends({
-            "ball-1": trend_after(NO_TREND, 20.0, NOW - HOUR, H),
-            "space-1": trend_after(NO_TREND, 5.0, NOW - HOUR, H),
-        })
+        await store.set_trends(
+            {
+                "ball-1": trend_after(NO_TREND, 20.0, NOW - HOUR, H),
+                "space-1": trend_after(NO_TREND, 5.0, NOW - HOUR, H),
+            }
+        )
         await store.delete(["cook-5"])  # withdrawn from the catalog
 
         state = UserState()
@@ -274,9 +304,15 @@ def test_recommender_on_real_text_vectors(catalog_vectors: dict[str, np.ndarray]
             [("cook-1", "like"), ("ball-2", "view"), ("cook-2", "like"), ("ball-3", "dislike")]
         ):
             state = apply_event(
-                state, item_id=item_id, item_title=CATALOG[item_id][0],
-                item_vectors={"text": catalog_vectors[item_id]}, event_type=etype,
-                ts=NOW - (10 - n) * 60_000, value=None, weights=WEIGHTS, half_life_ms=72 * HOUR,
+                state,
+                item_id=item_id,
+                item_title=CATALOG[item_id][0],
+                item_vectors={"text": catalog_vectors[item_id]},
+                event_type=etype,
+                ts=NOW - (10 - n) * 60_000,
+                value=None,
+                weights=WEIGHTS,
+                half_life_ms=72 * HOUR,
             )
         assert state.excluded() == {"cook-1", "cook-2", "ball-2", "ball-3"}
         anchors = list((await store.get([i for i, _ in state.recent_positive])).values())

@@ -141,11 +141,13 @@ def test_parity_with_sentence_transformers(encoder: TextEncoder) -> None:
 
 
 def test_semantic_sanity(encoder: TextEncoder) -> None:
-    jazz_piano, jazz, football = encoder.encode([
-        "A jazz pianist improvises a solo over swing chord changes.",
-        "The saxophone quartet played bebop standards at the jazz club.",
-        "The striker scored twice as the football team won the league match.",
-    ])
+    jazz_piano, jazz, football = encoder.encode(
+        [
+            "A jazz pianist improvises a solo over swing chord changes.",
+            "The saxophone quartet played bebop standards at the jazz club.",
+            "The striker scored twice as the football team won the league match.",
+        ]
+    )
     assert float(jazz_piano @ jazz) > float(jazz_piano @ football) + 0.1
 
 
@@ -205,16 +207,21 @@ def test_create_session_rejects_unknown_device(encoder: TextEncoder) -> None:
 @pytest.mark.parametrize(
     ("title", "description", "tags", "expected"),
     [
-        ("Kind of Blue", "A 1959 modal jazz album", ["jazz", "modal"],
-         "Kind of Blue. A 1959 modal jazz album. tags: jazz, modal"),
+        (
+            "Kind of Blue",
+            "A 1959 modal jazz album",
+            ["jazz", "modal"],
+            "Kind of Blue. A 1959 modal jazz album. tags: jazz, modal",
+        ),
         ("Is it art?", "  Yes.\n It is. ", None, "Is it art? Yes. It is."),
         (None, None, ["  news ", "", "sport"], "tags: news, sport"),
         ("Solo", None, "single-tag", "Solo. tags: single-tag"),
         (None, "  ", [], ""),
     ],
 )
-def test_item_text(title: str | None, description: str | None, tags: list[str] | None,
-                   expected: str) -> None:
+def test_item_text(
+    title: str | None, description: str | None, tags: list[str] | None, expected: str
+) -> None:
     assert item_text(title, description, tags) == expected
 
 
@@ -229,6 +236,7 @@ def _fake_build(delay_s: float = 0.0, calls: list[int] | None = None) -> Callabl
         time.sleep(delay_s)  # widen the window in which a second exporter could clash
         (tmp / TOKENIZER_FILE).write_text("{}")
         (tmp / INFO_FILE).write_text(json.dumps({"format": EXPORT_FORMAT}))
+
     return build
 
 
@@ -238,8 +246,9 @@ def test_concurrent_exports_build_once(tmp_path: Path) -> None:
     results: list[tuple[Path, bool]] = []
     build = _fake_build(delay_s=0.3, calls=calls)
     threads = [
-        threading.Thread(target=lambda: results.append(
-            export_mod._export_locked(out_dir, build, force=False)))
+        threading.Thread(
+            target=lambda: results.append(export_mod._export_locked(out_dir, build, force=False))
+        )
         for _ in range(3)
     ]
     for t in threads:
@@ -276,8 +285,9 @@ def test_stale_format_is_replaced(tmp_path: Path) -> None:
     assert (out_dir / ONNX_FILE).read_bytes() == b"onnx"
 
 
-def test_ensure_reuses_existing_export(model_root: Path, encoder: TextEncoder,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_reuses_existing_export(
+    model_root: Path, encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_subprocess(*args: object, **kwargs: object) -> None:
         raise AssertionError("must not export again")
 
