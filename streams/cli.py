@@ -25,9 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="run broker, worker, sample catalog and events; print recommendations"
     )
-    d.add_argument("--users", type=int, default=8, help="simulated users (default 8)")
-    d.add_argument("--events", type=int, default=400, help="user events to send (default 400)")
-    d.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
+    d.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
+    d.add_argument("--events", type=int, default=240, help="user events to send (default 240)")
+    d.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
 
     b = sub.add_parser("broker", help="run the local Tansu broker in the foreground")

@@ -275,7 +275,8 @@ async def _drive(
             print(f"events   {n_events} events from {n_users} users at {rate:g}/s\n")
             pending: dict[str, dict[str, Any]] = {}
             lat: list[float] = []
-            shares: list[float] = []  # per list: share of items matching the user's tastes
+            # per list: (share of its items matching the user's tastes, same for a random pick)
+            shares: list[tuple[float, float]] = []
             dead: list[dict[str, Any]] = []
             interval = 1.0 / rate
             t_send = time.monotonic()
@@ -296,10 +297,8 @@ async def _drive(
                     lat.append(at - ev["ts"])
                     u = by_id[v["user_id"]]
                     top = v["items"]
-                    share = sum(1 for r in top if tags.get(r["item_id"], set()) & u.likes) / max(
-                        len(top), 1
-                    )
-                    shares.append(share)
+                    hits = sum(1 for r in top if tags.get(r["item_id"], set()) & u.likes)
+                    shares.append((hits / max(len(top), 1), ev["_random_match"]))
                     say(
                         f"[{lat[-1]:6.1f} ms] {u.user_id} ({u.persona:<14}) {ev['type']:<8} "
                         f"{titles.get(ev['item_id'], '?')[:34]:<34} -> "
@@ -310,9 +309,13 @@ async def _drive(
                     )
 
             for i in range(n_events):
-                ev = next_event(sim[i % n_users], catalog, rng)
-                pending[ev["event_id"]] = ev
+                user = sim[i % n_users]
+                # What a random pick among the items this user has not seen would match.
+                unseen = [j for j in tags if j not in user.seen]
+                random_match = sum(1 for j in unseen if tags[j] & user.likes) / max(len(unseen), 1)
+                ev = next_event(user, catalog, rng)
                 await app.send_event(ev)
+                pending[ev["event_id"]] = {**ev, "_random_match": random_match}
                 target = t_send + (i + 1) * interval
                 await collect(0, 0)
                 delay = target - time.monotonic()
@@ -348,12 +351,13 @@ async def _drive(
                     f"latency  event -> recommendation: p50 {_pct(lat, 50):.1f} ms, "
                     f"p95 {_pct(lat, 95):.1f} ms, p99 {_pct(lat, 99):.1f} ms, max {max(lat):.1f} ms"
                 )
-            if match_first and match_last:
-                print(
-                    f"learning share of recommended items matching the user's tastes: first "
-                    f"{len(match_first)} lists {np.mean(match_first):.0%}, last {len(match_last)} "
-                    f"lists {np.mean(match_last):.0%}"
-                )
+            for label, part in (("first", match_first), ("last", match_last)):
+                if part:
+                    got, rnd = np.mean([p[0] for p in part]), np.mean([p[1] for p in part])
+                    print(
+                        f"tastes   {label} {len(part)} lists: {got:.0%} of recommended items match "
+                        f"the user's tastes (a random pick of unseen items: {rnd:.0%})"
+                    )
             return 0 if len(lat) == n_events else 1
         finally:
             read_task.cancel()
