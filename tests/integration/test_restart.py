@@ -37,36 +37,8 @@ async def behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
     return False
 
 
-async def read_changelog(bootstrap: str, topic: str) -> dict[str, UserState]:
-    """Latest value per key of the users table changelog = the table's state."""
-    c = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=10,
-    )
-    await c.start()
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        end = await c.end_offsets(tps)
-        out: dict[str, UserState] = {}
-        deadline = time.monotonic() + 30
-        while await behind(c, end) and time.monotonic() < deadline:
-            batch = await c.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                for m in msgs:
-                    if m.value is not None:  # Faust writes table changelogs as JSON
-                        out[orjson.loads(m.key)] = UserState.from_bytes(m.value)
-        return out
-    finally:
-        await c.stop()
-
-
-async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
-    """(partition, offset, event) for every event in the topic."""
+async def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes | None]]:
+    """(partition, offset, key, value) of every message now in the topic, partition order."""
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -80,12 +52,27 @@ async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[s
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
         out = []
-        while await behind(c, end):
+        deadline = time.monotonic() + 30
+        while await behind(c, end) and time.monotonic() < deadline:
             for tp, msgs in (await c.getmany(timeout_ms=200)).items():
-                out += [(tp.partition, m.offset, orjson.loads(m.value)) for m in msgs]
+                out += [(tp.partition, m.offset, m.key, m.value) for m in msgs]
         return out
     finally:
         await c.stop()
+
+
+async def read_changelog(bootstrap: str, topic: str) -> dict[str, UserState]:
+    """Latest value per key of the users table changelog = the table's state."""
+    out: dict[str, UserState] = {}
+    for _, _, key, value in await read_topic(bootstrap, topic):
+        if value is not None:  # Faust writes table changelogs as JSON
+            out[orjson.loads(key)] = UserState.from_bytes(value)
+    return out
+
+
+async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
+    """(partition, offset, event) for every event in the topic."""
+    return [(p, o, orjson.loads(v or b"")) for p, o, _, v in await read_topic(bootstrap, topic)]
 
 
 def test_kill9_mid_stream_loses_and_doubles_nothing(
