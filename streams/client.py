@@ -22,13 +22,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.settings import Settings
 
-KEY_FIELDS = {
-    "content": "item_id",
-    "user-events": "user_id",
-    "recommendation-requests": "user_id",
-    "recommendations": "user_id",
-}
-
 
 def key_field_for(settings: Settings, topic: str) -> str | None:
     k = settings.kafka
@@ -38,7 +31,7 @@ def key_field_for(settings: Settings, topic: str) -> str | None:
         k.requests_topic: "user_id",
         k.recommendations_topic: "user_id",
     }
-    return by_name.get(topic, KEY_FIELDS.get(topic))
+    return by_name.get(topic)
 
 
 def now_ms() -> int:

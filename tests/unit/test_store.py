@@ -257,15 +257,6 @@ RANK = RankParams(
     trending_half_life_ms=H,
     modality_weights={"text": 1.0},
 )
-WEIGHTS = {
-    "view": 0.5,
-    "click": 1.0,
-    "like": 2.0,
-    "share": 3.0,
-    "complete": 2.0,
-    "skip": -0.5,
-    "dislike": -2.0,
-}
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +267,9 @@ def catalog_vectors(text_encoder: Any) -> dict[str, np.ndarray]:
     return dict(zip(ids, vecs, strict=True))
 
 
-def test_recommender_on_real_text_vectors(catalog_vectors: dict[str, np.ndarray]) -> None:
+def test_recommender_on_real_text_vectors(
+    catalog_vectors: dict[str, np.ndarray], weights: dict[str, float]
+) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert(
             [
@@ -311,7 +304,7 @@ def test_recommender_on_real_text_vectors(catalog_vectors: dict[str, np.ndarray]
                 event_type=etype,
                 ts=NOW - (10 - n) * 60_000,
                 value=None,
-                weights=WEIGHTS,
+                weights=weights,
                 half_life_ms=72 * HOUR,
             )
         assert state.excluded() == {"cook-1", "cook-2", "ball-2", "ball-3"}
