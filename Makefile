@@ -11,7 +11,7 @@ $(BIN)/recstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 (CPU build) is pinned in the "export" extra: the worker never imports it.
-	$(BIN)/pip install --quiet -e '.[export,test,dev]'
+	$(BIN)/pip install --quiet -e '.[export,test,dev,bench]'
 	touch $@
 
 models: $(BIN)/recstream

@@ -6,6 +6,8 @@ recstream worker               the stream worker (settings from RECSTREAM_* vari
 recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
 recstream tail TOPIC           print a topic's messages as they arrive
 recstream models export        export the ONNX encoders into the model cache
+recstream evaluate ...         offline quality evaluation (ranking/evaluate; --help for options)
+recstream bench ...            latency/throughput benchmark against a bare relay (--help)
 """
 
 from __future__ import annotations
@@ -51,10 +53,26 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--model-dir", help="default: RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models"
     )
+    # These two own their options (their modules parse the rest of the command line).
+    sub.add_parser(
+        "evaluate", help="offline quality evaluation on interaction data", add_help=False
+    )
+    sub.add_parser(
+        "bench", help="latency and throughput benchmark, beside a bare relay", add_help=False
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "evaluate":
+        from ranking.evaluate.cli import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from benchmarks.latency import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "worker":

@@ -83,6 +83,12 @@ class EncoderSettings(BaseSettings):
     batch_ms: int = Field(default=20, ge=0)
 
 
+class MediaSettings(BaseSettings):
+    """Fetching media referenced by content items. Env prefix ``RECSTREAM_MEDIA_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSTREAM_MEDIA_", extra="ignore")
+
+
 class RankingSettings(BaseSettings):
     """Online interest update and ranking. Env prefix ``RECSTREAM_RANKING_``."""
 
@@ -135,6 +141,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     ranking: RankingSettings = Field(default_factory=RankingSettings)
 
     def qdrant_location(self) -> str:
