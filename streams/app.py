@@ -136,7 +136,7 @@ def build_app(
             freshness_weight=r.freshness_weight,
             freshness_half_life_ms=r.freshness_half_life_hours * 3_600_000,
             trending_half_life_ms=r.trending_half_life_hours * 3_600_000,
-            modality_weights={"text": 1.0},
+            modality_weights=r.modality_weights,
         ),
         candidate_factor=r.candidate_factor,
     )

@@ -116,6 +116,11 @@ class RankingSettings(BaseSettings):
     popularity_weight: float = 0.15
     freshness_weight: float = 0.10
     freshness_half_life_hours: float = Field(default=48.0, gt=0)
+    # Weighted fusion of per-modality similarity: w_text*sim_text + w_image*sim_image +
+    # w_audio*sim_audio, over the modalities both the user and the item have (JSON object).
+    modality_weights: dict[str, float] = Field(
+        default_factory=lambda: {"text": 1.0, "image": 0.6, "audio": 0.4}
+    )
     # Candidates fetched per source = k * candidate_factor.
     candidate_factor: int = Field(default=4, ge=1)
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
