@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint models clean
+.PHONY: demo test lint models clean sysdeps
 
 $(BIN)/recstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,20 @@ models: $(BIN)/recstream
 demo: models
 	$(BIN)/recstream demo
 
-test: models
+# espeak-ng and sox make the real speech and tones the audio tests listen to (Debian packages).
+# Installed when missing and we may (root or sudo); otherwise those tests skip and say why.
+sysdeps:
+	@if command -v espeak-ng >/dev/null && command -v sox >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq espeak-ng sox >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng sox >/dev/null 2>&1)) || \
+	  echo "could not install espeak-ng/sox: the speech/tone tests will skip"; \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get install -y -qq espeak-ng sox >/dev/null 2>&1 || \
+	  echo "could not install espeak-ng/sox: the speech/tone tests will skip"; \
+	else echo "espeak-ng/sox absent and not installable here: the speech/tone tests will skip"; fi
+
+test: models sysdeps
 	$(BIN)/python -m pytest -ra
 
 lint: $(BIN)/recstream
