@@ -18,15 +18,12 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
-from encoders.base import Encoder
-from encoders.text import item_text
 from ranking.recommender import Recommender, now_ms
 from ranking.state import UserState, apply_event, event_weight
 from ranking.store import NO_TREND, ItemRecord, ItemStore, StoredItem, trend_after
@@ -83,13 +80,36 @@ async def retrying(op: Callable[[], Awaitable[T]], what: str, max_delay_s: float
             delay = min(delay * 2, max_delay_s)
 
 
+class ItemEncoder(Protocol):
+    """What the content agent needs from encoders/ (encoders.pipeline.ContentEncoder)."""
+
+    @property
+    def dims(self) -> Mapping[str, int]: ...
+
+    async def encode(self, items: Sequence[schemas.ContentItem]) -> Sequence[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def _record(item: schemas.ContentItem, vectors: Mapping[str, np.ndarray]) -> ItemRecord:
+    kind = (item.attributes or {}).get("kind")
+    return ItemRecord(
+        item_id=item.item_id,
+        vectors=dict(vectors),
+        title=item.title,
+        tags=tuple(item.tags or ()),
+        published_at=item.published_at,
+        kind=str(kind) if kind else None,
+    )
+
+
 class Handlers:
     def __init__(
         self,
         settings: Settings,
         *,
         store: ItemStore,
-        encoders: Mapping[str, Encoder[str]],
+        content_encoder: ItemEncoder,
         recommender: Recommender,
         users: MutableMapping[str, dict[str, Any]],
         item_trends: MutableMapping[str, float],
@@ -99,7 +119,7 @@ class Handlers:
     ):
         self.settings = settings
         self.store = store
-        self.encoders = dict(encoders)
+        self.content_encoder = content_encoder
         self.recommender = recommender
         self.users = users
         self.item_trends = item_trends
@@ -110,10 +130,8 @@ class Handlers:
         self.half_life_ms = r.interest_half_life_hours * 3_600_000
         self.trend_half_life_ms = r.trending_half_life_hours * 3_600_000
         self._pending_trends: dict[str, float] = {}
-        # onnxruntime releases the GIL: encode off the event loop, one batch at a time.
-        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
 
-    async def dead_letter(self, msg: Msg, error: str) -> None:
+    async def dead_letter(self, msg: Msg, error: str, *, part: str | None = None) -> None:
         log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         value = schemas.dead_letter(
             source_topic=msg.topic,
@@ -123,12 +141,17 @@ class Handlers:
             payload=msg.value,
             key=msg.key,
             ts=now_ms(),
+            part=part,
         )
         await self.dead_letters.send(key=msg.key, value=schemas.dumps(value))
 
     # -- content ----------------------------------------------------------------------------
     async def on_content(self, batch: Sequence[Msg]) -> None:
-        """A micro-batch of content messages: one encoder call and one upsert for all."""
+        """A micro-batch of content messages: one call per encoder and one upsert for all.
+
+        A medium that cannot be fetched or decoded does not lose the item: it is stored with
+        the modalities that worked, and a dead-letter record (``part`` = the failed field)
+        says which part failed and why."""
         latest: dict[str, tuple[Msg, schemas.ContentItem]] = {}
         for msg in batch:
             try:
@@ -139,38 +162,23 @@ class Handlers:
             latest.pop(item.item_id, None)  # keep the newest version, in arrival order
             latest[item.item_id] = (msg, item)
         deleted = [i for i, (_, it) in latest.items() if it.deleted]
-        live = [it for _, it in latest.values() if not it.deleted]
-        records = await self._encode(live)
+        live = [(m, it) for m, it in latest.values() if not it.deleted]
+        encoded = await self.content_encoder.encode([it for _, it in live]) if live else []
+        records = []
+        for (msg, it), enc in zip(live, encoded, strict=True):
+            records.append(_record(it, enc.vectors))
+            for part, reason in enc.failures:
+                kept = ", ".join(sorted(enc.vectors)) or "no vectors (trending/fresh only)"
+                await self.dead_letter(
+                    msg,
+                    f"content item {it.item_id!r}: {part} could not be used: {reason}; "
+                    f"the item was indexed with {kept}",
+                    part=part,
+                )
         await retrying(lambda: self.store.upsert(records), "Qdrant upsert")
         await retrying(lambda: self.store.delete(deleted), "Qdrant delete")
         if records or deleted:
             log.info("content: %d items stored, %d deleted", len(records), len(deleted))
-
-    async def _encode(self, items: Sequence[schemas.ContentItem]) -> list[ItemRecord]:
-        vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
-        text_idx = [i for i, it in enumerate(items) if it.has_text()]
-        encoder = self.encoders.get("text")
-        if text_idx and encoder is not None:
-            texts = [
-                item_text(items[i].title, items[i].description, items[i].tags) for i in text_idx
-            ]
-            loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._encode_pool, encoder.encode, texts)
-            for row, i in enumerate(text_idx):
-                vectors[i]["text"] = out[row]
-        return [
-            ItemRecord(
-                item_id=it.item_id,
-                vectors=vectors[i],
-                title=it.title,
-                tags=tuple(it.tags or ()),
-                published_at=it.published_at,
-                kind=str((it.attributes or {}).get("kind"))
-                if (it.attributes or {}).get("kind")
-                else None,
-            )
-            for i, it in enumerate(items)
-        ]
 
     # -- user events -------------------------------------------------------------------------
     def load_state(self, user_id: str) -> UserState:
@@ -296,4 +304,4 @@ class Handlers:
         await retrying(lambda: self.store.set_trends(pending), "Qdrant set_payload")
 
     def close(self) -> None:
-        self._encode_pool.shutdown(wait=False)
+        self.content_encoder.close()

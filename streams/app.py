@@ -7,17 +7,16 @@ and several workers in one test run each get their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from encoders.base import Encoder
 from ranking.ranker import RankParams
 from ranking.recommender import Recommender
 from ranking.store import ItemStore
-from streams.agents import Handlers, Msg
+from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings
 from streams.transport import RecstreamApp
 
@@ -99,7 +98,7 @@ def build_app(
     *,
     flavor: str,
     store: ItemStore,
-    encoders: Mapping[str, Encoder[Any]],
+    content_encoder: ItemEncoder,
 ) -> tuple[faust.App, Handlers]:
     k = settings.kafka
     app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
@@ -143,7 +142,7 @@ def build_app(
     handlers = Handlers(
         settings,
         store=store,
-        encoders=encoders,
+        content_encoder=content_encoder,
         recommender=recommender,
         users=users,
         item_trends=item_trends,

@@ -168,8 +168,13 @@ def dead_letter(
     payload: bytes | None,
     key: bytes | None,
     ts: int,
+    part: str | None = None,
 ) -> dict[str, Any]:
-    """Value on the ``dead-letters`` topic (key: the original key)."""
+    """Value on the ``dead-letters`` topic (key: the original key).
+
+    ``part`` names the failed field of a message that was otherwise processed (e.g.
+    ``image_uri`` of a content item indexed by its other modalities); None when the whole
+    message was rejected."""
     return {
         "schema_version": SCHEMA_VERSION,
         "source_topic": source_topic,
@@ -179,6 +184,7 @@ def dead_letter(
         "payload": base64.b64encode(payload).decode() if payload is not None else None,
         "key": base64.b64encode(key).decode() if key is not None else None,
         "ts": ts,
+        "part": part,
     }
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+import numpy as np
 
-from encoders.base import Encoder
-from encoders.text import TextEncoder
+from encoders.text import TextEncoder, item_text
 from ranking.store import ItemStore
 from streams import broker as brokers
+from streams.agents import ItemEncoder
 from streams.app import TopicNames, build_app
 from streams.settings import DEFAULT_BOOTSTRAP, Settings
 
@@ -30,15 +34,47 @@ def resolve_broker(settings: Settings) -> brokers.LocalBroker | None:
     return brokers.LocalBroker(port=port).start()
 
 
-def load_encoders(settings: Settings) -> dict[str, Encoder[Any]]:
-    e = settings.encoder
-    text = TextEncoder(
-        e.model_dir, device=e.device, intra_op_threads=e.intra_op_threads, max_tokens=e.max_tokens
-    )
-    return {"text": text}
+@dataclass
+class _Encoded:
+    vectors: dict[str, np.ndarray]
+    failures: list[tuple[str, str]]
 
 
-async def prepare(settings: Settings, encoders: dict[str, Encoder[Any]]) -> tuple[str, ItemStore]:
+class _TextOnlyEncoder:
+    """Interim: text only, until encoders.pipeline.ContentEncoder (all modalities) lands."""
+
+    def __init__(self, settings: Settings):
+        e = settings.encoder
+        self.text = TextEncoder(
+            e.model_dir,
+            device=e.device,
+            intra_op_threads=e.intra_op_threads,
+            max_tokens=e.max_tokens,
+        )
+        self.dims = {"text": self.text.dim}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
+
+    async def encode(self, items: Sequence[Any]) -> list[_Encoded]:
+        out = [_Encoded({}, []) for _ in items]
+        idx = [i for i, it in enumerate(items) if it.has_text()]
+        if idx:
+            texts = [item_text(items[i].title, items[i].description, items[i].tags) for i in idx]
+            vecs = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.text.encode, texts
+            )
+            for row, i in enumerate(idx):
+                out[i].vectors["text"] = vecs[row]
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def load_content_encoder(settings: Settings) -> ItemEncoder:
+    return _TextOnlyEncoder(settings)
+
+
+async def prepare(settings: Settings, content_encoder: ItemEncoder) -> tuple[str, ItemStore]:
     k = settings.kafka
     flavor = k.flavor if k.flavor != "auto" else await brokers.detect_flavor(k.bootstrap_servers)
     created = await brokers.ensure_topics(
@@ -49,7 +85,7 @@ async def prepare(settings: Settings, encoders: dict[str, Encoder[Any]]) -> tupl
     )
     if created:
         log.info("created topics: %s", ", ".join(created))
-    return flavor, open_store(settings, {m: enc.dim for m, enc in encoders.items()})
+    return flavor, open_store(settings, dict(content_encoder.dims))
 
 
 def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
@@ -74,19 +110,21 @@ def run_worker(settings: Settings) -> None:
     if local is not None:
         settings.kafka.bootstrap_servers = local.bootstrap_servers
     try:
-        encoders = load_encoders(settings)
+        content_encoder = load_content_encoder(settings)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        flavor, store = loop.run_until_complete(prepare(settings, encoders))
+        flavor, store = loop.run_until_complete(prepare(settings, content_encoder))
         loop.run_until_complete(store.ensure_collection())
         log.info(
             "broker %s (%s), qdrant %s, encoders %s",
             settings.kafka.bootstrap_servers,
             flavor,
             settings.qdrant.url or settings.qdrant_location(),
-            {m: f"{type(e).__name__}[{e.dim}]" for m, e in encoders.items()},
+            dict(content_encoder.dims),
         )
-        app, handlers = build_app(settings, flavor=flavor, store=store, encoders=encoders)
+        app, handlers = build_app(
+            settings, flavor=flavor, store=store, content_encoder=content_encoder
+        )
         worker = faust.Worker(
             app, loop=loop, loglevel=settings.log_level, quiet=True, override_logging=False
         )
