@@ -116,6 +116,7 @@ class Handlers:
         recommendations: Sink,
         dead_letters: Sink,
         item_activity: Sink,
+        indexed: Sink | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -126,6 +127,7 @@ class Handlers:
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.item_activity = item_activity
+        self.indexed = indexed
         r = settings.ranking
         self.half_life_ms = r.interest_half_life_hours * 3_600_000
         self.trend_half_life_ms = r.trending_half_life_hours * 3_600_000
@@ -179,6 +181,24 @@ class Handlers:
         await retrying(lambda: self.store.delete(deleted), "Qdrant delete")
         if records or deleted:
             log.info("content: %d items stored, %d deleted", len(records), len(deleted))
+        if self.indexed is not None:
+            at = now_ms()
+            for (msg, it), enc in zip(live, encoded, strict=True):
+                value = schemas.indexed(
+                    item_id=it.item_id,
+                    modalities=sorted(enc.vectors),
+                    failed=[p for p, _ in enc.failures],
+                    deleted=False,
+                    indexed_at=at,
+                    published_at=it.published_at,
+                )
+                await self.indexed.send(key=msg.key, value=schemas.dumps(value))
+            for item_id in deleted:
+                msg = latest[item_id][0]
+                value = schemas.indexed(
+                    item_id=item_id, modalities=[], failed=[], deleted=True, indexed_at=at
+                )
+                await self.indexed.send(key=msg.key, value=schemas.dumps(value))
 
     # -- user events -------------------------------------------------------------------------
     def load_state(self, user_id: str) -> UserState:

@@ -33,6 +33,7 @@ class TopicNames:
     requests: str
     recommendations: str
     dead_letters: str
+    indexed: str
     item_activity: str
 
     @classmethod
@@ -44,6 +45,7 @@ class TopicNames:
             requests=k.topic(k.requests_topic),
             recommendations=k.topic(k.recommendations_topic),
             dead_letters=k.topic(k.dead_letters_topic),
+            indexed=k.topic(k.indexed_topic),
             item_activity=k.topic(f"{s.app_id}-item-activity"),
         )
 
@@ -148,6 +150,7 @@ def build_app(
         item_trends=item_trends,
         recommendations=raw_topic(names.recommendations),
         dead_letters=raw_topic(names.dead_letters),
+        indexed=raw_topic(names.indexed),
         item_activity=item_activity,
     )
 

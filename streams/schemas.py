@@ -188,5 +188,28 @@ def dead_letter(
     }
 
 
+def indexed(
+    *,
+    item_id: str,
+    modalities: list[str],
+    failed: list[str],
+    deleted: bool,
+    indexed_at: int,
+    published_at: int | None = None,
+) -> dict[str, Any]:
+    """Value on the ``content-indexed`` topic (key: the content message's key): the item is
+    stored and searchable with these named vectors (or deleted). ``failed`` lists the media
+    fields that could not be used; the dead-letter topic has the reasons."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "item_id": item_id,
+        "modalities": modalities,
+        "failed": failed,
+        "deleted": deleted,
+        "indexed_at": indexed_at,
+        "published_at": published_at,
+    }
+
+
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)

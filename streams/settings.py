@@ -37,6 +37,9 @@ class KafkaSettings(BaseSettings):
     requests_topic: str = "recommendation-requests"
     recommendations_topic: str = "recommendations"
     dead_letters_topic: str = "dead-letters"
+    # One record per content item once it is stored and searchable (or deleted): apps learn
+    # when an item is recommendable, and which media parts failed.
+    indexed_topic: str = "content-indexed"
     # Partitions of the keyed input topics (events and requests must match: they share the
     # user table). Only used when recstream creates the topics.
     partitions: int = Field(default=4, ge=1)

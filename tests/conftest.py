@@ -148,8 +148,10 @@ class AppHarness:
         k = settings.kafka
         self.recs_topic = k.topic(k.recommendations_topic)
         self.dl_topic = k.topic(k.dead_letters_topic)
+        self.indexed_topic = k.topic(k.indexed_topic)
         self.recs: list[dict[str, Any]] = []
         self.dead: list[dict[str, Any]] = []
+        self.indexed: list[dict[str, Any]] = []
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -160,6 +162,7 @@ class AppHarness:
             consumer = AIOKafkaConsumer(
                 self.recs_topic,
                 self.dl_topic,
+                self.indexed_topic,
                 bootstrap_servers=self.settings.kafka.bootstrap_servers,
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
@@ -191,7 +194,12 @@ class AppHarness:
         async for m in self._consumer:
             v = orjson.loads(m.value)
             v["_received_at"] = now_ms()
-            (self.recs if m.topic == self.recs_topic else self.dead).append(v)
+            if m.topic == self.recs_topic:
+                self.recs.append(v)
+            elif m.topic == self.indexed_topic:
+                self.indexed.append(v)
+            else:
+                self.dead.append(v)
 
     async def wait(self, pred: Any, timeout: float = 60, what: str = "a message") -> None:
         deadline = time.monotonic() + timeout
@@ -225,11 +233,19 @@ class AppHarness:
                 if time.monotonic() > deadline or not self.worker.alive():
                     raise
 
+    def indexed_record(self, item_id: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(self.indexed) if r["item_id"] == item_id), None)
+
     async def publish_catalog(self, items: list[dict[str, Any]]) -> None:
-        """Publish and wait until every item is recommendable (a cold user sees them all)."""
+        """Publish, wait for every item's content-indexed record, then check a cold user
+        really sees them all."""
         for it in items:
             await self.client.publish_content(it)
         await self.client.flush()
+        ids = {it["item_id"] for it in items}
+        await self.wait(
+            lambda: ids <= {r["item_id"] for r in self.indexed}, 120, "content-indexed records"
+        )
         await self.wait_catalog_size(len(items))
 
     async def wait_catalog_size(self, n: int, timeout: float = 60) -> None:
