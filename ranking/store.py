@@ -1,8 +1,17 @@
-"""The item catalog in Qdrant: one point per item, one named vector per modality.
+"""The item catalog: one point per item, one named vector per modality, behind one interface.
 
-Production uses a Qdrant server (``RECSTREAM_QDRANT_URL``); with no URL the same code runs on
-qdrant-client's embedded local mode. Both go through ``AsyncQdrantClient``, so the worker's
-event loop never blocks on a network call.
+``ItemStore`` is the interface the stream and the offline code use. Two implementations:
+  QdrantStore  a Qdrant server through qdrant-client (production; also qdrant-client's
+               embedded local mode, which brute-forces in numpy: fine for tests only);
+  EdgeStore    ranking/store_edge.py: the Qdrant engine in-process (qdrant-edge-py: HNSW,
+               payload indexes, WAL), the default embedded backend.
+``ItemStore.connect`` picks one (``RECSTREAM_QDRANT_BACKEND``); tests/unit/test_store_congruence
+runs the same operations on each and compares the results.
+
+Named vectors: ``text`` (384), ``image`` (1280), ``audio`` (512), cosine; an item may lack any.
+More may be configured (e.g. a collaborative ``cf`` vector): a vector that is not one of the
+CONTENT_VECTORS is derived data, written with ``update_vectors`` and kept when the item's
+content is published again. Likewise payload fields written with ``set_payload``.
 
 Payload per point: ``item_id``, ``title``, ``tags``, ``published_at`` (epoch ms), ``kind``,
 and ``trend``: the item's time-decayed popularity kept comparable across items without ever
@@ -13,18 +22,22 @@ ordering by the current decayed popularity, and ``pop_now = exp(trend - now * ln
 
 from __future__ import annotations
 
-import dataclasses
+import abc
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from qdrant_client import AsyncQdrantClient, models
 
 _ID_NAMESPACE = uuid.UUID("6f1c7f0e-6a2b-4f7e-9d0e-3b9a3c5d7e11")
 NO_TREND = -1.0e18  # an item nobody interacted with yet sorts last
+MODALITY_DIMS = {"text": 384, "image": 1280, "audio": 512}
+CONTENT_VECTORS = frozenset(MODALITY_DIMS)
+CONTENT_FIELDS = ("item_id", "title", "tags", "published_at", "kind")
+ORDER_KEYS = ("trend", "published_at")  # candidates(): trending, then fresh
+Backend = Literal["auto", "edge", "client"]
 
 
 def point_id(item_id: str) -> str:
@@ -53,11 +66,14 @@ class StoredItem:
     trend: float
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     score: float | None = None  # similarity, when it came from a vector query
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_point(cls, point: Any) -> StoredItem:
-        p = point.payload or {}
-        vec = point.vector if isinstance(point.vector, dict) else {}
+    def from_parts(
+        cls, payload: Mapping[str, Any] | None, vectors: Any, score: float | None = None
+    ) -> StoredItem:
+        p = payload or {}
+        vec = vectors if isinstance(vectors, dict) else {}
         return cls(
             item_id=p["item_id"],
             title=p.get("title"),
@@ -65,8 +81,13 @@ class StoredItem:
             published_at=p.get("published_at"),
             trend=float(p.get("trend", NO_TREND)),
             vectors={m: np.asarray(v, dtype=np.float32) for m, v in vec.items()},
-            score=getattr(point, "score", None),
+            score=score,
+            payload=p,
         )
+
+    @classmethod
+    def from_point(cls, point: Any) -> StoredItem:
+        return cls.from_parts(point.payload, point.vector, getattr(point, "score", None))
 
 
 def trend_after(trend: float, weight: float, ts: int, half_life_ms: float) -> float:
@@ -86,24 +107,41 @@ def popularity_now(trend: float, now_ms: int, half_life_ms: float) -> float:
     return math.exp(min(trend - now_ms * math.log(2) / half_life_ms, 700.0))
 
 
-def _exclude_filter(exclude: Iterable[str]) -> models.Filter | None:
-    ids = [point_id(i) for i in exclude]
-    if not ids:
-        return None
-    return models.Filter(must_not=[models.HasIdCondition(has_id=ids)])
+def content_payload(r: ItemRecord, old: StoredItem | None) -> dict[str, Any]:
+    """The payload an upsert writes: the record's content, the earned trend, and whatever
+    ``set_payload`` added before (fields that are not content)."""
+    extra = {k: v for k, v in (old.payload if old else {}).items() if k not in CONTENT_FIELDS}
+    return {
+        **extra,
+        "item_id": r.item_id,
+        "title": r.title,
+        "tags": list(r.tags),
+        "published_at": r.published_at,
+        "kind": r.kind,
+        "trend": old.trend if old else NO_TREND,
+    }
 
 
-class ItemStore:
-    """Async access to the item collection. ``dims`` maps modality -> vector size."""
+def content_vectors(
+    r: ItemRecord, old: StoredItem | None, dims: Mapping[str, int]
+) -> dict[str, list[float]]:
+    """The vectors an upsert writes: the record's (known names only) plus the derived vectors
+    (not CONTENT_VECTORS) the item already had."""
+    out = {m: np.asarray(v, dtype=np.float32).tolist() for m, v in r.vectors.items() if m in dims}
+    if old is not None:
+        for m, v in old.vectors.items():
+            if m not in CONTENT_VECTORS and m not in out:
+                out[m] = v.tolist()
+    return out
 
-    def __init__(self, client: AsyncQdrantClient, collection: str, dims: Mapping[str, int]):
-        self.client = client
-        self.collection = collection
-        self.dims = dict(dims)
 
-    @classmethod
+class ItemStore(abc.ABC):
+    """Async access to the item catalog. ``dims`` maps vector name -> size (cosine)."""
+
+    dims: dict[str, int]
+
+    @staticmethod
     def connect(
-        cls,
         *,
         url: str | None,
         api_key: str | None,
@@ -111,144 +149,75 @@ class ItemStore:
         collection: str,
         dims: Mapping[str, int],
         timeout_s: float = 10.0,
+        backend: Backend = "auto",
+        **edge_options: Any,
     ) -> ItemStore:
-        if url:
-            client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
-        elif location == ":memory:":
-            client = AsyncQdrantClient(location=":memory:")
-        else:
-            client = AsyncQdrantClient(path=location)
-        return cls(client, collection, dims)
+        """``url`` set: a Qdrant server via qdrant-client. Else embedded at ``location`` (a
+        folder or ":memory:"): the edge engine (``backend`` auto/edge) or qdrant-client's local
+        mode (``backend="client"``). ``edge_options``: see EdgeStore."""
+        if url or backend == "client":
+            from ranking.store_client import QdrantStore
 
+            return QdrantStore.connect(
+                url=url,
+                api_key=api_key,
+                location=location,
+                collection=collection,
+                dims=dims,
+                timeout_s=timeout_s,
+            )
+        from ranking.store_edge import EdgeStore
+
+        return EdgeStore.open(location, collection, dims, **edge_options)
+
+    @property
+    def derived_vectors(self) -> list[str]:
+        return [m for m in self.dims if m not in CONTENT_VECTORS]
+
+    @abc.abstractmethod
     async def ensure_collection(self) -> None:
-        if await self.client.collection_exists(self.collection):
-            info = await self.client.get_collection(self.collection)
-            have = info.config.params.vectors
-            missing = [m for m in self.dims if not isinstance(have, dict) or m not in have]
-            if missing:
-                raise RuntimeError(
-                    f"Qdrant collection {self.collection!r} has no vector(s) {missing}; "
-                    "use a new collection name (RECSTREAM_QDRANT_COLLECTION) or recreate it"
-                )
-            return
-        await self.client.create_collection(
-            self.collection,
-            vectors_config={
-                m: models.VectorParams(size=d, distance=models.Distance.COSINE)
-                for m, d in self.dims.items()
-            },
-        )
-        # A Qdrant server needs these indexes to order by them (scroll order_by).
-        for key, schema in (
-            ("trend", models.PayloadSchemaType.FLOAT),
-            ("published_at", models.PayloadSchemaType.INTEGER),
-        ):
-            await self.client.create_payload_index(self.collection, key, schema)
+        """Create the collection / shard if missing (idempotent)."""
 
+    @abc.abstractmethod
     async def upsert(self, records: Sequence[ItemRecord]) -> None:
-        """Insert or replace items, keeping the popularity an item already earned."""
-        if not records:
-            return
-        existing = await self.get([r.item_id for r in records], with_vectors=False)
-        points = []
-        for r in records:
-            old = existing.get(r.item_id)
-            points.append(
-                models.PointStruct(
-                    id=point_id(r.item_id),
-                    vector={
-                        m: np.asarray(v, dtype=np.float32).tolist() for m, v in r.vectors.items()
-                    },
-                    payload={
-                        "item_id": r.item_id,
-                        "title": r.title,
-                        "tags": list(r.tags),
-                        "published_at": r.published_at,
-                        "kind": r.kind,
-                        "trend": old.trend if old else NO_TREND,
-                    },
-                )
-            )
-        await self.client.upsert(self.collection, points=points, wait=True)
+        """Insert or replace items' content (vectors and payload); keeps the popularity the
+        item earned, its derived vectors and ``set_payload`` fields. Searchable on return."""
 
-    async def delete(self, item_ids: Sequence[str]) -> None:
-        if item_ids:
-            await self.client.delete(
-                self.collection,
-                points_selector=models.PointIdsList(points=[point_id(i) for i in item_ids]),
-                wait=True,
-            )
+    @abc.abstractmethod
+    async def delete(self, item_ids: Sequence[str]) -> None: ...
 
+    @abc.abstractmethod
     async def get(
         self, item_ids: Sequence[str], *, with_vectors: bool = True
     ) -> dict[str, StoredItem]:
-        if not item_ids:
-            return {}
-        points = await self.client.retrieve(
-            self.collection,
-            ids=[point_id(i) for i in dict.fromkeys(item_ids)],
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
-        items = (StoredItem.from_point(p) for p in points)
-        return {it.item_id: it for it in items}
+        """Stored items by id (unknown and deleted ids are absent), payload and vectors."""
 
+    @abc.abstractmethod
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
     ) -> list[StoredItem]:
-        """One round trip: items nearest each interest vector, the trending and the newest
-        items, all minus ``exclude`` (done by Qdrant, so a deleted item can never come back)."""
-        flt = _exclude_filter(exclude)
-        requests = [
-            models.QueryRequest(
-                query=np.asarray(vec, dtype=np.float32).tolist(),
-                using=m,
-                filter=flt,
-                limit=limit,
-                with_payload=True,
-                with_vector=True,
-            )
-            for m, vec in units.items()
-            if m in self.dims
-        ]
-        for key in ("trend", "published_at"):
-            requests.append(
-                models.QueryRequest(
-                    query=models.OrderByQuery(
-                        order_by=models.OrderBy(key=key, direction=models.Direction.DESC)
-                    ),
-                    filter=flt,
-                    limit=limit,
-                    with_payload=True,
-                    with_vector=True,
-                )
-            )
-        responses = await self.client.query_batch_points(self.collection, requests=requests)
-        n_vec = len(requests) - 2
-        out = []
-        for i, resp in enumerate(responses):
-            for p in resp.points:
-                item = StoredItem.from_point(p)
-                # Order-by queries put the ordered value in ``score``: not a similarity.
-                out.append(item if i < n_vec else dataclasses.replace(item, score=None))
-        return out
+        """One batch: up to ``limit`` items nearest each vector in ``units`` (vector name ->
+        query; unknown names ignored), then the ``limit`` most trending, then the ``limit``
+        newest items, all minus ``exclude`` (applied by the engine, so a deleted or excluded
+        item never comes back). Items come with payload and vectors; ``score`` is the
+        similarity for vector results and None for the trending and fresh ones."""
+
+    @abc.abstractmethod
+    async def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Set some named vectors of existing items ({item_id: {name: vector}}), leaving the
+        others; unknown or deleted items are skipped."""
+
+    @abc.abstractmethod
+    async def set_payload(self, payloads: Mapping[str, Mapping[str, Any]]) -> None:
+        """Set payload fields of existing items ({item_id: {field: value}}); unknown or
+        deleted items are skipped."""
 
     async def set_trends(self, trends: Mapping[str, float]) -> None:
-        """Write new trend values; items deleted meanwhile are skipped (filter, not ids)."""
-        ops = [
-            models.SetPayloadOperation(
-                set_payload=models.SetPayload(
-                    payload={"trend": t},
-                    filter=models.Filter(must=[models.HasIdCondition(has_id=[point_id(i)])]),
-                )
-            )
-            for i, t in trends.items()
-        ]
-        if ops:
-            await self.client.batch_update_points(self.collection, update_operations=ops, wait=True)
+        """Write new trend values; items deleted meanwhile are skipped."""
+        await self.set_payload({i: {"trend": t} for i, t in trends.items()})
 
-    async def count(self) -> int:
-        return (await self.client.count(self.collection, exact=True)).count
+    @abc.abstractmethod
+    async def count(self) -> int: ...
 
-    async def close(self) -> None:
-        await self.client.close()
+    @abc.abstractmethod
+    async def close(self) -> None: ...

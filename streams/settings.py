@@ -58,7 +58,7 @@ class KafkaSettings(BaseSettings):
 
 
 class QdrantSettings(BaseSettings):
-    """Vector store. Env prefix ``RECSTREAM_QDRANT_``. No url: embedded (qdrant-client local)."""
+    """Vector store. Env prefix ``RECSTREAM_QDRANT_``. No url: embedded (see ``backend``)."""
 
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_QDRANT_", extra="ignore")
 
@@ -68,6 +68,33 @@ class QdrantSettings(BaseSettings):
     path: str | None = None
     collection: str = "recstream_items"
     timeout_s: float = 10.0
+    # Embedded engine (no url): "edge" (auto) is the Qdrant engine in-process (ranking/
+    # store_edge.py); "client" is qdrant-client's local mode (numpy brute force, tests only).
+    backend: Literal["auto", "edge", "client"] = "auto"
+    # More named vectors besides the modalities (text/image/audio), name -> size, e.g.
+    # {"cf": 64}: derived vectors written with ItemStore.update_vectors.
+    extra_vectors: dict[str, int] = Field(default_factory=dict)
+    # Edge: build the HNSW index (in a child process) once this many points are unindexed,
+    # and at least reindex_fraction of the catalog; smaller sets are searched exactly.
+    edge_reindex_min_points: int = Field(default=5_000, ge=1)
+    edge_reindex_fraction: float = Field(default=0.2, ge=0)
+    edge_hnsw_m: int = Field(default=16, ge=4)
+    edge_hnsw_ef_construct: int = Field(default=100, ge=4)
+    edge_hnsw_ef: int | None = None  # search-time ef; None: the engine's default
+    edge_build_threads: int = Field(default=1, ge=0)  # 0: all cores
+    edge_search_threads: int | None = Field(default=1, ge=1)  # None: one per core
+
+    def edge_options(self) -> dict[str, object]:
+        """Keyword arguments for ranking.store_edge.EdgeStore."""
+        return {
+            "reindex_min_points": self.edge_reindex_min_points,
+            "reindex_fraction": self.edge_reindex_fraction,
+            "hnsw_m": self.edge_hnsw_m,
+            "hnsw_ef_construct": self.edge_hnsw_ef_construct,
+            "hnsw_ef": self.edge_hnsw_ef,
+            "build_threads": self.edge_build_threads,
+            "search_threads": self.edge_search_threads,
+        }
 
 
 class EncoderSettings(BaseSettings):

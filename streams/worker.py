@@ -13,7 +13,7 @@ import faust
 import numpy as np
 
 from encoders.text import TextEncoder, item_text
-from ranking.store import ItemStore
+from ranking.store import MODALITY_DIMS, ItemStore
 from streams import broker as brokers
 from streams.agents import ItemEncoder
 from streams.app import TopicNames, build_app
@@ -89,6 +89,9 @@ async def prepare(settings: Settings, content_encoder: ItemEncoder) -> tuple[str
 
 
 def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
+    """The item store the settings name: a Qdrant server (RECSTREAM_QDRANT_URL), else the
+    embedded engine (RECSTREAM_QDRANT_BACKEND). Every modality's vector exists from the start
+    (an item may lack any), plus RECSTREAM_QDRANT_EXTRA_VECTORS."""
     q = settings.qdrant
     if not q.url and settings.qdrant_location() != ":memory:":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +100,10 @@ def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
         api_key=q.api_key,
         location=settings.qdrant_location(),
         collection=q.collection,
-        dims=dims,
+        dims={**MODALITY_DIMS, **dims, **q.extra_vectors},
         timeout_s=q.timeout_s,
+        backend=q.backend,
+        **q.edge_options(),
     )
 
 

@@ -1,5 +1,5 @@
-"""Item store (ranking/store.py) on qdrant-client's embedded engine, and the Recommender on
-it with real text vectors (ranking/recommender.py).
+"""Item store (ranking/store.py) on each embedded backend (the Qdrant engine in-process and
+qdrant-client's local mode), and the Recommender on it with real text vectors.
 
 pytest-asyncio is not a dependency: each test runs its scenario with ``asyncio.run``.
 """
@@ -25,6 +25,7 @@ from ranking.store import (
     popularity_now,
     trend_after,
 )
+from ranking.store_client import QdrantStore
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -39,12 +40,27 @@ def unit(*xs: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+BACKENDS = ["edge", "client"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def with_store(
-    scenario: Callable[[ItemStore], Awaitable[Any]], dims: dict[str, int] | None = None
+    scenario: Callable[[ItemStore], Awaitable[Any]],
+    backend: str,
+    dims: dict[str, int] | None = None,
 ) -> Any:
     async def main() -> Any:
         store = ItemStore.connect(
-            url=None, api_key=None, location=":memory:", collection="t", dims=dims or {"text": 4}
+            url=None,
+            api_key=None,
+            location=":memory:",
+            collection="t",
+            dims=dims or {"text": 4},
+            backend=backend,  # type: ignore[arg-type]
         )
         await store.ensure_collection()
         try:
@@ -102,7 +118,7 @@ def test_trend_orders_like_popularity_now() -> None:
 # -- the store --------------------------------------------------------------------------------
 
 
-def test_upsert_get_round_trip() -> None:
+def test_upsert_get_round_trip(backend: str) -> None:
     v = unit(1, 2, 3, 4)
 
     async def scenario(store: ItemStore) -> None:
@@ -137,10 +153,10 @@ def test_upsert_get_round_trip() -> None:
         assert lean["a"].vectors == {} and lean["a"].title == "Pasta"
         assert await store.get([]) == {}
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
-def test_reupsert_replaces_content_and_keeps_trend() -> None:
+def test_reupsert_replaces_content_and_keeps_trend(backend: str) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert([rec("a", unit(1, 0, 0, 0), title="Old"), rec("b", unit(0, 1, 0, 0))])
         await store.set_trends({"a": 12.5})
@@ -151,10 +167,10 @@ def test_reupsert_replaces_content_and_keeps_trend() -> None:
         assert (await store.get(["b"]))["b"].trend == NO_TREND
         assert await store.count() == 2
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
-def test_delete() -> None:
+def test_delete(backend: str) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert(
             [rec(i, unit(1, n, 0, 0), published_at=NOW + n) for n, i in enumerate("abc")]
@@ -167,10 +183,10 @@ def test_delete() -> None:
         assert {c.item_id for c in cands} == {"a", "c"}
         assert await store.count() == 2
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
-def test_candidates_similar_trending_fresh_minus_exclusions() -> None:
+def test_candidates_similar_trending_fresh_minus_exclusions(backend: str) -> None:
     items = {
         "near": (unit(1, 0.05, 0, 0), None, None),
         "near2": (unit(1, 0.3, 0, 0), None, None),
@@ -205,10 +221,10 @@ def test_candidates_similar_trending_fresh_minus_exclusions() -> None:
         cold = await store.candidates({}, exclude=["seen-near", "hot"], limit=1)
         assert [c.item_id for c in cold] == ["warm", "newest"]
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
-def test_set_trends_on_deleted_item_is_a_noop() -> None:
+def test_set_trends_on_deleted_item_is_a_noop(backend: str) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert([rec("a", unit(1, 0, 0, 0)), rec("b", unit(0, 1, 0, 0))])
         await store.delete(["a"])
@@ -218,19 +234,20 @@ def test_set_trends_on_deleted_item_is_a_noop() -> None:
         got = await store.get(["a", "b", "never-existed"])
         assert set(got) == {"b"} and got["b"].trend == 2.0
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
-def test_ensure_collection_is_idempotent_and_checks_modalities() -> None:
+def test_ensure_collection_is_idempotent_and_checks_modalities(backend: str) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert([rec("a", unit(1, 0, 0, 0))])
         await store.ensure_collection()  # exists: kept as is
         assert await store.count() == 1
-        other = ItemStore(store.client, store.collection, {"text": 4, "image": 8})
-        with pytest.raises(RuntimeError, match="has no vector"):
-            await other.ensure_collection()
+        if isinstance(store, QdrantStore):  # a server collection cannot gain vectors
+            other = QdrantStore(store.client, store.collection, {"text": 4, "image": 8})
+            with pytest.raises(RuntimeError, match="has no vector"):
+                await other.ensure_collection()
 
-    with_store(scenario)
+    with_store(scenario, backend)
 
 
 # -- the recommender on real text vectors -----------------------------------------------------
@@ -268,7 +285,7 @@ def catalog_vectors(text_encoder: Any) -> dict[str, np.ndarray]:
 
 
 def test_recommender_on_real_text_vectors(
-    catalog_vectors: dict[str, np.ndarray], weights: dict[str, float]
+    catalog_vectors: dict[str, np.ndarray], weights: dict[str, float], backend: str
 ) -> None:
     async def scenario(store: ItemStore) -> None:
         await store.upsert(
@@ -330,4 +347,4 @@ def test_recommender_on_real_text_vectors(
         assert cold[0].item_id == "ball-1" and cold[0].reason == "trending now"
         assert "cook-5" not in {r.item_id for r in cold}
 
-    with_store(scenario, dims={"text": 384})
+    with_store(scenario, backend, dims={"text": 384})

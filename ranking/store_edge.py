@@ -1,0 +1,353 @@
+"""ItemStore on the Qdrant engine in-process (qdrant-edge-py): the default embedded backend.
+
+One EdgeShard per collection under ``<location>/<collection>.edge/``: the live shard is the
+folder named in ``CURRENT``. Its WAL makes every write durable at once (kill -9 safe); new and
+changed items go to an appendable segment and are searchable at once (exact search there).
+
+Index building never stalls the stream. ``EdgeShard.optimize`` (building HNSW) holds the GIL for
+its whole run (100k x 384-d: minutes on 2 cores), so it never runs in the worker: once enough
+points are unindexed, the store copies the flushed shard to a new generation folder (writes
+wait for the copy, reads go on), a child process (``python -m ranking.store_edge build DIR``,
+niced, ``build_threads`` threads) builds the index there, and the worker loads it, replays the
+writes made meanwhile (kept in memory), switches ``CURRENT`` and drops the old generation.
+A crash mid-build leaves ``CURRENT`` on the old generation; the unfinished one is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import qdrant_edge as qe
+
+from ranking.store import (
+    ORDER_KEYS,
+    ItemRecord,
+    ItemStore,
+    StoredItem,
+    content_payload,
+    content_vectors,
+    point_id,
+)
+
+log = logging.getLogger(__name__)
+_INDEXES = {"trend": qe.PayloadSchemaType.Float, "published_at": qe.PayloadSchemaType.Integer}
+
+
+def _hnsw(m: int, ef_construct: int, threads: int) -> qe.HnswIndexConfig:
+    return qe.HnswIndexConfig(
+        m=m, ef_construct=ef_construct, full_scan_threshold=10_000, max_indexing_threads=threads
+    )
+
+
+class EdgeStore(ItemStore):
+    def __init__(
+        self,
+        root: Path,
+        dims: Mapping[str, int],
+        *,
+        temporary: bool = False,
+        reindex_min_points: int = 5_000,
+        reindex_fraction: float = 0.2,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 100,
+        hnsw_ef: int | None = None,
+        build_threads: int = 1,
+        search_threads: int | None = None,
+        check_interval_s: float = 5.0,
+    ):
+        self.root = root
+        self.dims = dict(dims)
+        self.temporary = temporary
+        self.reindex_min_points = reindex_min_points
+        self.reindex_fraction = reindex_fraction
+        self.hnsw = (hnsw_m, hnsw_ef_construct)
+        self.build_threads = build_threads
+        self.check_interval_s = check_interval_s
+        self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+        self._search_threads = search_threads
+        self._lock = asyncio.Lock()  # writers vs the generation copy; reads never wait
+        self._journal: list[qe.UpdateOperation] | None = None  # writes during a build
+        self._builder: asyncio.Task[None] | None = None
+        self._build_proc: asyncio.subprocess.Process | None = None
+        self.generation, self.shard = self._open()
+        info = self.shard.info()
+        # Points written since the last index build (a restart counts a never-indexed shard).
+        self.unindexed = info.points_count if info.indexed_vectors_count == 0 else 0
+
+    @classmethod
+    def open(
+        cls, location: str, collection: str, dims: Mapping[str, int], **options: Any
+    ) -> EdgeStore:
+        if location == ":memory:":
+            root = Path(tempfile.mkdtemp(prefix="recstream-edge-"))
+            return cls(root, dims, temporary=True, **options)
+        return cls(Path(location) / f"{collection}.edge", dims, **options)
+
+    # -- generations ---------------------------------------------------------------------------
+    def _config(self, vectors: bool = True) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors={
+                m: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine)
+                for m, d in self.dims.items()
+            }
+            if vectors
+            else None,
+            hnsw_config=_hnsw(*self.hnsw, self.build_threads),
+            payload_memory=qe.Memory.Cached,
+            max_search_threads=self._search_threads,
+        )
+
+    def _open(self) -> tuple[int, qe.EdgeShard]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        current = self.root / "CURRENT"
+        gen = int(current.read_text()) if current.exists() else 0
+        for d in self.root.glob("gen-*"):
+            if d.name != f"gen-{gen:06d}":  # an unfinished build or a dropped generation
+                shutil.rmtree(d, ignore_errors=True)
+        path = self.root / f"gen-{gen:06d}"
+        if (path / "edge_config.json").exists():
+            shard = qe.EdgeShard.load(str(path), self._config(vectors=False))
+            have = orjson.loads((path / "edge_config.json").read_bytes())["vectors"]
+            for m, d in self.dims.items():
+                if m not in have:  # a newly configured vector: added in place
+                    shard.update(qe.UpdateOperation.create_dense_vector(m, d, qe.Distance.Cosine))
+                elif have[m]["size"] != d:
+                    raise RuntimeError(
+                        f"vector {m!r} has size {have[m]['size']} in {path}, configured {d}; "
+                        "use a new collection name (RECSTREAM_QDRANT_COLLECTION)"
+                    )
+        else:
+            shard = qe.EdgeShard.create(str(path), self._config())
+            for key, schema in _INDEXES.items():
+                shard.update(qe.UpdateOperation.create_field_index(key, schema))
+            current.write_text(str(gen))
+        return gen, shard
+
+    def _gen_path(self, gen: int) -> Path:
+        return self.root / f"gen-{gen:06d}"
+
+    def needs_index(self) -> bool:
+        total = self.shard.info().points_count
+        return self.unindexed >= max(self.reindex_min_points, self.reindex_fraction * total)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            if self.needs_index():
+                try:
+                    await self.build_index()
+                except Exception:  # noqa: BLE001 - searches still work, unindexed; try later
+                    log.exception("edge index build failed; retrying later")
+
+    async def build_index(self) -> None:
+        """Build the HNSW index in a child process and switch to it (see module doc)."""
+        old_gen, new_gen = self.generation, self.generation + 1
+        new_path = self._gen_path(new_gen)
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            self.shard.flush()
+            await loop.run_in_executor(None, shutil.copytree, self._gen_path(old_gen), new_path)
+            self._journal, at_copy = [], self.unindexed
+        try:
+            log.info("edge: building the index of %s in a child process", new_path)
+            self._build_proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ranking.store_edge", "build", str(new_path),
+                str(self.build_threads), str(self.hnsw[0]), str(self.hnsw[1]),
+            )  # fmt: skip
+            if await self._build_proc.wait() != 0:
+                raise RuntimeError(f"index build exited with {self._build_proc.returncode}")
+            new = await loop.run_in_executor(
+                None, lambda: qe.EdgeShard.load(str(new_path), self._config(vectors=False))
+            )
+            journal = self._journal
+            done = 0
+            while len(journal) - done > 256:  # catch up in slices, yielding to the stream
+                for op in journal[done : done + 256]:
+                    new.update(op)
+                done += 256
+                await asyncio.sleep(0)
+            for op in journal[done:]:  # the tail, then the switch, without yielding
+                new.update(op)
+            new.flush()
+            tmp = self.root / "CURRENT.tmp"
+            tmp.write_text(str(new_gen))
+            os.replace(tmp, self.root / "CURRENT")
+            old, self.shard, self.generation = self.shard, new, new_gen
+            self._journal, self.unindexed = None, self.unindexed - at_copy
+        except BaseException:
+            self._journal = None
+            if self._build_proc is not None and self._build_proc.returncode is None:
+                self._build_proc.kill()
+            shutil.rmtree(new_path, ignore_errors=True)
+            raise
+        finally:
+            self._build_proc = None
+        old.close()
+        await loop.run_in_executor(None, shutil.rmtree, self._gen_path(old_gen), True)
+        log.info("edge: generation %d indexed (%d points)", new_gen, new.info().points_count)
+
+    # -- writes --------------------------------------------------------------------------------
+    async def _apply(self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0) -> None:
+        async with self._lock:
+            for op in ops:
+                self.shard.update(op)
+            if self._journal is not None:
+                self._journal.extend(ops)
+            self.unindexed += unindexed
+
+    async def ensure_collection(self) -> None:
+        # The shard exists since open(); start watching for index builds on this loop.
+        if self._builder is None and not self.temporary:
+            self._builder = asyncio.get_running_loop().create_task(self._watch())
+
+    async def upsert(self, records: Sequence[ItemRecord]) -> None:
+        if not records:
+            return
+        keep = self.derived_vectors
+        existing = self._retrieve([r.item_id for r in records], keep or False)
+        points = [
+            qe.Point(
+                point_id(r.item_id),
+                content_vectors(r, existing.get(r.item_id), self.dims),
+                content_payload(r, existing.get(r.item_id)),
+            )
+            for r in records
+        ]
+        await self._apply([qe.UpdateOperation.upsert_points(points)], len(points))
+
+    async def delete(self, item_ids: Sequence[str]) -> None:
+        if item_ids:
+            ids: list[Any] = [point_id(i) for i in item_ids]
+            await self._apply([qe.UpdateOperation.delete_points(ids)])
+
+    async def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        live = self._retrieve(list(vectors), False)
+        pv = [
+            qe.PointVectors(
+                point_id(i),
+                {
+                    m: np.asarray(v, dtype=np.float32).tolist()
+                    for m, v in vectors[i].items()
+                    if m in self.dims
+                },
+            )
+            for i in live
+        ]
+        if pv:
+            await self._apply([qe.UpdateOperation.update_vectors(pv)], len(pv))
+
+    async def set_payload(self, payloads: Mapping[str, Mapping[str, Any]]) -> None:
+        # By filter, not by id: an item deleted meanwhile is skipped, not an error.
+        ops = [
+            qe.UpdateOperation.set_payload_by_filter(
+                qe.Filter(must=[qe.HasIdCondition({point_id(i)})]), dict(p)
+            )
+            for i, p in payloads.items()
+        ]
+        if ops:
+            await self._apply(ops)
+
+    # -- reads (synchronous engine calls: ~0.1-3 ms, cheaper than a thread hop) ---------------
+    def _retrieve(self, item_ids: Sequence[str], with_vectors: Any) -> dict[str, StoredItem]:
+        if not item_ids:
+            return {}
+        ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
+        records = self.shard.retrieve(ids, True, with_vectors)
+        items = (StoredItem.from_parts(r.payload, r.vector) for r in records)
+        return {it.item_id: it for it in items}
+
+    async def get(
+        self, item_ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, StoredItem]:
+        return self._retrieve(item_ids, with_vectors)
+
+    async def candidates(
+        self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
+    ) -> list[StoredItem]:
+        ids = {point_id(i) for i in exclude}
+        flt = qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None  # type: ignore[arg-type]
+        queries = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=m),
+                filter=flt,
+                params=self._params,
+                with_vector=True,
+                with_payload=True,
+            )
+            for m, v in units.items()
+            if m in self.dims
+        ]
+        n_vec = len(queries)
+        queries += [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.OrderBy(key, qe.Direction.Desc),
+                filter=flt,
+                with_vector=True,
+                with_payload=True,
+            )
+            for key in ORDER_KEYS
+        ]
+        results = self.shard.query_batch(qe.QueryBatchRequest(queries))
+        return [
+            StoredItem.from_parts(p.payload, p.vector, p.score if n < n_vec else None)
+            for n, points in enumerate(results)
+            for p in points
+        ]
+
+    async def count(self) -> int:
+        return self.shard.count(qe.CountRequest(exact=True))
+
+    async def close(self) -> None:
+        if self._builder is not None:
+            self._builder.cancel()
+            try:
+                await self._builder
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+                pass
+            self._builder = None
+        self.shard.close()
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """A worker killed mid-build must not leave its builder writing a folder it will drop."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before that
+            os._exit(1)
+
+
+def _build(path: str, threads: int, m: int, ef_construct: int) -> None:
+    """The child process: build the HNSW index of the shard at ``path`` (GIL held meanwhile)."""
+    try:
+        os.nice(10)  # the stream comes first
+    except OSError:
+        pass
+    _die_with_parent()
+    cfg = qe.EdgeConfig(hnsw_config=_hnsw(m, ef_construct, threads))
+    shard = qe.EdgeShard.load(path, cfg)
+    shard.optimize()
+    shard.flush()
+    shard.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 6 or sys.argv[1] != "build":
+        sys.exit("usage: python -m ranking.store_edge build DIR THREADS M EF_CONSTRUCT")
+    _build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
