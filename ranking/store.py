@@ -122,12 +122,20 @@ def content_payload(r: ItemRecord, old: StoredItem | None) -> dict[str, Any]:
     }
 
 
+def unit_list(v: np.ndarray) -> list[float]:
+    """A vector as stored: L2-normalised (cosine). Qdrant normalises too, but qdrant-client's
+    local mode returns the raw vectors after a restart: normalising here keeps backends alike."""
+    a = np.asarray(v, dtype=np.float32)
+    n = float(np.linalg.norm(a))
+    return (a / n if n > 1e-12 else a).tolist()
+
+
 def content_vectors(
     r: ItemRecord, old: StoredItem | None, dims: Mapping[str, int]
 ) -> dict[str, list[float]]:
     """The vectors an upsert writes: the record's (known names only) plus the derived vectors
     (not CONTENT_VECTORS) the item already had."""
-    out = {m: np.asarray(v, dtype=np.float32).tolist() for m, v in r.vectors.items() if m in dims}
+    out = {m: unit_list(v) for m, v in r.vectors.items() if m in dims}
     if old is not None:
         for m, v in old.vectors.items():
             if m not in CONTENT_VECTORS and m not in out:

@@ -21,6 +21,7 @@ from ranking.store import (
     content_payload,
     content_vectors,
     point_id,
+    unit_list,
 )
 
 
@@ -164,11 +165,7 @@ class QdrantStore(ItemStore):
         points = [
             models.PointVectors(
                 id=point_id(i),
-                vector={
-                    m: np.asarray(v, dtype=np.float32).tolist()
-                    for m, v in vectors[i].items()
-                    if m in self.dims
-                },
+                vector={m: unit_list(v) for m, v in vectors[i].items() if m in self.dims},
             )
             for i in live
         ]

@@ -37,6 +37,7 @@ from ranking.store import (
     content_payload,
     content_vectors,
     point_id,
+    unit_list,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ def _hnsw(m: int, ef_construct: int, threads: int) -> qe.HnswIndexConfig:
     return qe.HnswIndexConfig(
         m=m, ef_construct=ef_construct, full_scan_threshold=10_000, max_indexing_threads=threads
     )
+
+
+def _vector_params(dims: Mapping[str, int]) -> dict[str, qe.EdgeVectorParams]:
+    return {m: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for m, d in dims.items()}
+
+
+def _stored_dims(path: Path) -> dict[str, int]:
+    """The vectors a shard folder holds (loading needs them: EdgeConfig cannot omit them)."""
+    cfg = orjson.loads((path / "edge_config.json").read_bytes())
+    return {m: int(v["size"]) for m, v in cfg["vectors"].items()}
 
 
 class EdgeStore(ItemStore):
@@ -94,14 +105,9 @@ class EdgeStore(ItemStore):
         return cls(Path(location) / f"{collection}.edge", dims, **options)
 
     # -- generations ---------------------------------------------------------------------------
-    def _config(self, vectors: bool = True) -> qe.EdgeConfig:
+    def _config(self, dims: Mapping[str, int]) -> qe.EdgeConfig:
         return qe.EdgeConfig(
-            vectors={
-                m: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine)
-                for m, d in self.dims.items()
-            }
-            if vectors
-            else None,
+            vectors=_vector_params(dims),
             hnsw_config=_hnsw(*self.hnsw, self.build_threads),
             payload_memory=qe.Memory.Cached,
             max_search_threads=self._search_threads,
@@ -116,18 +122,19 @@ class EdgeStore(ItemStore):
                 shutil.rmtree(d, ignore_errors=True)
         path = self.root / f"gen-{gen:06d}"
         if (path / "edge_config.json").exists():
-            shard = qe.EdgeShard.load(str(path), self._config(vectors=False))
-            have = orjson.loads((path / "edge_config.json").read_bytes())["vectors"]
+            have = _stored_dims(path)
+            for m, d in self.dims.items():
+                if m in have and have[m] != d:
+                    raise RuntimeError(
+                        f"vector {m!r} has size {have[m]} in {path}, configured {d}; "
+                        "use a new collection name (RECSTREAM_QDRANT_COLLECTION)"
+                    )
+            shard = qe.EdgeShard.load(str(path), self._config(have))
             for m, d in self.dims.items():
                 if m not in have:  # a newly configured vector: added in place
                     shard.update(qe.UpdateOperation.create_dense_vector(m, d, qe.Distance.Cosine))
-                elif have[m]["size"] != d:
-                    raise RuntimeError(
-                        f"vector {m!r} has size {have[m]['size']} in {path}, configured {d}; "
-                        "use a new collection name (RECSTREAM_QDRANT_COLLECTION)"
-                    )
         else:
-            shard = qe.EdgeShard.create(str(path), self._config())
+            shard = qe.EdgeShard.create(str(path), self._config(self.dims))
             for key, schema in _INDEXES.items():
                 shard.update(qe.UpdateOperation.create_field_index(key, schema))
             current.write_text(str(gen))
@@ -166,9 +173,8 @@ class EdgeStore(ItemStore):
             )  # fmt: skip
             if await self._build_proc.wait() != 0:
                 raise RuntimeError(f"index build exited with {self._build_proc.returncode}")
-            new = await loop.run_in_executor(
-                None, lambda: qe.EdgeShard.load(str(new_path), self._config(vectors=False))
-            )
+            cfg = self._config(_stored_dims(new_path))
+            new = await loop.run_in_executor(None, qe.EdgeShard.load, str(new_path), cfg)
             journal = self._journal
             done = 0
             while len(journal) - done > 256:  # catch up in slices, yielding to the stream
@@ -235,11 +241,7 @@ class EdgeStore(ItemStore):
         pv = [
             qe.PointVectors(
                 point_id(i),
-                {
-                    m: np.asarray(v, dtype=np.float32).tolist()
-                    for m, v in vectors[i].items()
-                    if m in self.dims
-                },
+                {m: unit_list(v) for m, v in vectors[i].items() if m in self.dims},
             )
             for i in live
         ]
@@ -340,8 +342,10 @@ def _build(path: str, threads: int, m: int, ef_construct: int) -> None:
     except OSError:
         pass
     _die_with_parent()
-    cfg = qe.EdgeConfig(hnsw_config=_hnsw(m, ef_construct, threads))
-    shard = qe.EdgeShard.load(path, cfg)
+    vectors = _vector_params(_stored_dims(Path(path)))
+    shard = qe.EdgeShard.load(
+        path, qe.EdgeConfig(vectors, hnsw_config=_hnsw(m, ef_construct, threads))
+    )
     shard.optimize()
     shard.flush()
     shard.close()

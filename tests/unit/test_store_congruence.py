@@ -1,0 +1,182 @@
+"""Congruence: the same operations on every ItemStore backend give the same results.
+
+The reference is qdrant-client (the production path's client, here in its local mode); the
+embedded Qdrant engine (ranking/store_edge.py) must answer alike, also after a restart and
+across a background index build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ranking.store import NO_TREND, ItemRecord, ItemStore, StoredItem
+from ranking.store_edge import EdgeStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+BACKENDS = ("client", "edge")
+DIMS = {"text": 8, "image": 6, "cf": 4}
+NOW = 1_700_000_000_000
+rng = np.random.default_rng(7)
+VEC = {
+    f"i{n:02d}": {"text": rng.standard_normal(8), "image": rng.standard_normal(6)}
+    for n in range(30)
+}
+
+
+def open_store(backend: str, location: str) -> ItemStore:
+    return ItemStore.connect(
+        url=None,
+        api_key=None,
+        location=location,
+        collection="c",
+        dims=DIMS,
+        backend=backend,  # type: ignore[arg-type]
+    )
+
+
+def snap(item: StoredItem) -> tuple[Any, ...]:
+    """What must be equal across backends (vectors compared after rounding)."""
+    vecs = {m: tuple(np.round(v, 4)) for m, v in sorted(item.vectors.items())}
+    score = None if item.score is None else round(item.score, 4)
+    extra = {k: v for k, v in item.payload.items() if k not in ("item_id", "title", "tags")}
+    return (item.item_id, item.title, item.tags, item.published_at, item.trend, score, vecs,
+            tuple(sorted(extra.items())))  # fmt: skip
+
+
+def records(ids: list[str], title: str = "t") -> list[ItemRecord]:
+    out = []
+    for n, i in enumerate(ids):
+        vec = {m: v for m, v in VEC[i].items() if not (m == "image" and n % 3 == 0)}
+        if n % 7 == 6:
+            vec = {}  # an item with no vector at all
+        out.append(
+            ItemRecord(
+                item_id=i,
+                vectors=vec,
+                title=f"{title}-{i}",
+                tags=("a", i),
+                published_at=NOW + n * 1000 if n % 5 else None,
+                kind="video",
+            )
+        )
+    return out
+
+
+async def scenario(store: ItemStore) -> list[Any]:
+    """Every operation of the interface; returns what each read saw."""
+    seen: list[Any] = []
+    await store.ensure_collection()
+    ids = sorted(VEC)
+    await store.upsert(records(ids[:20]))
+    # distinct values: engines may break order-by ties differently
+    await store.set_trends({i: float(n * 7 % 20) for n, i in enumerate(ids[:20]) if n % 4})
+    await store.set_trends({"never-published": 3.0})
+    await store.update_vectors(
+        {"i01": {"cf": np.ones(4)}, "i02": {"cf": np.arange(4.0) + 1}, "gone": {"cf": np.ones(4)}}
+    )
+    await store.set_payload({"i03": {"genre": "jazz"}, "missing": {"genre": "x"}})
+    await store.delete(["i04", "i05", "not-there"])
+    # republished: content replaced; trend, cf vector and genre kept
+    await store.upsert(records(["i01", "i02", "i03"], title="v2") + records(ids[20:25]))
+    seen.append(await store.count())
+    got = await store.get([*ids, "gone"])
+    seen.append(sorted(snap(it) for it in got.values()))
+    lean = await store.get(["i01", "i04"], with_vectors=False)
+    seen.append(sorted((i, it.vectors) for i, it in lean.items()))
+    q = {"text": VEC["i09"]["text"], "image": VEC["i10"]["image"], "audio": np.ones(3)}
+    for units, exclude in (
+        (q, {"i09", "i10", "i12"}),
+        ({"cf": np.ones(4)}, set()),
+        ({}, {"i03", "i11"}),
+    ):
+        out = await store.candidates(units, exclude=exclude, limit=5)
+        seen.append([snap(it) for it in out])
+    return seen
+
+
+def run_all(tmp_path: Path, fn: Any) -> dict[str, Any]:
+    return {b: asyncio.run(fn(b, str(tmp_path / b))) for b in BACKENDS}
+
+
+def test_same_operations_same_results(tmp_path: Path) -> None:
+    async def go(backend: str, location: str) -> list[Any]:
+        store = open_store(backend, location)
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+
+    res = run_all(tmp_path, go)
+    assert res["client"] == res["edge"]
+    count, items, lean, similar, cf_only, cold = res["edge"]
+    assert count == 23
+    by_id = {s[0]: s for s in items}
+    assert "i04" not in by_id and "gone" not in by_id  # deleted / never there
+    assert by_id["i01"][1] == "v2-i01" and by_id["i01"][4] == 7.0  # new content, kept trend
+    assert "cf" in dict(by_id["i02"][6]) and dict(by_id["i03"][7])["genre"] == "jazz"
+    assert by_id["i00"][4] == NO_TREND  # never interacted with
+    assert lean == [("i01", {})]
+    assert len(similar) == 5 + 5 + 5 + 5  # text, image, trending, fresh; "audio" not stored
+    assert not {s[0] for s in similar} & {"i09", "i10", "i12"}
+    assert [s[0] for s in cf_only[:2]] == ["i01", "i02"] and len(cf_only) == 2 + 5 + 5
+
+
+def test_restart_keeps_everything(tmp_path: Path) -> None:
+    async def go(backend: str, location: str) -> list[Any]:
+        store = open_store(backend, location)
+        before = await scenario(store)
+        await store.close()
+        store = open_store(backend, location)  # a new process would do the same
+        try:
+            after = [
+                await store.count(),
+                sorted(snap(i) for i in (await store.get(sorted(VEC))).values()),
+            ]
+            return [before[:2], after]
+        finally:
+            await store.close()
+
+    res = run_all(tmp_path, go)
+    assert res["client"] == res["edge"]
+    assert res["edge"][0] == res["edge"][1]
+
+
+def test_index_build_in_background_loses_no_write(tmp_path: Path) -> None:
+    """A generation switch (copy, child-process build, replay) while writes go on."""
+
+    async def go() -> tuple[Any, Any, int]:
+        store = EdgeStore.open(str(tmp_path), "c", DIMS, reindex_min_points=1)
+        ref = open_store("client", ":memory:")
+        await ref.ensure_collection()
+        ids = sorted(VEC)
+        for s in (store, ref):
+            await s.upsert(records(ids[:15]))
+        assert store.needs_index()
+        build = asyncio.create_task(store.build_index())
+        for n, i in enumerate(ids[15:]):  # writes while the child builds
+            for s in (store, ref):
+                await s.upsert(records([i]))
+                await s.set_trends({ids[n]: float(n)})
+                await s.delete([ids[n + 1]] if n % 4 == 0 else [])
+            await asyncio.sleep(0.05)
+        await build
+        gen = store.generation
+        got = sorted(snap(i) for i in (await store.get(ids)).values())
+        want = sorted(snap(i) for i in (await ref.get(ids)).values())
+        await store.close()
+        await ref.close()
+        reopened = EdgeStore.open(str(tmp_path), "c", DIMS)
+        again = sorted(snap(i) for i in (await reopened.get(ids)).values())
+        assert reopened.generation == gen
+        await reopened.close()
+        return got, want, gen, again
+
+    got, want, gen, again = asyncio.run(go())
+    assert got == want == again
+    assert gen == 1
+    assert [p.name for p in (tmp_path / "c.edge").glob("gen-*")] == ["gen-000001"]
