@@ -1,5 +1,18 @@
 """Ranking: merge candidates from several sources and order them. Pure and synchronous.
 
+The learned scorer (``feature_matrix`` + ``score`` over a ranking.candidates.CandidateSet) is
+recstream's online model: the stream and ``recstream evaluate`` both run it. Features, each
+scaled to about [0, 1] within the candidate set so fixed weights mean the same for every user:
+  content     cosine of the user's long-term interest and the item (per modality, weighted)
+  recent      cosine of the mean of the user's latest items and the item (short-term interest)
+  cf          co-occurrence with the user's recent items (ranking.collab), weighted by recency,
+              normalised by the items' counts, divided by the candidate set's maximum
+  popularity  the item's decayed popularity, log-scaled to [0, 1] among the candidates
+  freshness   0.5 ** (age / freshness_half_life)
+score = features @ (prior weights + the user's learned deltas, ranking.learner).
+
+``rank`` below is the first model (one score over StoredItem objects), kept for the stream
+until it builds candidate sets:
 score = similarity + popularity_weight * popularity + freshness_weight * freshness
   similarity  cosine between the user's interest (per modality, weighted) and the item
   popularity  the item's decayed popularity now, log-scaled to [0, 1] among the candidates
@@ -15,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranking import seen
+from ranking.candidates import CandidateSet
 from ranking.store import StoredItem, popularity_now
 
 
@@ -138,3 +153,130 @@ def _reason(
     if parts["trending"] > 0:
         return "trending now"
     return "new" if parts["fresh"] > 0 else "from the catalog"
+
+
+# -- the learned scorer over a candidate set ------------------------------------------------
+
+FEATURES = ("content", "recent", "cf", "popularity", "freshness")
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    prior: tuple[float, ...]  # one weight per FEATURES entry
+    modality_weights: Mapping[str, float]
+    trending_half_life_ms: float
+    freshness_half_life_ms: float
+    cf_alpha: float = 0.5  # co-occurrence / count(recent item) ** alpha
+    cf_beta: float = 0.5  # ... / count(candidate) ** beta
+    recency_decay: float = 0.8  # weight of the d-th latest item: decay ** (d - 1)
+    recent_window: int = 16  # recent items used as seeds
+
+
+def recency_weights(
+    recent: Sequence[tuple[str, float]], params: ScoreParams
+) -> list[tuple[str, float]]:
+    """(item, weight) of the positive recent items, newest first, weight decay ** (d - 1)."""
+    out = []
+    for item_id, w in reversed(recent):
+        if w > 0:
+            out.append((item_id, params.recency_decay ** len(out)))
+            if len(out) >= params.recent_window:
+                break
+    return out
+
+
+def _cosines(
+    cs: CandidateSet, interest: Mapping[str, np.ndarray], mw: Mapping[str, float]
+) -> np.ndarray:
+    num = np.zeros(len(cs), dtype=np.float32)
+    den = np.zeros(len(cs), dtype=np.float32)
+    for m, v in interest.items():
+        mat = cs.vectors.get(m)
+        u = _unit(np.asarray(v, dtype=np.float32))
+        if mat is None or u is None or mat.shape[1] != u.shape[0]:
+            continue
+        w = np.float32(mw.get(m, 1.0))
+        num += w * (mat @ u)
+        den += w * cs.present[m]
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def feature_matrix(
+    cs: CandidateSet,
+    *,
+    interest: Mapping[str, np.ndarray],
+    short_interest: Mapping[str, np.ndarray],
+    seeds: Sequence[tuple[str, float]],
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    seed_counts: Mapping[str, float],
+    now_ms: int,
+    params: ScoreParams,
+) -> np.ndarray:
+    """float32[n, len(FEATURES)]. ``seeds``: recency_weights of the user's recent items;
+    ``neighbours``: seed id -> (candidate rows, co-occurrence weights), e.g. from
+    CandidateSet.neighbour_arrays of the seed's published top neighbours; ``seed_counts``: the
+    seeds' interaction counts."""
+    n = len(cs)
+    f = np.zeros((n, len(FEATURES)), dtype=np.float32)
+    if n == 0:
+        return f
+    if interest:
+        f[:, 0] = _cosines(cs, interest, params.modality_weights)
+    if short_interest:
+        f[:, 1] = _cosines(cs, short_interest, params.modality_weights)
+    if seeds and neighbours:
+        cf = np.zeros(n, dtype=np.float64)
+        for item_id, a in seeds:
+            nb = neighbours.get(item_id)
+            if nb is None or len(nb[0]) == 0:
+                continue
+            norm = max(seed_counts.get(item_id, 1.0), 1.0) ** params.cf_alpha
+            cf += np.bincount(nb[0], weights=nb[1] * (a / norm), minlength=n)
+        cf /= np.maximum(cs.cf_count, 1.0) ** params.cf_beta
+        top = cf.max()
+        if top > 0:
+            f[:, 2] = cf / top
+    k = math.log(2) / params.trending_half_life_ms
+    log_pop = np.log1p(np.exp(np.minimum(cs.trend - now_ms * k, 700.0)))
+    top_pop = log_pop.max()
+    if top_pop > 0:
+        f[:, 3] = log_pop / top_pop
+    age = np.maximum(0.0, now_ms - cs.published_at)
+    fresh = np.where(np.isnan(age), 0.0, 0.5 ** (age / params.freshness_half_life_ms))
+    f[:, 4] = np.nan_to_num(fresh)
+    return f
+
+
+def user_weights(params: ScoreParams, deltas: Sequence[float]) -> np.ndarray:
+    w = np.asarray(params.prior, dtype=np.float32)
+    if len(deltas) == len(w):
+        w = w + np.asarray(deltas, dtype=np.float32)
+    return w
+
+
+def excluded_rows(cs: CandidateSet, exclude: set[str], seen_filter: bytes) -> np.ndarray:
+    """bool[n]: candidates never to show (exact exclusions, or in the user's seen filter)."""
+    mask = seen.contains_many(seen_filter, cs.seen_pos) if seen_filter else np.zeros(len(cs), bool)
+    for i in exclude:
+        r = cs.index.get(i)
+        if r is not None:
+            mask[r] = True
+    return mask
+
+
+def score(features: np.ndarray, weights: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """float64[n]; excluded rows -inf."""
+    s = (features @ weights).astype(np.float64)
+    s[excluded] = -np.inf
+    return s
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best rows, best first, ties by row (the caller orders rows by item id if it needs
+    determinism across candidate orders); -inf rows never."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    if len(finite) > k:
+        part = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    else:
+        part = finite
+    return part[np.lexsort((part, -scores[part]))]

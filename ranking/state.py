@@ -1,28 +1,64 @@
-"""Per-user interest state and its online update. Pure, synchronous, replayable.
+"""Per-user state and its online update. Pure, synchronous, replayable.
 
 The state lives in a changelog-backed Faust Table keyed by user id (see streams/app.py); this
-module knows nothing of Faust. One interest vector per modality ("text" today; image and audio
-are added by the multimodal encoders) is an exponentially time-decayed, weighted sum of the
-vectors of the items the user interacted with. Time is *event* time (the event's ``ts``), so a
-replay of the same events gives bit-identical state.
+module knows nothing of Faust. It is bounded (a few KB whatever the user's history):
 
-Idempotence: every applied event records its source offset per partition, and recent
-``event_id`` values are remembered. A redelivered message (at-least-once after a crash) or a
-producer duplicate changes nothing. That is what makes kill -9 safe without exactly-once.
+- ``interest``: the long-term interest per modality, an exponentially time-decayed, weighted
+  sum of the vectors of the items the user interacted with, stored as int8 with one scale
+  per vector (384 B for text); time is *event* time, so a replay gives identical state.
+- ``recent``: the last ``recent_items`` (item id, event weight), newest last: the short-term
+  interest and the seeds of collaborative retrieval ("people who watched X also watched").
+- ``seen``: a Bloom filter of every item interacted with (ranking.seen); the exact ids of the
+  recent ones and of the latest dislikes go to the vector store as an exclusion filter.
+- ``weights``: the user's own corrections to the ranking weights, learned online from which
+  recommended items they took (ranking.learner).
+
+Idempotence: every applied event records its source offset per partition, and 8-byte hashes
+of recent ``event_id`` values are remembered. A redelivered message (at-least-once after a
+crash) or a producer duplicate changes nothing. That is what makes kill -9 safe.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-STATE_VERSION = 1
+from ranking import seen as bloom
+
+STATE_VERSION = 2
 POSITIVE_THRESHOLD = 0.0
+SEEN_FILTER_BITS = 6144
+MAX_TITLE = 48  # chars of a liked item's title kept for reasons
+MAX_DISLIKED = 32
+
+
+def quantize(v: np.ndarray) -> tuple[np.ndarray, float]:
+    """int8 codes and a float32 scale; ``dequantize`` of them is what the state holds."""
+    v = np.asarray(v, dtype=np.float32)
+    top = float(np.max(np.abs(v))) if v.size else 0.0
+    scale = np.float32(top / 127.0) if top > 0 else np.float32(0.0)
+    if scale == 0:
+        return np.zeros(v.shape, np.int8), 0.0
+    q = np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+    return q, float(scale)
+
+
+def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
+    return q.astype(np.float32) * np.float32(scale)
+
+
+def requantize(v: np.ndarray) -> np.ndarray:
+    return dequantize(*quantize(v))
+
+
+def event_hash(event_id: str) -> str:
+    return hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
 
 
 @dataclass
@@ -30,15 +66,27 @@ class UserState:
     interest: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> float32[d]
     last_ts: int = 0  # event time of the newest applied event (epoch ms)
     n_events: int = 0
-    seen: list[str] = field(default_factory=list)  # every item interacted with, in order
-    disliked: list[str] = field(default_factory=list)
+    recent: list[tuple[str, float]] = field(default_factory=list)  # (item, weight), newest last
+    disliked: list[str] = field(default_factory=list)  # the latest MAX_DISLIKED, oldest first
+    seen_filter: bytes = b""  # Bloom filter of every item interacted with
     # (item_id, title) of the latest positively-weighted items, newest last: for "reasons".
     recent_positive: list[tuple[str, str]] = field(default_factory=list)
-    recent_event_ids: list[str] = field(default_factory=list)
+    recent_event_ids: list[str] = field(default_factory=list)  # event_hash() of each
     offsets: dict[int, int] = field(default_factory=dict)  # source partition -> last offset
+    weights: list[float] = field(default_factory=list)  # per-user ranking weight deltas
 
-    # -- serialisation: a JSON-ready dict (vectors as base64 float32); the Faust table keeps
-    # -- it as is and writes it to the changelog as JSON.
+    @property
+    def seen(self) -> list[str]:
+        """The exact ids of the recent items, oldest first (older ones: ``has_seen``)."""
+        return [i for i, _ in self.recent]
+
+    def has_seen(self, item_id: str) -> bool:
+        return any(i == item_id for i, _ in self.recent) or bloom.contains(
+            self.seen_filter, item_id
+        )
+
+    # -- serialisation: a JSON-ready dict; the Faust table keeps it as is and writes it to
+    # -- the changelog as JSON.
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
@@ -47,42 +95,48 @@ class UserState:
         return cls.from_dict(orjson.loads(raw))
 
     def to_dict(self) -> dict[str, Any]:
+        interest = {}
+        for m, vec in self.interest.items():
+            q, s = quantize(vec)
+            interest[m] = [base64.b64encode(q.tobytes()).decode(), s]
         return {
             "v": STATE_VERSION,
-            "interest": {
-                m: base64.b64encode(np.ascontiguousarray(vec, np.float32).tobytes()).decode()
-                for m, vec in self.interest.items()
-            },
+            "interest": interest,
             "last_ts": self.last_ts,
             "n": self.n_events,
-            "seen": self.seen,
+            "recent": [[i, w] for i, w in self.recent],
             "disliked": self.disliked,
+            "seen": bloom.encode(self.seen_filter) if self.seen_filter else "",
             "recent_positive": self.recent_positive,
-            "recent_event_ids": self.recent_event_ids,
+            "eids": "".join(self.recent_event_ids),
             "offsets": {str(p): o for p, o in self.offsets.items()},
+            "w": self.weights,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UserState:
         if d.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported user state version {d.get('v')!r}")
+        eids = d["eids"]
         return cls(
             interest={
-                m: np.frombuffer(base64.b64decode(b), dtype=np.float32).copy()
-                for m, b in d["interest"].items()
+                m: dequantize(np.frombuffer(base64.b64decode(q), dtype=np.int8), s)
+                for m, (q, s) in d["interest"].items()
             },
             last_ts=d["last_ts"],
             n_events=d["n"],
-            seen=list(d["seen"]),
+            recent=[(i, float(w)) for i, w in d["recent"]],
             disliked=list(d["disliked"]),
+            seen_filter=bloom.decode(d["seen"]),
             recent_positive=[(i, t) for i, t in d["recent_positive"]],
-            recent_event_ids=list(d["recent_event_ids"]),
+            recent_event_ids=[eids[j : j + 16] for j in range(0, len(eids), 16)],
             offsets={int(p): o for p, o in d["offsets"].items()},
+            weights=[float(x) for x in d.get("w", [])],
         )
 
     def excluded(self) -> set[str]:
-        """Items never to recommend to this user again."""
-        return set(self.seen) | set(self.disliked)
+        """Exact ids for the vector store's exclusion filter (older items: ``seen_filter``)."""
+        return {i for i, _ in self.recent} | set(self.disliked)
 
     def is_duplicate(self, partition: int | None, offset: int | None, event_id: str | None) -> bool:
         if (
@@ -91,7 +145,7 @@ class UserState:
             and offset <= self.offsets.get(partition, -1)
         ):
             return True
-        return event_id is not None and event_id in self.recent_event_ids
+        return event_id is not None and event_hash(event_id) in self.recent_event_ids
 
 
 def event_weight(event_type: str, value: float | None, weights: Mapping[str, float]) -> float:
@@ -117,36 +171,47 @@ def apply_event(
     partition: int | None = None,
     offset: int | None = None,
     event_id: str | None = None,
-    dedupe_window: int = 64,
+    dedupe_window: int = 32,
     recent_positive: int = 5,
+    recent_items: int = 24,
+    seen_filter_bits: int = SEEN_FILTER_BITS,
+    user_weights: Sequence[float] | None = None,
 ) -> UserState:
     """Return the state after one event (the input is not modified).
 
     interest_m <- interest_m * 0.5 ** (dt / half_life) + w * item_vector_m, per modality m,
-    where dt is the event time since the newest applied event (out-of-order events: dt = 0).
+    where dt is the event time since the newest applied event (out-of-order events: dt = 0),
+    then rounded to int8 codes (what the changelog stores, so a restart changes nothing).
+    ``user_weights``: the user's new ranking weight deltas (ranking.learner), if any.
     """
     w = event_weight(event_type, value, weights)
     dt = max(0, ts - state.last_ts) if state.n_events else 0
-    decay = 0.5 ** (dt / half_life_ms) if dt else 1.0
+    decay = np.float32(0.5 ** (dt / half_life_ms) if dt else 1.0)
 
-    interest = {m: (v * np.float32(decay)).astype(np.float32) for m, v in state.interest.items()}
+    interest = {m: v * decay for m, v in state.interest.items()}
     for m, vec in item_vectors.items():
-        contrib = (np.float32(w) * np.asarray(vec, dtype=np.float32)).astype(np.float32)
+        contrib = np.float32(w) * np.asarray(vec, dtype=np.float32)
         interest[m] = interest[m] + contrib if m in interest else contrib
+    interest = {m: requantize(v) for m, v in interest.items()}
 
-    seen = state.seen if item_id in state.seen else [*state.seen, item_id]
+    recent = [p for p in state.recent if p[0] != item_id]
+    recent = [*recent, (item_id, round(w, 4))][-recent_items:]
+    seen_filter = state.seen_filter or bloom.empty(seen_filter_bits)
+    seen_filter = bloom.add(seen_filter, item_id)
     disliked = state.disliked
     if event_type == "dislike" and item_id not in disliked:
-        disliked = [*disliked, item_id]
-    recent = state.recent_positive
+        disliked = [*disliked, item_id][-MAX_DISLIKED:]
+    liked = state.recent_positive
     if w > POSITIVE_THRESHOLD:
-        recent = [p for p in recent if p[0] != item_id] + [(item_id, item_title or item_id)]
-        recent = recent[-recent_positive:]
+        liked = [p for p in liked if p[0] != item_id] + [
+            (item_id, (item_title or item_id)[:MAX_TITLE])
+        ]
+        liked = liked[-recent_positive:]
     elif w < 0:  # never explain a recommendation by an item the user has since rejected
-        recent = [p for p in recent if p[0] != item_id]
+        liked = [p for p in liked if p[0] != item_id]
     event_ids = state.recent_event_ids
     if event_id is not None and dedupe_window:
-        event_ids = [*event_ids, event_id][-dedupe_window:]
+        event_ids = [*event_ids, event_hash(event_id)][-dedupe_window:]
     offsets = state.offsets
     if partition is not None and offset is not None:
         offsets = {**offsets, partition: max(offset, offsets.get(partition, -1))}
@@ -155,9 +220,11 @@ def apply_event(
         interest=interest,
         last_ts=max(state.last_ts, ts),
         n_events=state.n_events + 1,
-        seen=seen,
+        recent=recent,
         disliked=disliked,
-        recent_positive=recent,
+        seen_filter=seen_filter,
+        recent_positive=liked,
         recent_event_ids=event_ids,
         offsets=offsets,
+        weights=list(user_weights) if user_weights is not None else state.weights,
     )

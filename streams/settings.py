@@ -106,17 +106,57 @@ class EncoderSettings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: _default_home() / "models")
     # auto: CUDA when a GPU is really usable, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(default=0, ge=0)  # 0: onnxruntime decides
-    max_tokens: int = Field(default=128, ge=8, le=512)
+    intra_op_threads: int = Field(default=0, ge=0)  # threads per operator; 0: onnxruntime decides
+    # Let idle onnxruntime threads busy-wait for work (lower latency on a dedicated machine,
+    # wasted cores on a shared one).
+    spin: bool = False
+    max_tokens: int = Field(default=128, ge=8, le=512)  # text truncation, in tokens
     # Content micro-batch: up to batch_size items or batch_ms milliseconds, whichever first.
     batch_size: int = Field(default=32, ge=1)
     batch_ms: int = Field(default=20, ge=0)
+    # Modalities encoded (a subset of text, image, audio); a video feeds image and audio.
+    modalities: list[Literal["text", "image", "audio"]] = Field(
+        default_factory=lambda: ["text", "image", "audio"]
+    )
+    # minilm: all-MiniLM-L6-v2 (384-d, English); use: multilingual Universal Sentence Encoder
+    # (512-d, 16 languages). Changing it changes the text vector space: re-encode the catalog.
+    text_model: Literal["minilm", "use"] = "minilm"
+    # CPU only: run the int8-quantised files where the export kept one (text, audio): about
+    # 2.5x (text) and 4x (audio) cheaper, min cosine to fp32 0.976 / 0.995 on the parity set.
+    int8: bool = False
+    # CUDA only: run float16 copies of the models (made on first use, needs the onnx package).
+    fp16: bool = True
+    # Video: frames sampled per second of video time, at most video_max_frames of them.
+    video_fps: float = Field(default=1.0, gt=0, le=30)
+    video_max_frames: int = Field(default=16, ge=1, le=256)
+    # Audio files and sound tracks are encoded up to this many seconds (2.32 s per model run).
+    audio_max_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
 class MediaSettings(BaseSettings):
     """Fetching media referenced by content items. Env prefix ``RECSTREAM_MEDIA_``."""
 
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_MEDIA_", extra="ignore")
+
+    # Folders file:// URIs may point into (JSON list, e.g. '["/srv/media"]'); empty: no
+    # local files at all.
+    file_roots: list[Path] = Field(default_factory=list)
+    # Largest medium fetched, in bytes (file or HTTP body).
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    # Largest decoded data: URI, in bytes.
+    data_max_bytes: int = Field(default=1024 * 1024, ge=1)
+    # Whole HTTP fetch, redirects included, and connection set-up, in seconds.
+    timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0, le=20)
+    # Allow HTTP to loopback, private (RFC 1918, ULA), link-local and other non-global
+    # addresses. Off: such hosts are refused (server-side request forgery guard).
+    allow_private: bool = False
+    # Networks allowed even when not global (JSON list of CIDRs, e.g. '["10.1.0.0/16"]').
+    allow_networks: list[str] = Field(default_factory=list)
+    # Media fetched at once per worker (HTTP connections and file reads).
+    concurrency: int = Field(default=8, ge=1, le=256)
+    user_agent: str = "recstream-media-fetcher/0.1"
 
 
 class RankingSettings(BaseSettings):
@@ -154,8 +194,39 @@ class RankingSettings(BaseSettings):
     # Candidates fetched per source = k * candidate_factor.
     candidate_factor: int = Field(default=4, ge=1)
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
-    dedupe_window: int = Field(default=64, ge=0)
+    dedupe_window: int = Field(default=32, ge=0)
     recent_positive: int = Field(default=5, ge=1)
+    # Bounded user state (ranking/state.py): the latest items kept exactly (short-term interest,
+    # collaborative seeds, vector-store exclusions) and the Bloom filter of all seen items.
+    recent_items: int = Field(default=24, ge=1, le=256)
+    seen_filter_bits: int = Field(default=6144, ge=64)
+    # Learned scorer (ranking/ranker.py): prior weights of the features content (long-term
+    # interest), recent (short-term interest), cf (co-occurrence with recent items),
+    # popularity and freshness; each user learns deltas on top (ranking/learner.py).
+    score_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "content": 0.05,
+            "recent": 0.05,
+            "cf": 1.0,
+            "popularity": 0.3,
+            "freshness": 0.1,
+        }
+    )
+    cf_alpha: float = Field(default=0.5, ge=0)  # co-occurrence / count(seed item) ** alpha
+    cf_beta: float = Field(default=0.5, ge=0)  # ... / count(candidate) ** beta
+    recency_decay: float = Field(default=0.8, gt=0, le=1)  # seed d steps back weighs decay**d
+    seed_items: int = Field(default=16, ge=1)  # recent items used as collaborative seeds
+    # Item side (ranking/collab.py): pairs per event, their decay with distance, the weight of
+    # the reverse direction, row size kept per item, neighbours published per item.
+    cooc_window: int = Field(default=16, ge=1)
+    cooc_decay: float = Field(default=0.9, gt=0, le=1)
+    cooc_backward: float = Field(default=0.5, ge=0)
+    cooc_max_row: int = Field(default=1000, ge=10)
+    cooc_top_n: int = Field(default=100, ge=1)
+    # Online learning of the user's weight deltas from what they took of earlier lists.
+    learning_rate: float = Field(default=0.01, ge=0)
+    learning_l2: float = Field(default=0.01, ge=0)
+    learning_negatives: int = Field(default=5, ge=0)
 
 
 class Settings(BaseSettings):

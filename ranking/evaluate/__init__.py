@@ -5,3 +5,11 @@
 model (models.py: recstream's online model, built from ranking.state / ranking.collab /
 ranking.ranker, and the baselines), and scores the rankings (metrics.py).
 """
+
+import os
+
+# One BLAS thread (set before numpy loads): the stream ranks one event at a time per worker,
+# and OpenBLAS threads spin-waiting on a busy 2-core machine made each small matrix-vector
+# product tens of times slower.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")

@@ -197,3 +197,157 @@ def test_deterministic_tie_break_by_item_id() -> None:
 def test_to_wire() -> None:
     r = RankedItem("a", 0.123456789, "trending now")
     assert r.to_wire() == {"item_id": "a", "score": 0.123457, "reason": "trending now"}
+
+
+# -- the learned scorer over a candidate set (ranking.candidates + feature_matrix) ----------
+
+from ranking.candidates import CandidateSet  # noqa: E402
+from ranking.collab import CoocParams, CoocTable, cooc_pairs  # noqa: E402
+from ranking.ranker import (  # noqa: E402
+    FEATURES,
+    ScoreParams,
+    excluded_rows,
+    feature_matrix,
+    recency_weights,
+    score,
+    top_rows,
+    user_weights,
+)
+from ranking.state import UserState, apply_event  # noqa: E402
+
+SP = ScoreParams(
+    prior=(0.05, 0.05, 1.0, 0.3, 0.1),
+    modality_weights={"text": 1.0},
+    trending_half_life_ms=24 * HOUR,
+    freshness_half_life_ms=48 * HOUR,
+)
+W = {"view": 0.5, "click": 1.0, "like": 2.0, "share": 3.0, "complete": 2.0, "skip": -0.5,
+     "dislike": -2.0}  # fmt: skip
+
+
+def catalog(vecs: dict[str, np.ndarray], counts: dict[str, float] | None = None) -> CandidateSet:
+    items = [
+        StoredItem(i, f"Title {i}", ("tag",), None, NO_TREND, vectors={"text": v})
+        for i, v in vecs.items()
+    ]
+    return CandidateSet.from_items(items, {"text": 3}, cf_counts=counts)
+
+
+def scores_for(
+    cs: CandidateSet, st: UserState, table: CoocTable | None = None, params: ScoreParams = SP
+) -> dict[str, float]:
+    seeds = recency_weights(st.recent, params)
+    nbs = {i: cs.neighbour_arrays(table.neighbours(i)) for i, _ in seeds} if table else {}
+    counts = {i: table.counts.get(i, 0.0) for i, _ in seeds} if table else {}
+    short = {}
+    if seeds:
+        short = {"text": sum(a * cs.vectors["text"][cs.index[i]] for i, a in seeds)}
+    f = feature_matrix(
+        cs,
+        interest=st.interest,
+        short_interest=short,
+        seeds=seeds,
+        neighbours=nbs,
+        seed_counts=counts,
+        now_ms=NOW,
+        params=params,
+    )
+    s = score(f, user_weights(params, st.weights), excluded_rows(cs, st.excluded(), st.seen_filter))
+    return dict(zip(cs.ids, s.tolist(), strict=True))
+
+
+def event(st: UserState, cs: CandidateSet, item_id: str, etype: str, ts: int = NOW) -> UserState:
+    return apply_event(
+        st,
+        item_id=item_id,
+        item_title=None,
+        item_vectors={"text": cs.vectors["text"][cs.index[item_id]]},
+        event_type=etype,
+        ts=ts,
+        value=None,
+        weights=W,
+        half_life_ms=72 * HOUR,
+    )
+
+
+def test_features_are_named_and_scaled() -> None:
+    assert FEATURES == ("content", "recent", "cf", "popularity", "freshness")
+    cs = catalog({"a": unit(1, 0, 0), "b": unit(0, 1, 0)})
+    f = feature_matrix(
+        cs, interest={}, short_interest={}, seeds=[], neighbours={}, seed_counts={},
+        now_ms=NOW, params=SP,
+    )  # fmt: skip
+    assert f.shape == (2, 5) and not f.any()  # nothing known: every feature 0
+
+
+def test_two_disjoint_taste_groups_separate_through_co_occurrence() -> None:
+    """Group A users take only A items, group B only B items (all items look alike, so only
+    the collaborative signal can tell them apart). A new user who took one A item must get
+    every other A item ranked above every B item."""
+    rng = np.random.default_rng(3)
+    same = unit(1, 1, 1)
+    ids_a, ids_b = [f"A{n}" for n in range(6)], [f"B{n}" for n in range(6)]
+    cs = catalog({i: same for i in ids_a + ids_b})
+    table = CoocTable.empty(CoocParams(window=8))
+    states: dict[str, UserState] = {}
+    for n in range(40):
+        user, group = f"u{n}", ids_a if n % 2 == 0 else ids_b
+        for it in rng.permutation(group)[:4]:
+            st = states.get(user, UserState())
+            table.apply(str(it), 2.0, cooc_pairs(st.recent, str(it), 2.0, table.params))
+            states[user] = event(st, cs, str(it), "like")
+    for first, mine, theirs in (("A0", ids_a, ids_b), ("B3", ids_b, ids_a)):
+        new = event(UserState(), cs, first, "like")
+        s = scores_for(cs, new, table)
+        assert s[first] == -np.inf  # already taken: never shown again
+        assert min(s[i] for i in mine if i != first) > max(s[i] for i in theirs)
+
+
+def test_a_dislike_pushes_similar_items_down() -> None:
+    cs = catalog(
+        {
+            "liked": unit(1, 0, 0),
+            "disliked": unit(0, 1, 0),
+            "like-the-disliked": unit(0.2, 1, 0),
+            "neutral": unit(0, 0, 1),
+        }
+    )
+    st = event(UserState(), cs, "liked", "like")
+    before = scores_for(cs, st)
+    after = scores_for(cs, event(st, cs, "disliked", "dislike"))
+    assert after["like-the-disliked"] < before["like-the-disliked"]
+    assert after["like-the-disliked"] < after["neutral"]  # now below an unrelated item
+    assert after["disliked"] == -np.inf
+
+
+def test_a_new_item_like_the_liked_ones_ranks_first_at_once() -> None:
+    """No interactions and no co-occurrence yet: its content vector alone puts it first among
+    items as (un)popular as it, and a fresh one beats older look-alikes."""
+    vecs = {f"old{n}": unit(0, 1, n / 10) for n in range(8)}
+    vecs["liked"] = unit(1, 0.1, 0)
+    vecs["similar-but-old"] = unit(1, 0.2, 0.05)
+    vecs["brand-new"] = unit(1, 0.15, 0.05)
+    cs = catalog(vecs)
+    st = event(UserState(), cs, "liked", "like")
+    s = scores_for(cs, st)
+    order = sorted((i for i in s if s[i] > -np.inf), key=lambda i: -s[i])
+    assert set(order[:2]) == {"brand-new", "similar-but-old"}
+    cs.published_at[cs.index["brand-new"]] = NOW - HOUR  # published an hour ago
+    s = scores_for(cs, st)
+    assert max(s, key=lambda i: s[i]) == "brand-new"
+
+
+def test_user_weight_deltas_and_top_rows() -> None:
+    assert user_weights(SP, []).tolist() == pytest.approx(list(SP.prior))
+    assert user_weights(SP, [0.1, 0, 0, -0.1, 0]).tolist() == pytest.approx(
+        [0.15, 0.05, 1.0, 0.2, 0.1]
+    )
+    s = np.array([0.5, -np.inf, 0.9, 0.5, 0.1])
+    assert top_rows(s, 3).tolist() == [2, 0, 3]
+    assert top_rows(s, 10).tolist() == [2, 0, 3, 4]  # -inf never
+
+
+def test_recency_weights_keep_positive_recent_items_newest_first() -> None:
+    recent = [("a", 1.0), ("b", -0.5), ("c", 2.0), ("d", 0.5)]
+    p = ScoreParams(SP.prior, SP.modality_weights, 1.0, 1.0, recency_decay=0.5, recent_window=2)
+    assert recency_weights(recent, p) == [("d", 1.0), ("c", 0.5)]

@@ -1,0 +1,98 @@
+"""The candidate set: one structure the stream and the harness both build, one scorer over it.
+
+The stream builds it from the items its vector-store queries returned (similar to the user's
+interests, neighbours of the user's recent items, trending, fresh); the evaluation harness from
+the whole catalog in memory. Rows are items; vectors are unit rows per modality with a mask for
+items that lack the modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ranking import seen as bloom
+from ranking.state import SEEN_FILTER_BITS
+
+
+@dataclass
+class CandidateSet:
+    ids: list[str]
+    vectors: dict[str, np.ndarray]  # modality -> float32[n, d], unit rows (zeros where missing)
+    present: dict[str, np.ndarray]  # modality -> bool[n]
+    trend: np.ndarray  # float64[n], log-space decayed popularity (ranking.store)
+    published_at: np.ndarray  # float64[n], epoch ms, nan when unknown
+    cf_count: np.ndarray  # float64[n], interactions (ranking.collab.count_after)
+    titles: list[str | None] = field(default_factory=list)
+    tags: list[tuple[str, ...]] = field(default_factory=list)
+    seen_bits: int = SEEN_FILTER_BITS
+    index: dict[str, int] = field(init=False)
+    seen_pos: np.ndarray = field(init=False)  # int64[n, k] Bloom positions
+
+    def __post_init__(self) -> None:
+        self.index = {i: n for n, i in enumerate(self.ids)}
+        self.seen_pos = bloom.positions_matrix(self.ids, self.seen_bits)
+        if not self.titles:
+            self.titles = [None] * len(self.ids)
+        if not self.tags:
+            self.tags = [()] * len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_items(
+        cls,
+        items: Sequence[object],
+        dims: Mapping[str, int],
+        cf_counts: Mapping[str, float] | None = None,
+        seen_bits: int = SEEN_FILTER_BITS,
+    ) -> CandidateSet:
+        """From store items (``item_id``, ``vectors``, ``trend``, ``published_at``, ``title``,
+        ``tags``; e.g. ranking.store.StoredItem), first occurrence of each id kept."""
+        uniq: dict[str, object] = {}
+        for it in items:
+            uniq.setdefault(it.item_id, it)  # type: ignore[attr-defined]
+        rows = list(uniq.values())
+        n = len(rows)
+        vectors, present = {}, {}
+        for m, d in dims.items():
+            mat = np.zeros((n, d), dtype=np.float32)
+            has = np.zeros(n, dtype=bool)
+            for r, it in enumerate(rows):
+                v = it.vectors.get(m)  # type: ignore[attr-defined]
+                if v is not None:
+                    norm = float(np.linalg.norm(v))
+                    if norm > 1e-9:
+                        mat[r] = np.asarray(v, dtype=np.float32) / norm
+                        has[r] = True
+            vectors[m], present[m] = mat, has
+        counts = cf_counts or {}
+        return cls(
+            ids=list(uniq),
+            vectors=vectors,
+            present=present,
+            trend=np.array([float(it.trend) for it in rows], dtype=np.float64),  # type: ignore[attr-defined]
+            published_at=np.array(
+                [
+                    np.nan if it.published_at is None else float(it.published_at)  # type: ignore[attr-defined]
+                    for it in rows
+                ],
+                dtype=np.float64,
+            ),
+            cf_count=np.array([float(counts.get(i, 0.0)) for i in uniq], dtype=np.float64),
+            titles=[it.title for it in rows],  # type: ignore[attr-defined]
+            tags=[tuple(it.tags) for it in rows],  # type: ignore[attr-defined]
+            seen_bits=seen_bits,
+        )
+
+    def neighbour_arrays(self, pairs: Sequence[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """A neighbour list (ids, weights) as (row indices, weights), dropping ids not here."""
+        idx = [self.index.get(i, -1) for i, _ in pairs]
+        keep = [n for n, x in enumerate(idx) if x >= 0]
+        return (
+            np.array([idx[n] for n in keep], dtype=np.int64),
+            np.array([pairs[n][1] for n in keep], dtype=np.float64),
+        )

@@ -1,0 +1,100 @@
+"""Collaborative signal learned from the event stream: item-to-item co-occurrence.
+
+Split the Kafka way. The user side (the user's partition) knows the user's recent items and,
+per event, emits weighted pairs with ``cooc_pairs``; each pair is keyed by the item whose row
+it updates, so it is applied on *that item's* partition (a repartitioned stream keyed by item
+id). The item side keeps one bounded row per item, ``{neighbour: weight}`` plus the item's own
+interaction count, updated by ``row_after`` / ``count_after``, and publishes the row's
+``top_neighbours`` and count into the item's vector-store payload. Ranking reads the rows of the
+user's recent items from there: nothing is shared between users' partitions in memory.
+
+Pair weights: the new item j and each recent item r (newest last), at distance d = 1, 2, ...
+from the end: r -> j (j followed r: what to show after r) weighs ``decay ** (d - 1)``, and
+j -> r weighs ``backward`` times that (co-occurrence without order). Only positive events make
+pairs: a skip is not "people who watched X also watched".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CoocParams:
+    window: int = 16  # recent items paired with each new one
+    decay: float = 0.9  # per step back in the user's history
+    backward: float = 0.5  # weight of j -> r relative to r -> j
+    max_row: int = 400  # entries kept per item row on the item side
+    top_n: int = 100  # neighbours published per item (vector store payload)
+
+
+def cooc_pairs(
+    recent: Sequence[tuple[str, float]], item_id: str, w: float, params: CoocParams
+) -> list[tuple[str, str, float]]:
+    """(row item, neighbour, weight) updates caused by a positive event on ``item_id``,
+    given the user's recent (item, weight) list *before* the event, newest last."""
+    if w <= 0:
+        return []
+    out: list[tuple[str, str, float]] = []
+    d = 0
+    for r, rw in reversed(recent):
+        if r == item_id or rw <= 0:
+            continue
+        d += 1
+        if d > params.window:
+            break
+        pw = params.decay ** (d - 1)
+        out.append((r, item_id, pw))
+        if params.backward > 0:
+            out.append((item_id, r, params.backward * pw))
+    return out
+
+
+def row_after(
+    row: Mapping[str, float], updates: Iterable[tuple[str, float]], max_row: int
+) -> dict[str, float]:
+    """Item side: one item's neighbour weights after some pair updates. When the row grows past
+    ``max_row`` the weakest quarter is dropped (ties by id, so replays agree)."""
+    new = dict(row)
+    for nb, w in updates:
+        new[nb] = new.get(nb, 0.0) + w
+    if len(new) > max_row:
+        keep = sorted(new.items(), key=lambda kv: (-kv[1], kv[0]))[: max_row * 3 // 4]
+        new = dict(keep)
+    return new
+
+
+def top_neighbours(row: Mapping[str, float], n: int) -> list[tuple[str, float]]:
+    """The row's n strongest neighbours (what goes into the item's payload), best first."""
+    return sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def count_after(count: float, w: float) -> float:
+    """Item side: the item's interaction count, the normaliser of its co-occurrence weights."""
+    return count + 1.0 if w > 0 else count
+
+
+@dataclass
+class CoocTable:
+    """The item side in one process (tests, small deployments): rows and counts in dicts.
+    The stream keeps the same rows in a Faust Table keyed by item id."""
+
+    params: CoocParams
+    rows: dict[str, dict[str, float]]
+    counts: dict[str, float]
+
+    @classmethod
+    def empty(cls, params: CoocParams) -> CoocTable:
+        return cls(params, {}, {})
+
+    def apply(self, item_id: str, w: float, pairs: Sequence[tuple[str, str, float]]) -> None:
+        self.counts[item_id] = count_after(self.counts.get(item_id, 0.0), w)
+        by_row: dict[str, list[tuple[str, float]]] = {}
+        for r, nb, pw in pairs:
+            by_row.setdefault(r, []).append((nb, pw))
+        for r, ups in by_row.items():
+            self.rows[r] = row_after(self.rows.get(r, {}), ups, self.params.max_row)
+
+    def neighbours(self, item_id: str) -> list[tuple[str, float]]:
+        return top_neighbours(self.rows.get(item_id, {}), self.params.top_n)

@@ -1,0 +1,222 @@
+"""recstream's online model in the harness, driving the stream's own functions:
+ranking.state.apply_event (user side), ranking.collab.cooc_pairs / count_after (item side),
+ranking.ranker.feature_matrix / score (ranking) and ranking.learner.bpr_step (learning to rank).
+
+The catalog is one CandidateSet of every item. The item side's co-occurrence rows are one
+dense matrix here (the same additions as collab.row_after, without its bound when the
+catalog is smaller than ``cooc_max_row``), read through the same top-N truncation the stream
+publishes to the vector store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ranking.candidates import CandidateSet
+from ranking.collab import CoocParams, cooc_pairs, count_after
+from ranking.evaluate.data import Interactions, default_cache
+from ranking.learner import bpr_step
+from ranking.ranker import (
+    FEATURES,
+    ScoreParams,
+    excluded_rows,
+    feature_matrix,
+    recency_weights,
+    score,
+    user_weights,
+)
+from ranking.state import UserState, apply_event, event_weight
+from ranking.store import NO_TREND, trend_after
+from streams.settings import RankingSettings
+
+HOUR_MS = 3_600_000
+
+
+def ranking_settings(overrides: Sequence[str] = ()) -> RankingSettings:
+    """RankingSettings (env RECSTREAM_RANKING_*) with FIELD=VALUE overrides (JSON values)."""
+    base = RankingSettings().model_dump()
+    for o in overrides:
+        key, _, raw = o.partition("=")
+        if key not in base:
+            raise SystemExit(f"unknown ranking setting {key!r}")
+        try:
+            val = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            val = raw
+        if isinstance(base[key], dict) and isinstance(val, dict):
+            val = {**base[key], **val}
+        base[key] = val
+    return RankingSettings.model_validate(base)
+
+
+def score_params(s: RankingSettings) -> ScoreParams:
+    return ScoreParams(
+        prior=tuple(float(s.score_weights.get(f, 0.0)) for f in FEATURES),
+        modality_weights={"text": 1.0},
+        trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
+        freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
+        cf_alpha=s.cf_alpha,
+        cf_beta=s.cf_beta,
+        recency_decay=s.recency_decay,
+        recent_window=s.seed_items,
+    )
+
+
+def cooc_params(s: RankingSettings) -> CoocParams:
+    return CoocParams(
+        window=s.cooc_window,
+        decay=s.cooc_decay,
+        backward=s.cooc_backward,
+        max_row=s.cooc_max_row,
+        top_n=s.cooc_top_n,
+    )
+
+
+def encode_items(data: Interactions, model_dir: Path | None = None) -> np.ndarray | None:
+    """Item texts through the real MiniLM encoder, cached per text list; None if no texts."""
+    if not any(data.item_text):
+        return None
+    digest = hashlib.sha256("\n".join(data.item_text).encode()).hexdigest()[:16]
+    path = default_cache() / f"text-minilm-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    from encoders.text import TextEncoder
+    from streams.settings import EncoderSettings
+
+    root = Path(model_dir or EncoderSettings().model_dir)
+    done = root / "text-minilm"
+    if (done / "model.onnx").exists() and (done / "tokenizer.json").exists():
+        enc = TextEncoder.from_export_dir(done, device="cpu")  # exported already: just load it
+    else:
+        enc = TextEncoder(root, device="cpu")
+    out = np.concatenate(
+        [enc.encode(data.item_text[i : i + 64]) for i in range(0, len(data.item_text), 64)]
+    ).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+class RecstreamModel:
+    name = "recstream"
+
+    def __init__(
+        self, data: Interactions, settings: RankingSettings, text: np.ndarray | None
+    ) -> None:
+        self.data = data
+        self.s = settings
+        self.params = score_params(settings)
+        self.cooc = cooc_params(settings)
+        n = data.n_items
+        has_text = text is not None
+        vec = text if has_text else np.zeros((n, 1), np.float32)
+        self.cs = CandidateSet(
+            ids=list(data.item_ids),
+            vectors={"text": vec},
+            present={"text": np.full(n, has_text)},
+            trend=np.full(n, NO_TREND),
+            published_at=np.full(n, np.nan),
+            cf_count=np.zeros(n),
+            titles=list(data.item_title) or [None] * n,
+            tags=list(data.item_tags) or [()] * n,
+            seen_bits=settings.seen_filter_bits,
+        )
+        self.co = np.zeros((n, n), dtype=np.float32)  # item side: row r, neighbour column
+        self.states: dict[int, UserState] = {}
+        self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
+        self.trend_half_life_ms = settings.trending_half_life_hours * HOUR_MS
+        self._last: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    # -- what the vector store would return for the user's seeds ------------------------------
+    def _neighbours(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        r = self.co[row]
+        n = self.cooc.top_n
+        nz = np.flatnonzero(r)
+        if len(nz) > n:
+            nz = nz[np.argpartition(-r[nz], n - 1)[:n]]
+        return nz, r[nz].astype(np.float64)
+
+    def features(self, st: UserState, now_ms: int) -> np.ndarray:
+        seeds = recency_weights(st.recent, self.params)
+        idx = self.cs.index
+        neighbours, counts = {}, {}
+        short = np.zeros(self.cs.vectors["text"].shape[1], np.float32)
+        for item_id, a in seeds:
+            r = idx[item_id]
+            neighbours[item_id] = self._neighbours(r)
+            counts[item_id] = float(self.cs.cf_count[r])
+            short += np.float32(a) * self.cs.vectors["text"][r]
+        return feature_matrix(
+            self.cs,
+            interest=st.interest,
+            short_interest={"text": short} if seeds else {},
+            seeds=seeds,
+            neighbours=neighbours,
+            seed_counts=counts,
+            now_ms=now_ms,
+            params=self.params,
+        )
+
+    def scores(self, user: int, now_ms: int) -> np.ndarray:
+        st = self.states.get(user) or UserState()
+        f = self.features(st, now_ms)
+        w = user_weights(self.params, st.weights)
+        s = score(f, w, excluded_rows(self.cs, st.excluded(), st.seen_filter))
+        self._last = (user, f, s)
+        return s
+
+    def learn(self, j: int) -> None:
+        d = self.data
+        u, i, ts = int(d.user[j]), int(d.item[j]), int(d.ts[j])
+        etype = d.etype[j]
+        value = None if np.isnan(d.value[j]) else float(d.value[j])
+        st = self.states.get(u) or UserState()
+        item_id = d.item_ids[i]
+        w = event_weight(etype, value, self.s.event_weights)
+        deltas = st.weights
+        if w > 0 and self.s.learning_rate > 0 and st.n_events:
+            if self._last is None or self._last[0] != u:
+                self.scores(u, ts)
+            assert self._last is not None
+            _, f, s = self._last
+            above = np.flatnonzero(s > s[i])
+            if len(above):
+                m = self.s.learning_negatives
+                above = above[np.argsort(-s[above], kind="stable")[:m]]
+                deltas = bpr_step(
+                    st.weights,
+                    self.params.prior,
+                    f[i],
+                    f[above],
+                    self.s.learning_rate,
+                    self.s.learning_l2,
+                )
+        self._last = None
+        # item side: co-occurrence rows and counts, fed by the user's recent items
+        idx = self.cs.index
+        for r, nb, pw in cooc_pairs(st.recent, item_id, w, self.cooc):
+            self.co[idx[r], idx[nb]] += np.float32(pw)
+        self.cs.cf_count[i] = count_after(float(self.cs.cf_count[i]), w)
+        if w > 0:
+            self.cs.trend[i] = trend_after(float(self.cs.trend[i]), w, ts, self.trend_half_life_ms)
+        vec = self.cs.vectors["text"][i] if self.cs.present["text"][i] else None
+        self.states[u] = apply_event(
+            st,
+            item_id=item_id,
+            item_title=d.item_title[i] if d.item_title else None,
+            item_vectors={"text": vec} if vec is not None else {},
+            event_type=etype,
+            ts=ts,
+            value=value,
+            weights=self.s.event_weights,
+            half_life_ms=self.half_life_ms,
+            recent_positive=self.s.recent_positive,
+            recent_items=self.s.recent_items,
+            seen_filter_bits=self.s.seen_filter_bits,
+            user_weights=deltas,
+        )

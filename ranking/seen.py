@@ -1,0 +1,64 @@
+"""A small Bloom filter of the items a user interacted with, kept in the user's state.
+
+The exact ids of a user's latest items go to Qdrant as an exclusion filter; everything older
+is only remembered here, in a fixed number of bits, and filtered out client-side among the
+candidates. A false positive hides an unseen item (about 2% at 700 items in 6,144 bits with 4
+hashes); an item the user saw is never shown again. Positions depend only on the item id and
+the filter size, so a candidate set computes them once per item.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+N_HASHES = 4
+
+
+def positions(item_id: str, n_bits: int) -> list[int]:
+    d = hashlib.blake2b(item_id.encode(), digest_size=4 * N_HASHES).digest()
+    return [int.from_bytes(d[4 * h : 4 * h + 4], "little") % n_bits for h in range(N_HASHES)]
+
+
+def positions_matrix(item_ids: Sequence[str], n_bits: int) -> np.ndarray:
+    """int64[n, N_HASHES]: the bit positions of each item."""
+    if not item_ids:
+        return np.zeros((0, N_HASHES), dtype=np.int64)
+    return np.array([positions(i, n_bits) for i in item_ids], dtype=np.int64)
+
+
+def empty(n_bits: int) -> bytes:
+    return bytes((n_bits + 7) // 8)
+
+
+def add(bits: bytes, item_id: str) -> bytes:
+    arr = bytearray(bits)
+    for p in positions(item_id, len(arr) * 8):
+        arr[p >> 3] |= 1 << (p & 7)
+    return bytes(arr)
+
+
+def contains(bits: bytes, item_id: str) -> bool:
+    n = len(bits) * 8
+    return n > 0 and all(bits[p >> 3] >> (p & 7) & 1 for p in positions(item_id, n))
+
+
+def contains_many(bits: bytes, pos: np.ndarray) -> np.ndarray:
+    """bool[n] for a positions_matrix computed with this filter's size."""
+    if not bits or len(pos) == 0:
+        return np.zeros(len(pos), dtype=bool)
+    flags = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")
+    return flags[pos].all(axis=1)
+
+
+def encode(bits: bytes) -> str:
+    """zlib + base64: a light user's mostly-empty filter costs a few dozen bytes."""
+    return base64.b64encode(zlib.compress(bits, 9)).decode()
+
+
+def decode(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode(text)) if text else b""

@@ -1,0 +1,154 @@
+"""The evaluation harness (ranking/evaluate): metric definitions with known answers, and a
+small replay through both protocols: a perfect oracle scores 1.0, a random ranker ~k/catalog,
+and recstream's model beats popularity on data with a planted co-occurrence structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
+from ranking.evaluate.cli import main
+from ranking.evaluate.data import Interactions, build, load_interactions
+from ranking.evaluate.metrics import query_metrics, target_ranks
+from ranking.evaluate.models import RecstreamModel, ranking_settings
+from ranking.evaluate.protocols import prequential, split, split_indices
+
+
+def test_ties_count_against_the_model() -> None:
+    cand = np.ones(5, dtype=bool)
+    assert target_ranks(np.array([1.0, 1.0, 1.0, 0.0, 0.0]), cand, [0]) == [2]
+    assert target_ranks(np.array([0.0, 0.0, 0.0, 0.0, 0.0]), cand, [4]) == [4]
+    assert target_ranks(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), cand, [4]) == [0]
+    assert target_ranks(np.array([-np.inf, 1, 2, 3, 4.0]), cand, [0]) == [5]  # excluded: miss
+    cand[4] = False  # not a candidate (already seen): does not count
+    assert target_ranks(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), cand, [3]) == [0]
+    many = target_ranks(np.array([5.0, 5.0, 5.0, 1.0, 0.0]), np.ones(5, bool), [0, 3])
+    assert sorted(many) == [2, 3]  # non-targets first at equal score
+
+
+def test_query_metrics_known_answers() -> None:
+    m = query_metrics([0], 10)
+    assert m == {"HR": 1.0, "NDCG": 1.0, "Recall": 1.0, "Precision": 0.1, "MRR": 1.0}
+    m = query_metrics([2], 10)
+    assert m["NDCG"] == pytest.approx(0.5) and m["MRR"] == pytest.approx(1 / 3)
+    assert query_metrics([10], 10) == dict.fromkeys(
+        ["HR", "NDCG", "Recall", "Precision", "MRR"], 0.0
+    )
+    two = query_metrics([1, 30], 10)  # one of two relevant items found, at rank 2
+    assert two["Recall"] == 0.5 and two["HR"] == 1.0
+    assert two["NDCG"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+def synthetic(n_users: int = 60, n_items: int = 40, per_user: int = 12, seed: int = 0):
+    """Two taste groups with a fixed item order inside each: a strong sequential and
+    collaborative structure, plus some noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    half = n_items // 2
+    for u in range(n_users):
+        group = list(range(half)) if u % 2 == 0 else list(range(half, n_items))
+        start = int(rng.integers(0, half))
+        seq = [group[(start + j) % half] for j in range(per_user)]
+        t0 = int(rng.integers(0, 10_000))
+        for j, i in enumerate(seq):
+            rows.append(
+                (f"u{u}", f"i{i}", float(1_700_000_000 + t0 + 60 * j), "like", float("nan"))
+            )
+    return build(rows)
+
+
+class Oracle:
+    """Knows the future: scores the item the harness will ask about next."""
+
+    name = "oracle"
+
+    def __init__(self, data: Interactions, targets: dict[int, set[int]] | None = None) -> None:
+        self.data, self.cursor, self.targets = data, 0, targets
+
+    def scores(self, user: int, now_ms: int) -> np.ndarray:
+        s = np.zeros(self.data.n_items)
+        if self.targets is not None:
+            s[list(self.targets.get(user, ()))] = 1.0
+        else:
+            s[self.data.item[self.cursor]] = 1.0
+        return s
+
+    def learn(self, j: int) -> None:
+        self.cursor = j + 1
+
+
+def test_prequential_oracle_random_and_models() -> None:
+    data = synthetic()
+    settings = ranking_settings(["learning_rate=0.05"])
+    models = [
+        Oracle(data),
+        RandomModel(data, seed=1),
+        PopularityModel(data),
+        ItemKNNModel(data),
+        RecstreamModel(data, settings, None),
+    ]
+    r = prequential(data, models, k=10, progress=False)
+    assert r["oracle"]["HR@10"] == 1.0 and r["oracle"]["NDCG@10"] == 1.0
+    assert r["oracle"]["n"] == len(data) and r["oracle"]["first_n"] == data.n_users
+    # random: HR ~ k / candidates (40 items, a user has seen 0..11 of them)
+    expected = np.mean([10 / (40 - j) for j in range(12)])
+    assert abs(r["random"]["HR@10"] - expected) < 0.08
+    assert r["recstream"]["HR@10"] > r["popularity"]["HR@10"] + 0.1
+    assert r["recstream"]["HR@10"] > 0.6
+    assert 0 < r["recstream"]["Coverage@10"] <= 1
+    assert r["recstream"]["ms_p99"] > 0
+
+
+def test_split_protocol() -> None:
+    data = synthetic(per_user=20)
+    part = split_indices(data)
+    for u in range(data.n_users):
+        counts = np.bincount(part[data.user == u], minlength=3)
+        assert counts.tolist() == [16, 2, 2]  # RecBole: floor(10%) valid and test
+    targets: dict[int, set[int]] = {}
+    for j in np.flatnonzero(part == 2):
+        targets.setdefault(int(data.user[j]), set()).add(int(data.item[j]))
+    r = split(data, [Oracle(data, targets), PopularityModel(data)], progress=False)
+    assert r["oracle"]["NDCG@10"] == 1.0 and r["oracle"]["Recall@10"] == 1.0
+    assert r["oracle"]["Precision@10"] == pytest.approx(0.2)
+    assert r["popularity"]["NDCG@10"] < 1.0
+
+
+def test_cli_on_a_csv_file_writes_the_report(tmp_path: Path) -> None:
+    data = synthetic(n_users=20)
+    csv = tmp_path / "events.csv"
+    lines = ["user,item,timestamp,type"]
+    for j in range(len(data)):
+        u, i = data.user_ids[data.user[j]], data.item_ids[data.item[j]]
+        lines.append(f"{u},{i},{data.ts[j]},like")
+    csv.write_text("\n".join(lines) + "\n")
+    back = load_interactions(csv)
+    assert len(back) == len(data) and back.ts.tolist() == data.ts.tolist()  # ms kept as ms
+    out = tmp_path / "report.json"
+    rc = main(["--data", str(csv), "--protocol", "prequential", "--report", str(out),
+               "--no-text", "--quiet"])  # fmt: skip
+    assert rc == 0
+    rep = orjson.loads(out.read_bytes())
+    assert rep["models"] == ["recstream", "popularity", "item-knn"]
+    for name in rep["models"]:
+        for key in ("HR@10", "NDCG@10", "Recall@10", "Precision@10", "MRR@10", "Coverage@10",
+                    "first_HR@10", "cold_HR@10", "ms_p50", "ms_p99"):  # fmt: skip
+            assert key in rep[name], (name, key)
+
+
+def test_jsonl_and_items_files(tmp_path: Path) -> None:
+    ev = tmp_path / "ev.jsonl"
+    ev.write_text(
+        '{"user_id": "a", "item_id": "x", "ts": 1700000000000, "type": "click"}\n'
+        '{"user_id": "a", "item_id": "y", "ts": 1700000001000, "rating": 2}\n'
+    )
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title,genres\nx,Ex,Drama|Comedy\ny,Why,Horror\nz,Zed,\n")
+    d = load_interactions(ev, items)
+    assert d.item_ids == ["x", "y", "z"]  # the catalog includes items nobody touched yet
+    assert d.etype == ["click", "view"] and d.value[1] == pytest.approx(0.4)
+    assert d.item_tags[0] == ("Drama", "Comedy") and d.item_text[0] == "Ex. Drama, Comedy"
