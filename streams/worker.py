@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
 import faust
-import numpy as np
 
-from encoders.text import TextEncoder, item_text
+from encoders.pipeline import ContentEncoder
 from ranking.store import MODALITY_DIMS, ItemStore
 from streams import broker as brokers
 from streams.agents import ItemEncoder
@@ -34,44 +29,9 @@ def resolve_broker(settings: Settings) -> brokers.LocalBroker | None:
     return brokers.LocalBroker(port=port).start()
 
 
-@dataclass
-class _Encoded:
-    vectors: dict[str, np.ndarray]
-    failures: list[tuple[str, str]]
-
-
-class _TextOnlyEncoder:
-    """Interim: text only, until encoders.pipeline.ContentEncoder (all modalities) lands."""
-
-    def __init__(self, settings: Settings):
-        e = settings.encoder
-        self.text = TextEncoder(
-            e.model_dir,
-            device=e.device,
-            intra_op_threads=e.intra_op_threads,
-            max_tokens=e.max_tokens,
-        )
-        self.dims = {"text": self.text.dim}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
-
-    async def encode(self, items: Sequence[Any]) -> list[_Encoded]:
-        out = [_Encoded({}, []) for _ in items]
-        idx = [i for i, it in enumerate(items) if it.has_text()]
-        if idx:
-            texts = [item_text(items[i].title, items[i].description, items[i].tags) for i in idx]
-            vecs = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.text.encode, texts
-            )
-            for row, i in enumerate(idx):
-                out[i].vectors["text"] = vecs[row]
-        return out
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-
-
 def load_content_encoder(settings: Settings) -> ItemEncoder:
-    return _TextOnlyEncoder(settings)
+    """Every enabled modality's encoder (exported on first use) and the media fetcher."""
+    return ContentEncoder.from_settings(settings.encoder, settings.media)
 
 
 async def prepare(settings: Settings, content_encoder: ItemEncoder) -> tuple[str, ItemStore]:
