@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ class EdgeStore(ItemStore):
         build_threads: int = 1,
         search_threads: int | None = None,
         check_interval_s: float = 5.0,
+        cache_items: int = 20_000,
     ):
         self.root = root
         self.dims = dict(dims)
@@ -84,6 +86,8 @@ class EdgeStore(ItemStore):
         self.hnsw = (hnsw_m, hnsw_ef_construct)
         self.build_threads = build_threads
         self.check_interval_s = check_interval_s
+        self.cache_items = cache_items
+        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self._search_threads = search_threads
         self._lock = asyncio.Lock()  # writers vs the generation copy; reads never wait
@@ -203,7 +207,11 @@ class EdgeStore(ItemStore):
         log.info("edge: generation %d indexed (%d points)", new_gen, new.info().points_count)
 
     # -- writes --------------------------------------------------------------------------------
-    async def _apply(self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0) -> None:
+    async def _apply(
+        self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0, ids: Iterable[str] = ()
+    ) -> None:
+        for pid in ids:  # vectors may change: forget the cached copy
+            self._cache.pop(pid, None)
         async with self._lock:
             for op in ops:
                 self.shard.update(op)
@@ -229,12 +237,13 @@ class EdgeStore(ItemStore):
             )
             for r in records
         ]
-        await self._apply([qe.UpdateOperation.upsert_points(points)], len(points))
+        pids = [point_id(r.item_id) for r in records]
+        await self._apply([qe.UpdateOperation.upsert_points(points)], len(points), pids)
 
     async def delete(self, item_ids: Sequence[str]) -> None:
         if item_ids:
             ids: list[Any] = [point_id(i) for i in item_ids]
-            await self._apply([qe.UpdateOperation.delete_points(ids)])
+            await self._apply([qe.UpdateOperation.delete_points(ids)], 0, ids)
 
     async def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         live = self._retrieve(list(vectors), False)
@@ -246,7 +255,8 @@ class EdgeStore(ItemStore):
             for i in live
         ]
         if pv:
-            await self._apply([qe.UpdateOperation.update_vectors(pv)], len(pv))
+            pids = [point_id(i) for i in live]
+            await self._apply([qe.UpdateOperation.update_vectors(pv)], len(pv), pids)
 
     async def set_payload(self, payloads: Mapping[str, Mapping[str, Any]]) -> None:
         # By filter, not by id: an item deleted meanwhile is skipped, not an error.
@@ -284,7 +294,7 @@ class EdgeStore(ItemStore):
                 query=qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=m),
                 filter=flt,
                 params=self._params,
-                with_vector=True,
+                with_vector=False,
                 with_payload=True,
             )
             for m, v in units.items()
@@ -296,17 +306,39 @@ class EdgeStore(ItemStore):
                 limit=limit,
                 query=qe.OrderBy(key, qe.Direction.Desc),
                 filter=flt,
-                with_vector=True,
+                with_vector=False,
                 with_payload=True,
             )
             for key in ORDER_KEYS
         ]
         results = self.shard.query_batch(qe.QueryBatchRequest(queries))
+        vectors = self._vectors({str(p.id) for points in results for p in points})
         return [
-            StoredItem.from_parts(p.payload, p.vector, p.score if n < n_vec else None)
+            StoredItem.from_parts(p.payload, vectors.get(str(p.id)), p.score if n < n_vec else None)
             for n, points in enumerate(results)
             for p in points
         ]
+
+    def _vectors(self, pids: set[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Vectors by point id, from the cache or one retrieve for the misses. Turning the
+        engine's float lists into arrays was a quarter of the worker's CPU per event; item
+        vectors rarely change (writes drop their entries), so each is converted once."""
+        cache = self._cache
+        out = {}
+        for pid in pids:
+            v = cache.get(pid)
+            if v is not None:
+                cache.move_to_end(pid)
+                out[pid] = v
+        missing: list[Any] = [pid for pid in pids if pid not in out]
+        if missing:
+            for r in self.shard.retrieve(missing, False, True):
+                vec = r.vector if isinstance(r.vector, dict) else {}
+                arrays = {m: np.asarray(x, dtype=np.float32) for m, x in vec.items()}
+                out[str(r.id)] = cache[str(r.id)] = arrays
+            while len(cache) > self.cache_items:
+                cache.popitem(last=False)
+        return out
 
     async def count(self) -> int:
         return self.shard.count(qe.CountRequest(exact=True))

@@ -18,7 +18,7 @@ from ranking.recommender import Recommender
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings
-from streams.transport import RecstreamApp
+from streams.transport import RecstreamApp, SideProducer, SideSink
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,13 @@ def build_app(
             partitions=k.partitions,
         )
 
+    if flavor == "tansu":  # one-record batches only where tables recover from (transport.py)
+        app.side_producer = SideProducer(k.bootstrap_servers)
+
+    def sink(name: str) -> Any:
+        side = app.side_producer
+        return SideSink(side, name) if side is not None else raw_topic(name)
+
     content, events, requests = (
         raw_topic(names.content),
         raw_topic(names.events),
@@ -148,10 +155,10 @@ def build_app(
         recommender=recommender,
         users=users,
         item_trends=item_trends,
-        recommendations=raw_topic(names.recommendations),
-        dead_letters=raw_topic(names.dead_letters),
+        recommendations=sink(names.recommendations),
+        dead_letters=sink(names.dead_letters),
         indexed=raw_topic(names.indexed),
-        item_activity=item_activity,
+        item_activity=sink(names.item_activity),
     )
 
     async def guarded(work: Awaitable[None]) -> None:

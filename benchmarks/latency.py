@@ -1,0 +1,233 @@
+"""`recstream bench`: event -> recommendation latency and throughput, seen from outside.
+
+    recstream bench --rate 200 1000 3000 --seconds 60 [--items 100000] [--users 100000]
+                    --report OUT.json [--plot OUT.png] [--ingest 2000]
+
+For each rate, the same load generator (this process: an aiokafka producer at a fixed rate and
+a consumer of the recommendations topic; latency = consumed minus produced, same clock) drives
+first the bare relay (benchmarks/relay.py) and then a `recstream worker` subprocess, on the same
+broker. Reported: p50/p95/p99/max, achieved rate (answers per second), lag over time (events
+produced but not yet answered, each second), the worker's CPU and peak RSS (psutil). The
+catalog is synthetic (benchmarks/catalog.py, said so in the report); users are drawn uniformly
+from --users ids, items on a Zipf curve. ``--ingest N`` adds a content-ingestion run: N real
+texts through the encoder, items/s and publish-to-searchable (the content-indexed topic).
+
+Local Tansu broker and the embedded store by default; RECSTREAM_KAFKA_BOOTSTRAP_SERVERS and
+RECSTREAM_QDRANT_URL / _BACKEND select others. Report format (stable): the top level holds the
+last rate's figures (``rate``, ``achieved_rate``, ``p50_ms``, ``p95_ms``, ``p99_ms``,
+``max_ms``, ``worker_peak_rss_mb``, ``relay``: the same latency keys), ``runs`` every rate's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks import catalog
+from benchmarks.load import LoadResult, Procs, drive, start_relay, start_worker, stop
+from ranking.store import MODALITY_DIMS
+from streams import broker as brokers
+from streams.settings import EncoderSettings, Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recstream bench", description=__doc__.split("\n")[0])
+    p.add_argument("--rate", type=int, nargs="+", default=[200], help="events/s (several: each)")
+    p.add_argument("--seconds", type=float, default=60.0, help="per rate and system")
+    p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
+    p.add_argument("--users", type=int, default=100_000, help="user ids drawn uniformly")
+    p.add_argument("--report", type=Path, required=True, help="JSON report")
+    p.add_argument("--plot", type=Path, help="PNG of latency percentiles vs rate (default: "
+                   "next to the report)")  # fmt: skip
+    p.add_argument("--ingest", type=int, default=0, help="content-ingestion run of N items")
+    p.add_argument("--no-relay", action="store_true", help="skip the bare relay runs")
+    p.add_argument("--workdir", type=Path, help="run folder (default: a temporary one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy record the worker (.svg flame graph, .txt collapsed stacks)",
+    )
+    return p
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    k = settings.kafka
+    local = None
+    if "bootstrap_servers" not in k.model_fields_set:
+        local = brokers.LocalBroker(port=brokers.free_port()).start()
+        k.bootstrap_servers = local.bootstrap_servers
+    flavor = k.flavor if k.flavor != "auto" else await brokers.detect_flavor(k.bootstrap_servers)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="recstream-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = settings.data_dir.parent / "bench"
+    backend = "client" if settings.qdrant.backend == "client" else "edge"
+    runs: list[dict[str, Any]] = []
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "broker": f"{flavor} at {k.bootstrap_servers}",
+        "store": settings.qdrant.url or f"embedded ({backend})",
+        "catalog": f"{args.items} synthetic items (random 384-d text vectors around 64 topics)",
+        "users": args.users,
+        "seconds": args.seconds,
+    }
+    try:
+        for rate in args.rate:
+            print(f"== {rate} events/s for {args.seconds:.0f} s", flush=True)
+            run: dict[str, Any] = {"rate": rate}
+            tag = uuid.uuid4().hex[:6]
+            if not args.no_relay:
+                run["relay"] = await _relay_run(settings, flavor, rate, args, tag)
+            rec = await _worker_run(settings, flavor, rate, args, tag, work, cache, backend)
+            run.update(rec)
+            runs.append(run)
+            _print_run(run)
+            _write(args, report, runs)
+        if args.ingest:
+            report["ingest"] = await _ingest_run(settings, args, work)
+            _write(args, report, runs)
+    finally:
+        if local is not None:
+            local.stop()
+    return 0
+
+
+def _env(settings: Settings, prefix: str, work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RECSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "RECSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+        "RECSTREAM_APP_ID": f"bench-{prefix.rstrip('.')}",
+        "RECSTREAM_DATA_DIR": str(work / "data"),
+        "RECSTREAM_QDRANT_PATH": str(work / "store"),
+        "RECSTREAM_QDRANT_COLLECTION": catalog.COLLECTION,
+        "RECSTREAM_ENCODER_MODEL_DIR": str(EncoderSettings().model_dir),
+        "RECSTREAM_LOG_LEVEL": os.environ.get("RECSTREAM_LOG_LEVEL", "WARNING"),
+    }
+
+
+async def _relay_run(
+    settings: Settings, flavor: str, rate: int, args: argparse.Namespace, tag: str
+) -> dict[str, Any]:
+    k = settings.kafka
+    prefix = f"relay{tag}."
+    events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
+    await brokers.ensure_topics(k.bootstrap_servers, [events, recs], partitions=k.partitions,
+                                replication_factor=k.replication_factor)  # fmt: skip
+    proc = await start_relay(k.bootstrap_servers, events, recs, 10 if flavor == "tansu" else 100)
+    try:
+        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor, "relay")
+    finally:
+        await stop(proc)
+    return res.summary()
+
+
+async def _worker_run(
+    settings: Settings,
+    flavor: str,
+    rate: int,
+    args: argparse.Namespace,
+    tag: str,
+    work: Path,
+    cache: Path,
+    backend: str,
+) -> dict[str, Any]:
+    k = settings.kafka
+    prefix = f"rs{tag}."
+    run_dir = work / f"rate-{rate}"
+    if not settings.qdrant.url:
+        dims = dict(MODALITY_DIMS)
+        await catalog.prepared_store(cache, args.items, args.seed, run_dir / "store", dims, backend)
+    env = _env(settings, prefix, run_dir)
+    proc = await start_worker(env, run_dir / "worker.log")
+    events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
+    try:
+        res: LoadResult = await drive(
+            settings, Procs(proc, env), events, recs, rate, args, flavor, "recstream",
+            requests_topic=prefix + k.requests_topic, spy_svg=args.profile,
+        )  # fmt: skip
+    finally:
+        await stop(proc)
+    return res.summary()
+
+
+async def _ingest_run(settings: Settings, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from benchmarks.ingest import ingest_run
+
+    return await ingest_run(settings, args.ingest, work / "ingest", _env)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    def line(name: str, r: dict[str, Any]) -> str:
+        return (
+            f"  {name:9s} p50 {r['p50_ms']:7.1f}  p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  "
+            f"max {r['max_ms']:7.1f} ms  achieved {r['achieved_rate']:7.1f}/s  "
+            f"lost {r['unanswered']}"
+        )
+
+    if "relay" in run:
+        print(line("relay", run["relay"]))
+    print(line("recstream", run))
+    print(
+        f"  worker CPU {run['worker_cpu_percent']:.0f}%  "
+        f"peak RSS {run['worker_peak_rss_mb']:.0f} MB  "
+        f"lag first/last third {run['lag_first_third']:.0f}/{run['lag_last_third']:.0f}",
+        flush=True,
+    )
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    out = {**report, **runs[-1], "runs": runs} if runs else dict(report)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    if runs:
+        _plot(args.plot or args.report.with_suffix(".png"), runs)
+
+
+def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r["rate"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
+        ax.plot(rates, [r[key] for r in runs], style, label=f"recstream {key[:-3]}")
+        if all("relay" in r for r in runs):
+            ax.plot(rates, [r["relay"][key] for r in runs], style[0] + "--", alpha=0.4,
+                    label=f"relay {key[:-3]}")  # fmt: skip
+    ax.set_xlabel("events/s")
+    ax.set_ylabel("event -> recommendation latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("recstream vs bare relay (same broker, same load generator)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
