@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ranking import seen
 from ranking.candidates import CandidateSet
+from ranking.state import UserState
 from ranking.store import StoredItem, popularity_now
 
 
@@ -170,6 +171,9 @@ class ScoreParams:
     cf_beta: float = 0.5  # ... / count(candidate) ** beta
     recency_decay: float = 0.8  # weight of the d-th latest item: decay ** (d - 1)
     recent_window: int = 16  # recent items used as seeds
+    # An anchor was "liked" (reasons) when taken with at least this event weight: like 2,
+    # share 3, complete >= 1, click 1, a view watched >= 90% 0.7 (RankingSettings weights).
+    liked_weight: float = 0.7
 
 
 def recency_weights(
@@ -280,3 +284,173 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     else:
         part = finite
     return part[np.lexsort((part, -scores[part]))]
+
+
+# -- one entry point per request: score a candidate set, explain the top k ------------------
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One of the user's recent items as the stream retrieves it (with payload): a source of
+    collaborative candidates (``cf_top``, ``cf_count``: ranking.collab's published row) and the
+    anchor that reasons name (``title``, ``vectors``)."""
+
+    item_id: str
+    title: str | None = None
+    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    cf_top: Sequence[tuple[str, float]] = ()
+    cf_count: float = 0.0
+
+
+@dataclass
+class Scored:
+    """What scoring a candidate set produced: kept so the caller can learn from it
+    (ranking.learner needs the features of the item the user takes and of those above it)."""
+
+    features: np.ndarray  # float32[n, len(FEATURES)]
+    weights: np.ndarray  # the user's weights (prior + deltas)
+    scores: np.ndarray  # float64[n], excluded rows -inf
+    seeds: list[tuple[str, float]]  # recency_weights of the user's recent items
+    neighbours: dict[str, tuple[np.ndarray, np.ndarray]]
+    seed_counts: dict[str, float]
+
+
+def score_candidates(
+    cs: CandidateSet,
+    state: UserState,
+    params: ScoreParams,
+    seeds: Mapping[str, Seed],
+    now_ms: int,
+    *,
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Scored:
+    """Features and scores of every candidate for this user. ``seeds``: the user's recent
+    items, fetched with vectors and payload (missing ones are skipped); ``neighbours``:
+    already-resolved (rows, weights) per seed, when the caller has them as rows (the harness's
+    whole catalog), else they come from each seed's ``cf_top``."""
+    rec = [(i, a) for i, a in recency_weights(state.recent, params) if i in seeds]
+    if neighbours is None:
+        neighbours = {i: cs.neighbour_arrays(seeds[i].cf_top) for i, _ in rec}
+    counts = {i: seeds[i].cf_count for i, _ in rec}
+    short: dict[str, np.ndarray] = {}
+    for i, a in rec:
+        for m, v in seeds[i].vectors.items():
+            u = _unit(np.asarray(v, dtype=np.float32))
+            if u is not None:
+                short[m] = short[m] + np.float32(a) * u if m in short else np.float32(a) * u
+    f = feature_matrix(
+        cs,
+        interest=state.interest,
+        short_interest=short,
+        seeds=rec,
+        neighbours=neighbours,
+        seed_counts=counts,
+        now_ms=now_ms,
+        params=params,
+    )
+    w = user_weights(params, state.weights)
+    s = score(f, w, excluded_rows(cs, state.excluded(), state.seen_filter))
+    return Scored(f, w, s, rec, dict(neighbours), counts)
+
+
+def _best_anchor(
+    cs: CandidateSet, row: int, anchors: Sequence[Seed], mw: Mapping[str, float]
+) -> Seed | None:
+    """The anchor whose vectors are most like candidate ``row`` (weighted mean cosine)."""
+    best, best_sim = None, -np.inf
+    for a in anchors:
+        num = den = 0.0
+        for m, v in a.vectors.items():
+            mat = cs.vectors.get(m)
+            u = _unit(np.asarray(v, dtype=np.float32))
+            if mat is None or u is None or mat.shape[1] != u.shape[0] or not cs.present[m][row]:
+                continue
+            wm = mw.get(m, 1.0)
+            num += wm * float(mat[row] @ u)
+            den += wm
+        sim = num / den if den else -1.0
+        if sim > best_sim:
+            best, best_sim = a, sim
+    return best
+
+
+def reasons(
+    cs: CandidateSet,
+    rows: Sequence[int],
+    scored: Scored,
+    seeds: Mapping[str, Seed],
+    recent: Sequence[tuple[str, float]],
+    params: ScoreParams,
+) -> list[str]:
+    """One sentence per row, from the largest term of features[row] * weights:
+    cf          "popular with people who watched <the seed contributing most>"
+    content / recent  "because you liked <anchor>" when the anchor (the recent positive item
+                most like the candidate) was taken with an event weight >= params.liked_weight
+                (like, share, complete, a view watched to the end), else "similar to <anchor>"
+    popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags).
+    ``recent``: the state's (item, event weight) list; ``seeds``: as for score_candidates."""
+    took = dict(recent)
+    anchors = [seeds[i] for i, _ in scored.seeds]
+    out = []
+    for row in rows:
+        terms = scored.features[row] * scored.weights
+        top = int(np.argmax(terms))
+        name = FEATURES[top] if terms[top] > 0 else ""
+        if name == "cf":
+            best, best_c = None, 0.0
+            for i, a in scored.seeds:
+                nb_rows, nb_w = scored.neighbours.get(i, (np.empty(0, np.int64), np.empty(0)))
+                hit = nb_w[nb_rows == row]
+                norm = max(scored.seed_counts.get(i, 1.0), 1.0) ** params.cf_alpha
+                c = float(hit.sum()) * a / norm
+                if c > best_c:
+                    best, best_c = i, c
+            if best is not None:
+                out.append(f"popular with people who watched \u201c{_title(seeds[best])}\u201d")
+                continue
+            name = "popularity"
+        if name in ("content", "recent"):
+            a = _best_anchor(cs, row, anchors, params.modality_weights)
+            if a is not None:
+                liked = took.get(a.item_id, 0.0) >= params.liked_weight
+                verb = "because you liked" if liked else "similar to"
+                out.append(f"{verb} \u201c{_title(a)}\u201d")
+            else:
+                out.append("matches your interests")
+        elif name == "freshness":
+            out.append(f"new in {cs.tags[row][0]}" if cs.tags[row] else "new")
+        else:
+            out.append("trending now")
+    return out
+
+
+def _title(seed: Seed) -> str:
+    return seed.title or seed.item_id
+
+
+def rank_candidates(
+    cs: CandidateSet,
+    state: UserState,
+    params: ScoreParams,
+    seeds: Mapping[str, Seed],
+    now_ms: int,
+    k: int,
+    *,
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[list[RankedItem], Scored]:
+    """The stream's (and the harness's) one call per request: score the candidate set, take
+    the k best (ties by item id), explain each. Returns the list and what scoring produced
+    (for ranking.learner)."""
+    sc = score_candidates(cs, state, params, seeds, now_ms, neighbours=neighbours)
+    s = sc.scores
+    best = top_rows(s, k)
+    if len(best):
+        # Everything tied with the k-th score competes, ordered by item id, so the list does
+        # not depend on the candidates' order.
+        tied = np.flatnonzero(s >= s[best[-1]])
+        rows = sorted((int(r) for r in tied), key=lambda r: (-s[r], cs.ids[r]))[:k]
+    else:
+        rows = []
+    why = reasons(cs, rows, sc, seeds, state.recent, params)
+    items = [RankedItem(cs.ids[r], float(sc.scores[r]), why[n]) for n, r in enumerate(rows)]
+    return items, sc

@@ -227,6 +227,9 @@ class RankingSettings(BaseSettings):
     learning_rate: float = Field(default=0.01, ge=0)
     learning_l2: float = Field(default=0.01, ge=0)
     learning_negatives: int = Field(default=5, ge=0)
+    # Reasons: a recent item counts as "liked" ("because you liked <title>") when taken with
+    # at least this event weight (like, share, complete, click, a view watched >= 90%).
+    reason_liked_weight: float = 0.7
 
 
 class Settings(BaseSettings):

@@ -64,6 +64,7 @@ def score_params(s: RankingSettings) -> ScoreParams:
         cf_beta=s.cf_beta,
         recency_decay=s.recency_decay,
         recent_window=s.seed_items,
+        liked_weight=s.reason_liked_weight,
     )
 
 

@@ -351,3 +351,78 @@ def test_recency_weights_keep_positive_recent_items_newest_first() -> None:
     recent = [("a", 1.0), ("b", -0.5), ("c", 2.0), ("d", 0.5)]
     p = ScoreParams(SP.prior, SP.modality_weights, 1.0, 1.0, recency_decay=0.5, recent_window=2)
     assert recency_weights(recent, p) == [("d", 1.0), ("c", 0.5)]
+
+
+# -- rank_candidates and reasons ------------------------------------------------------------
+
+from ranking.ranker import Seed, rank_candidates  # noqa: E402
+
+
+def seeds_of(cs: CandidateSet, st: UserState, table: CoocTable | None = None) -> dict[str, Seed]:
+    """What the stream fetches for the user's recent items: vectors, title, published row."""
+    return {
+        i: Seed(
+            i,
+            cs.titles[cs.index[i]],
+            {"text": cs.vectors["text"][cs.index[i]]},
+            table.neighbours(i) if table else (),
+            table.counts.get(i, 0.0) if table else 0.0,
+        )
+        for i, _ in st.recent
+    }
+
+
+def test_rank_candidates_scores_as_the_parts_do_and_orders_ties_by_id() -> None:
+    cs = catalog({"x": unit(1, 0, 0), "b": unit(0, 1, 0), "a": unit(0, 1, 0), "c": unit(0, 0, 1)})
+    st = event(UserState(), cs, "x", "like")
+    ranked, sc = rank_candidates(cs, st, SP, seeds_of(cs, st), NOW, k=10)
+    expected = scores_for(cs, st)
+    assert [r.item_id for r in ranked] == ["a", "b", "c"]  # a, b tie: by id; x taken
+    assert all(r.score == pytest.approx(expected[r.item_id]) for r in ranked)
+    assert sc.scores[cs.index["x"]] == -np.inf
+    assert ranked[0].to_wire()["item_id"] == "a"
+    assert len(rank_candidates(cs, st, SP, seeds_of(cs, st), NOW, k=1)[0]) == 1
+
+
+def test_reason_cf_names_the_seed_that_contributes_most() -> None:
+    """A user took m1 then m2; only m2's co-watchers watched t: the reason names m2."""
+    same = unit(1, 1, 1)
+    cs = catalog({i: same for i in ("m1", "m2", "t", "other")})
+    table = CoocTable.empty(CoocParams())
+    for _ in range(5):
+        st = UserState()
+        for it in ("m2", "t"):
+            table.apply(it, 2.0, cooc_pairs(st.recent, it, 2.0, table.params))
+            st = event(st, cs, it, "like")
+    st = event(event(UserState(), cs, "m1", "like"), cs, "m2", "like")
+    ranked, _ = rank_candidates(cs, st, SP, seeds_of(cs, st, table), NOW, k=1)
+    assert ranked[0].item_id == "t"
+    assert ranked[0].reason == "popular with people who watched \u201cTitle m2\u201d"
+
+
+def test_reason_content_says_liked_only_for_a_real_positive_action() -> None:
+    content_only = ScoreParams((1.0, 1.0, 0.0, 0.0, 0.0), {"text": 1.0}, 24 * HOUR, 48 * HOUR)
+    cs = catalog({"seen": unit(1, 0, 0), "close": unit(1, 0.1, 0), "far": unit(0, 0, 1)})
+    for etype, verb in (("like", "because you liked"), ("view", "similar to")):
+        st = event(UserState(), cs, "seen", etype)
+        ranked, _ = rank_candidates(cs, st, content_only, seeds_of(cs, st), NOW, k=1)
+        assert ranked[0].item_id == "close"
+        assert ranked[0].reason == f"{verb} \u201cTitle seen\u201d"
+    # A view watched to the end counts as liking it.
+    st = apply_event(
+        UserState(), item_id="seen", item_title=None, item_vectors={"text": unit(1, 0, 0)},
+        event_type="view", ts=NOW, value=1.0, weights=W, half_life_ms=72 * HOUR,
+    )  # fmt: skip
+    ranked, _ = rank_candidates(cs, st, content_only, seeds_of(cs, st), NOW, k=1)
+    assert ranked[0].reason.startswith("because you liked")
+
+
+def test_reason_trending_and_new_in_tag_for_a_new_user() -> None:
+    cs = catalog({"hot": unit(1, 0, 0), "fresh": unit(0, 1, 0), "dull": unit(0, 0, 1)})
+    cs.trend[cs.index["hot"]] = trend_after(NO_TREND, 50.0, NOW, 24 * HOUR)
+    cs.trend[cs.index["dull"]] = trend_after(NO_TREND, 1.0, NOW - 400 * HOUR, 24 * HOUR)
+    cs.published_at[cs.index["fresh"]] = NOW - HOUR
+    ranked, _ = rank_candidates(cs, UserState(), SP, {}, NOW, k=3)
+    why = {r.item_id: r.reason for r in ranked}
+    assert why["hot"] == "trending now"
+    assert why["fresh"] == "new in tag"
