@@ -164,6 +164,12 @@ class MediaFetcher:
             )
 
     def _client(self) -> aiohttp.ClientSession:
+        # A session belongs to the event loop it was made on; a fetcher reused from another
+        # loop (tests, scripts calling asyncio.run repeatedly) gets a fresh one.
+        if self._session is not None and getattr(self._session, "_loop", None) is not (
+            asyncio.get_running_loop()
+        ):
+            self._session = None
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 resolver=_CheckingResolver(self),

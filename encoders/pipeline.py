@@ -151,55 +151,60 @@ class ContentEncoder:
     # -- stages ------------------------------------------------------------------------------
 
     async def _prepare(self, item: ContentItemLike) -> _Prepared:
+        """Fetch and decode an item's media, its parts concurrently; merged in a fixed order
+        (image before video frames, audio file before sound track)."""
+        wanted = {
+            "image_uri": self.image is not None,
+            "video_uri": self.image is not None or self.audio is not None,
+            "audio_uri": self.audio is not None,
+        }
+        names = [n for n in wanted if wanted[n] and getattr(item, n, None)]
+        parts = await asyncio.gather(*(self._part(n, getattr(item, n)) for n in names))
         out = _Prepared()
-        parts = [
-            ("image_uri", getattr(item, "image_uri", None), self.image is not None),
-            ("video_uri", getattr(item, "video_uri", None), bool(self.image or self.audio)),
-            ("audio_uri", getattr(item, "audio_uri", None), self.audio is not None),
-        ]
-        for name, uri, wanted in parts:
-            if not uri or not wanted:
-                continue
-            try:
-                async with self._limit():
-                    data = await self.fetcher.fetch(uri)
-                await asyncio.get_running_loop().run_in_executor(
-                    self._decode_pool, self._decode, name, data, out
-                )
-            except MediaError as exc:
-                out.failures.append((name, str(exc)))
-            except (ImageDecodeError, AudioDecodeError, VideoDecodeError, ValueError) as exc:
-                out.failures.append((name, f"{shorten(uri)}: {exc}"))
-            except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes raise anything
-                logger.warning("undecodable %s %s", name, shorten(uri), exc_info=True)
-                out.failures.append((name, f"{shorten(uri)} is not decodable media: {exc!r}"))
+        for part in parts:  # names are in image, video, audio order
+            out.pixels += part.pixels
+            out.has_image = out.has_image or part.has_image
+            out.audio_blocks += part.audio_blocks
+            out.failures += part.failures
         return out
 
-    def _decode(self, name: str, data: bytes, out: _Prepared) -> None:
-        """CPU part of preparing one medium (a decode-pool thread). Appends to ``out`` only
-        once everything decoded, so a failing medium leaves nothing half-added."""
+    async def _part(self, name: str, uri: str) -> _Prepared:
+        out = _Prepared()
+        try:
+            async with self._limit():
+                data = await self.fetcher.fetch(uri)
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self._decode_pool, self._decode, name, data)
+        except MediaError as exc:
+            out.failures.append((name, str(exc)))
+        except (ImageDecodeError, AudioDecodeError, VideoDecodeError, ValueError) as exc:
+            out.failures.append((name, f"{shorten(uri)}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - decoders of untrusted bytes raise anything
+            logger.warning("undecodable %s %s", name, shorten(uri), exc_info=True)
+            out.failures.append((name, f"{shorten(uri)} is not decodable media: {exc!r}"))
+        return out
+
+    def _decode(self, name: str, data: bytes) -> _Prepared:
+        """CPU part of preparing one medium (in a decode-pool thread)."""
         s = self.settings
+        out = _Prepared()
         if name == "image_uri":
-            out.pixels.insert(0, preprocess(data))
+            out.pixels.append(preprocess(data))
             out.has_image = True
         elif name == "audio_uri":
             samples = decode_audio(data, s.audio_max_seconds)
             if samples is None:
                 raise AudioDecodeError("the file has no audio stream")
-            out.audio_blocks.insert(0, blocks(log_mel(samples)))
+            out.audio_blocks.append(blocks(log_mel(samples)))
         else:
             video = decode_video(data, s.video_fps, s.video_max_frames, s.audio_max_seconds)
-            frames = [preprocess(f) for f in video.frames] if self.image is not None else []
-            track = (
-                blocks(log_mel(video.audio))
-                if video.audio is not None and self.audio is not None
-                else None
-            )
-            out.pixels.extend(frames)
-            if track is not None:
-                out.audio_blocks.append(track)
+            if self.image is not None:
+                out.pixels = [preprocess(f) for f in video.frames]
+            if video.audio is not None and self.audio is not None:
+                out.audio_blocks.append(blocks(log_mel(video.audio)))
             if video.audio_error:
                 out.failures.append(("video_uri", video.audio_error))
+        return out
 
     def _infer(
         self, texts: list[str], prepared: Sequence[_Prepared]

@@ -23,6 +23,9 @@ import numpy as np
 from encoders.audio import decode_audio_stream
 from encoders.image import RESIZE
 
+# Frames larger than 8K UHD are refused: decoding each would cost more than an item is worth.
+MAX_PIXELS = 7680 * 4320
+
 
 class VideoDecodeError(ValueError):
     """The bytes hold no decodable video (the message says why)."""
@@ -66,6 +69,9 @@ def _frames(data: bytes, fps: float, max_frames: int) -> list[np.ndarray]:
         if not container.streams.video:
             raise VideoDecodeError("the file has no video stream")
         stream = container.streams.video[0]
+        pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+        if pixels > MAX_PIXELS:
+            raise VideoDecodeError(f"video frames of {pixels} pixels are over {MAX_PIXELS}")
         stream.thread_type = "AUTO"  # frame/slice threads inside ffmpeg's decoder
         step = 1.0 / fps
         next_t = 0.0
