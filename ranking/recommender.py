@@ -1,59 +1,187 @@
-"""Candidate retrieval from Qdrant + ranking, for one user. The async part of ranking/.
+"""Candidate retrieval from the item store + the learned scorer, for one user. The async part
+of ranking/: everything it decides is done by the pure functions of ranking/ranker.py, the same
+ones `recstream evaluate` replays.
 
-Sources: items similar to the user's interest (one vector query per modality), trending items
-and fresh items, all fetched in one Qdrant batch request with the user's exclusions applied
-by Qdrant itself.
+Per call, two store round trips run concurrently after the seeds are known:
+  seeds       the user's recent positive items (``recency_weights``), with vectors and payload:
+              their ``cf_top`` rows (co-occurrence, published by the item side) and titles
+  candidates  one batch: nearest items to the long-term interest per modality, trending, fresh,
+              with the user's exact exclusions applied by the engine
+  neighbours  the strongest ``cf_top`` entries of the seeds that the batch did not return
+Older seen items are removed client-side by the user's Bloom filter (``excluded_rows``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from ranking.ranker import RankedItem, RankParams, interest_units, rank
+import numpy as np
+
+from ranking.candidates import CandidateSet
+from ranking.collab import CoocParams
+from ranking.ranker import (
+    FEATURES,
+    RankedItem,
+    Scored,
+    ScoreParams,
+    Seed,
+    interest_units,
+    rank_candidates,
+    recency_weights,
+    score_candidates,
+)
 from ranking.state import UserState
 from ranking.store import ItemStore, StoredItem
+from streams.settings import RankingSettings
+
+HOUR_MS = 3_600_000
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def score_params(s: RankingSettings) -> ScoreParams:
+    return ScoreParams(
+        prior=tuple(float(s.score_weights.get(f, 0.0)) for f in FEATURES),
+        modality_weights=dict(s.modality_weights),
+        trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
+        freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
+        cf_alpha=s.cf_alpha,
+        cf_beta=s.cf_beta,
+        recency_decay=s.recency_decay,
+        recent_window=s.seed_items,
+        liked_weight=s.reason_liked_weight,
+    )
+
+
+def cooc_params(s: RankingSettings) -> CoocParams:
+    return CoocParams(
+        window=s.cooc_window,
+        decay=s.cooc_decay,
+        backward=s.cooc_backward,
+        max_row=s.cooc_max_row,
+        top_n=s.cooc_top_n,
+    )
+
+
+def seed_of(item: StoredItem) -> Seed:
+    p = item.payload
+    return Seed(
+        item_id=item.item_id,
+        title=item.title,
+        vectors=item.vectors,
+        cf_top=[(str(i), float(w)) for i, w in p.get("cf_top") or ()],
+        cf_count=float(p.get("cf_count") or 0.0),
+    )
+
+
+@dataclass
+class Ranked:
+    items: list[RankedItem]
+    candidates: CandidateSet
+    scored: Scored
+
+
 class Recommender:
     def __init__(
         self,
         store: ItemStore,
-        params: RankParams,
+        params: ScoreParams,
         *,
+        dims: Mapping[str, int],
         candidate_factor: int = 4,
+        seen_filter_bits: int,
         clock: Callable[[], int] = now_ms,
     ):
         self.store = store
         self.params = params
+        self.dims = dict(dims)
         self.candidate_factor = candidate_factor
+        self.seen_filter_bits = seen_filter_bits
         self.clock = clock
+
+    def seed_ids(self, state: UserState) -> list[str]:
+        return [i for i, _ in recency_weights(state.recent, self.params)]
+
+    async def candidate_set(
+        self,
+        state: UserState,
+        k: int,
+        seeds: Mapping[str, Seed],
+        *,
+        extra: Sequence[StoredItem] = (),
+    ) -> CandidateSet:
+        """Candidates for ``state``: the store's batch (similar, trending, fresh) and the
+        seeds' strongest co-occurrence neighbours, plus ``extra`` items (e.g. the item an event
+        is about, so learning can compare it with the list)."""
+        limit = k * self.candidate_factor
+        exclude = state.excluded()
+        want = self._neighbour_ids(state, seeds, exclude, limit)
+        batch, nbrs = await asyncio.gather(
+            self.store.candidates(interest_units(state.interest), exclude=exclude, limit=limit),
+            self.store.get(want) if want else _no_items(),
+        )
+        items = [*extra, *batch, *nbrs.values()]
+        counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}
+        return CandidateSet.from_items(
+            items, self.dims, cf_counts=counts, seen_bits=self.seen_filter_bits
+        )
+
+    def _neighbour_ids(
+        self, state: UserState, seeds: Mapping[str, Seed], exclude: set[str], limit: int
+    ) -> list[str]:
+        """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf"
+        will rank high), so the strongest collaborative candidates are always in the set."""
+        total: dict[str, float] = {}
+        for item_id, a in recency_weights(state.recent, self.params):
+            seed = seeds.get(item_id)
+            if seed is None:
+                continue
+            norm = max(seed.cf_count, 1.0) ** self.params.cf_alpha
+            for nb, w in seed.cf_top:
+                if nb not in exclude:
+                    total[nb] = total.get(nb, 0.0) + w * a / norm
+        best = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return [i for i, _ in best]
+
+    def rank(
+        self, cs: CandidateSet, state: UserState, seeds: Mapping[str, Seed], k: int, now: int
+    ) -> Ranked:
+        items, scored = rank_candidates(cs, state, self.params, seeds, now, k)
+        return Ranked(items, cs, scored)
+
+    def score(
+        self, cs: CandidateSet, state: UserState, seeds: Mapping[str, Seed], now: int
+    ) -> Scored:
+        return score_candidates(cs, state, self.params, seeds, now)
 
     async def recommend(
         self,
         state: UserState,
         k: int,
         *,
-        anchors: Sequence[StoredItem] = (),
+        seeds: Mapping[str, Seed] | None = None,
         now: int | None = None,
     ) -> list[RankedItem]:
-        """Top-k items for the user, never one they interacted with, disliked, or that is not
-        (or no longer) in the catalog. ``anchors``: the user's recently liked items, with
-        vectors, used to explain similarity ("because you liked ...")."""
-        exclude = state.excluded()
-        candidates = await self.store.candidates(
-            interest_units(state.interest), exclude=exclude, limit=k * self.candidate_factor
-        )
-        return rank(
-            candidates=candidates,
-            interest=state.interest,
-            exclude=exclude,
-            anchors=anchors,
-            k=k,
-            now_ms=self.clock() if now is None else now,
-            params=self.params,
-        )
+        """Top-k items for the user, never one they interacted with (exact recent ids by the
+        engine, older ones by the Bloom filter), disliked, or not (or no longer) in the
+        catalog. ``seeds``: the user's recent items as fetched by the caller, if it has them."""
+        if seeds is None:
+            got = await self.store.get(self.seed_ids(state))
+            seeds = {i: seed_of(it) for i, it in got.items()}
+        cs = await self.candidate_set(state, k, seeds)
+        return self.rank(cs, state, seeds, k, self.clock() if now is None else now).items
+
+
+async def _no_items() -> dict[str, StoredItem]:
+    return {}
+
+
+def rows_above(scores: np.ndarray, row: int, m: int) -> np.ndarray:
+    """The (at most m) best rows that scored above ``row``: what the user passed over."""
+    above = np.flatnonzero(scores > scores[row])
+    return above[np.argsort(-scores[above], kind="stable")[:m]]

@@ -15,6 +15,7 @@ the worker crashes loudly and the supervisor restarts it (nothing acked is lost)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -24,9 +25,12 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from ranking.recommender import Recommender, now_ms
+from ranking.collab import cooc_pairs, count_after, row_after, top_neighbours
+from ranking.learner import bpr_step
+from ranking.ranker import RankedItem, Seed
+from ranking.recommender import Recommender, cooc_params, now_ms, rows_above, seed_of
 from ranking.state import UserState, apply_event, event_weight
-from ranking.store import NO_TREND, ItemRecord, ItemStore, StoredItem, trend_after
+from ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
 from streams import schemas
 from streams.schemas import BadInput
 from streams.settings import Settings
@@ -112,7 +116,7 @@ class Handlers:
         content_encoder: ItemEncoder,
         recommender: Recommender,
         users: MutableMapping[str, dict[str, Any]],
-        item_trends: MutableMapping[str, float],
+        item_stats: MutableMapping[str, dict[str, Any]],
         recommendations: Sink,
         dead_letters: Sink,
         item_activity: Sink,
@@ -123,7 +127,7 @@ class Handlers:
         self.content_encoder = content_encoder
         self.recommender = recommender
         self.users = users
-        self.item_trends = item_trends
+        self.item_stats = item_stats
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.item_activity = item_activity
@@ -131,7 +135,8 @@ class Handlers:
         r = settings.ranking
         self.half_life_ms = r.interest_half_life_hours * 3_600_000
         self.trend_half_life_ms = r.trending_half_life_hours * 3_600_000
-        self._pending_trends: dict[str, float] = {}
+        self._pending_items: dict[str, dict[str, Any]] = {}
+        self.cooc = cooc_params(r)
 
     async def dead_letter(self, msg: Msg, error: str, *, part: str | None = None) -> None:
         log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
@@ -206,6 +211,12 @@ class Handlers:
         return UserState.from_dict(raw) if raw is not None else UserState()
 
     async def on_event(self, msg: Msg) -> None:
+        """Learn from one event and answer it with a fresh list.
+
+        One store ``get`` (the event's item and the user's seed items), then one candidate
+        batch for the post-event state (the event's item added back for learning). The scorer
+        learns from where the taken item stood under the pre-event state; the item side gets
+        the interaction and the co-occurrence pairs through ``item-activity``, keyed by item."""
         try:
             event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
         except BadInput as exc:
@@ -213,45 +224,78 @@ class Handlers:
             return
         state = self.load_state(event.user_id)
         r = self.settings.ranking
+        rec = self.recommender
         duplicate = state.is_duplicate(msg.partition, msg.offset, event.event_id)
-        wanted = [event.item_id, *(i for i, _ in state.recent_positive)]
-        items = await retrying(lambda: self.store.get(wanted), "Qdrant retrieve")
-        item = items.get(event.item_id)
-        if not duplicate:
-            if item is None:
-                await self.dead_letter(
-                    msg,
-                    f"unknown item: no item {event.item_id!r} in the catalog (never "
-                    "published, deleted, or not indexed yet)",
-                )
-                return
-            state = apply_event(
-                state,
-                item_id=event.item_id,
-                item_title=item.title,
-                item_vectors=item.vectors,
-                event_type=event.type,
-                ts=event.ts,
-                value=event.value,
-                weights=r.event_weights,
-                half_life_ms=self.half_life_ms,
-                partition=msg.partition,
-                offset=msg.offset,
-                event_id=event.event_id,
-                dedupe_window=r.dedupe_window,
-                recent_positive=r.recent_positive,
+        wanted = [event.item_id, *rec.seed_ids(state)]
+        got = await retrying(lambda: self.store.get(wanted), "Qdrant retrieve")
+        item = got.get(event.item_id)
+        if duplicate:  # already learned (redelivery): answer again, change nothing
+            seeds = {i: seed_of(it) for i, it in got.items() if i != event.item_id}
+            await self._emit(
+                event.user_id, state, r.k, seeds=seeds, trigger=event.event_id, source_ts=event.ts
             )
-            self.users[event.user_id] = state.to_dict()
-            w = event_weight(event.type, event.value, r.event_weights)
-            if w > 0:
-                await self.item_activity.send(
-                    key=event.item_id.encode(),
-                    value=orjson.dumps({"item_id": event.item_id, "w": w, "ts": event.ts}),
-                )
-        anchors = [items[i] for i, _ in state.recent_positive if i in items]
-        await self._emit(
-            event.user_id, state, r.k, anchors=anchors, trigger=event.event_id, source_ts=event.ts
+            return
+        if item is None:
+            await self.dead_letter(
+                msg,
+                f"unknown item: no item {event.item_id!r} in the catalog (never "
+                "published, deleted, or not indexed yet)",
+            )
+            return
+        w = event_weight(event.type, event.value, r.event_weights)
+        after = apply_event(
+            state,
+            item_id=event.item_id,
+            item_title=item.title,
+            item_vectors=item.vectors,
+            event_type=event.type,
+            ts=event.ts,
+            value=event.value,
+            weights=r.event_weights,
+            half_life_ms=self.half_life_ms,
+            partition=msg.partition,
+            offset=msg.offset,
+            event_id=event.event_id,
+            dedupe_window=r.dedupe_window,
+            recent_positive=r.recent_positive,
+            recent_items=r.recent_items,
+            seen_filter_bits=r.seen_filter_bits,
         )
+        seeds = {i: seed_of(it) for i, it in got.items()}
+        cs = await retrying(
+            lambda: rec.candidate_set(after, r.k, seeds, extra=[item]), "Qdrant query"
+        )
+        now = now_ms()
+        if w > 0 and r.learning_rate > 0 and state.n_events:
+            before = rec.score(cs, state, seeds, now)
+            row = cs.index[event.item_id]
+            above = rows_above(before.scores, row, r.learning_negatives)
+            deltas = bpr_step(
+                state.weights,
+                rec.params.prior,
+                before.features[row],
+                before.features[above],
+                r.learning_rate,
+                r.learning_l2,
+            )
+            after = dataclasses.replace(after, weights=deltas)
+        self.users[event.user_id] = after.to_dict()
+        if w > 0:
+            await self._send_item_activity(state, event.item_id, w, event.ts)
+        ranked = rec.rank(cs, after, seeds, r.k, now)
+        await self._send_recommendation(
+            event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
+        )
+
+    async def _send_item_activity(self, before: UserState, item_id: str, w: float, ts: int) -> None:
+        """One record per item whose side changes: the event's item (its trend and count, and
+        its row's pairs) and each recent item whose co-occurrence row gains this item."""
+        rows: dict[str, list[list[Any]]] = {item_id: []}
+        for row, nb, pw in cooc_pairs(before.recent, item_id, w, self.cooc):
+            rows.setdefault(row, []).append([nb, round(pw, 6)])
+        for row, pairs in rows.items():
+            value = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": pairs}
+            await self.item_activity.send(key=row.encode(), value=orjson.dumps(value))
 
     # -- requests ----------------------------------------------------------------------------
     async def on_request(self, msg: Msg) -> None:
@@ -261,14 +305,14 @@ class Handlers:
             await self.dead_letter(msg, str(exc))
             return
         state = self.load_state(req.user_id)
-        ids = [i for i, _ in state.recent_positive]
-        anchors = list((await retrying(lambda: self.store.get(ids), "Qdrant retrieve")).values())
+        ids = self.recommender.seed_ids(state)
+        got = await retrying(lambda: self.store.get(ids), "Qdrant retrieve") if ids else {}
         k = min(req.k or self.settings.ranking.k, self.settings.ranking.max_k)
         await self._emit(
             req.user_id,
             state,
             k,
-            anchors=anchors,
+            seeds={i: seed_of(it) for i, it in got.items()},
             trigger=req.request_id,
             source_ts=req.ts,
             request_id=req.request_id,
@@ -280,14 +324,27 @@ class Handlers:
         state: UserState,
         k: int,
         *,
-        anchors: Sequence[StoredItem],
+        seeds: Mapping[str, Seed],
         trigger: str | None,
         source_ts: int | None,
         request_id: str | None = None,
     ) -> None:
         ranked = await retrying(
-            lambda: self.recommender.recommend(state, k, anchors=anchors), "Qdrant query"
+            lambda: self.recommender.recommend(state, k, seeds=seeds), "Qdrant query"
         )
+        await self._send_recommendation(
+            user_id, ranked, trigger=trigger, source_ts=source_ts, request_id=request_id
+        )
+
+    async def _send_recommendation(
+        self,
+        user_id: str,
+        ranked: Sequence[RankedItem],
+        *,
+        trigger: str | None,
+        source_ts: int | None,
+        request_id: str | None = None,
+    ) -> None:
         value = schemas.recommendation(
             user_id=user_id,
             items=[r.to_wire() for r in ranked],
@@ -301,27 +358,43 @@ class Handlers:
 
     # -- item activity (internal, keyed by item id) -------------------------------------------
     async def on_item_activity(self, msg: Msg) -> None:
-        """Fold one interaction into the item's trend (Table, exact); the Qdrant copy is
-        written in batches by :meth:`flush_trends`."""
+        """Fold one record into the item's side (Table, exact): its decayed popularity
+        (trend), interaction count and co-occurrence row. The store's copy (payload ``trend``,
+        ``cf_count``, ``cf_top``) is written in batches by :meth:`flush_trends`."""
         try:
             a = orjson.loads(msg.value or b"")
             item_id, w, ts = str(a["item_id"]), float(a["w"]), int(a["ts"])
+            pairs = [(str(nb), float(pw)) for nb, pw in a.get("pairs") or ()]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             await self.dead_letter(msg, f"invalid item-activity record: {exc}")
             return
-        old = self.item_trends.get(item_id)
-        new = trend_after(NO_TREND if old is None else old, w, ts, self.trend_half_life_ms)
-        self.item_trends[item_id] = new
-        self._pending_trends[item_id] = new
-        if len(self._pending_trends) >= 500:
+        old = self.item_stats.get(item_id) or {"t": NO_TREND, "c": 0.0, "r": {}}
+        new = dict(old)
+        if w > 0:
+            new["t"] = trend_after(old["t"], w, ts, self.trend_half_life_ms)
+            new["c"] = count_after(old["c"], w)
+        if pairs:
+            new["r"] = row_after(old["r"], pairs, self.cooc.max_row)
+        self.item_stats[item_id] = new
+        self._pending_items[item_id] = new
+        if len(self._pending_items) >= 500:
             await self.flush_trends()
 
     async def flush_trends(self) -> None:
-        """Copy changed trends to Qdrant (called per 500 changes and by a timer). A crash may
-        lose the last interval's copy, not the trend itself: the Table holds it, and the item's
-        next interaction writes it again."""
-        pending, self._pending_trends = self._pending_trends, {}
-        await retrying(lambda: self.store.set_trends(pending), "Qdrant set_payload")
+        """Copy changed item sides to the store (per 500 changes and by a 1 s timer). A crash
+        may lose the last interval's copy, not the data: the Table holds it, and the item's
+        next record writes it again."""
+        pending, self._pending_items = self._pending_items, {}
+        top_n = self.cooc.top_n
+        payloads = {
+            i: {
+                "trend": v["t"],
+                "cf_count": v["c"],
+                "cf_top": [[nb, round(x, 6)] for nb, x in top_neighbours(v["r"], top_n)],
+            }
+            for i, v in pending.items()
+        }
+        await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")
 
     def close(self) -> None:
         self.content_encoder.close()

@@ -13,8 +13,7 @@ from typing import Any
 
 import faust
 
-from ranking.ranker import RankParams
-from ranking.recommender import Recommender
+from ranking.recommender import Recommender, score_params
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings
@@ -135,18 +134,16 @@ def build_app(
     # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
     # string; value: UserState.to_dict() / the item's trend as a number).
     users = app.Table("users", key_type=str, partitions=k.partitions)
-    item_trends = app.Table("item-trends", key_type=str, value_type=float, partitions=k.partitions)
+    # Item side, keyed by item id: {"t": trend, "c": interaction count, "r": co-occurrence
+    # row {neighbour: weight}} (ranking/collab.py), copied to the store's payload each second.
+    item_stats = app.Table("item-stats", key_type=str, partitions=k.partitions)
     r = settings.ranking
     recommender = Recommender(
         store,
-        RankParams(
-            popularity_weight=r.popularity_weight,
-            freshness_weight=r.freshness_weight,
-            freshness_half_life_ms=r.freshness_half_life_hours * 3_600_000,
-            trending_half_life_ms=r.trending_half_life_hours * 3_600_000,
-            modality_weights=r.modality_weights,
-        ),
+        score_params(r),
+        dims=store.dims,
         candidate_factor=r.candidate_factor,
+        seen_filter_bits=r.seen_filter_bits,
     )
     handlers = Handlers(
         settings,
@@ -154,7 +151,7 @@ def build_app(
         content_encoder=content_encoder,
         recommender=recommender,
         users=users,
-        item_trends=item_trends,
+        item_stats=item_stats,
         recommendations=sink(names.recommendations),
         dead_letters=sink(names.dead_letters),
         indexed=raw_topic(names.indexed),
