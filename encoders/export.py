@@ -458,11 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: already exported at {out_dir}")
             continue
         info = read_export_info(out_dir) or {}
-        parity = info.get("parity", {}).get("min_cosine")
+        checks = info.get("parity", {})
+        parity = checks.get("min_cosine", checks.get("translation_margin_min"))
         int8 = (info.get("int8") or {}).get("min_cosine")
         print(
             f"{name}: exported {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
-            f"{time.perf_counter() - started:.1f} s; parity min cosine {parity}"
+            f"{time.perf_counter() - started:.1f} s; parity {parity}"
             + (f"; int8 min cosine {int8}" if int8 is not None else "")
         )
     return status
