@@ -128,6 +128,7 @@ class OnnxModel:
         int8: bool = False,
         fp16: bool = True,
         spin: bool = False,
+        io_binding: bool | None = None,
     ) -> None:
         export_dir = Path(export_dir)
         path = export_dir / ONNX_FILE
@@ -153,7 +154,9 @@ class OnnxModel:
         self.output_shape = session.get_outputs()[0].shape
         # I/O binding pays on CUDA only: the output stays on the device until one explicit copy,
         # and inputs go up in one copy each, without onnxruntime's per-run host staging.
-        self._io_binding = self.provider == CUDA
+        # ``io_binding=True`` forces it on CPU too (tests exercise the path there).
+        self._io_binding = self.provider == CUDA if io_binding is None else io_binding
+        self._device_type = "cuda" if self.provider == CUDA else "cpu"
         logger.info(
             "%s: %s on %s%s",
             export_dir.name,
@@ -170,7 +173,7 @@ class OnnxModel:
             binding = self.session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            binding.bind_output(self.output_name, "cuda")
+            binding.bind_output(self.output_name, self._device_type)
             self.session.run_with_iobinding(binding)
             (out,) = binding.copy_outputs_to_cpu()
         return np.ascontiguousarray(out, dtype=np.float32)

@@ -170,3 +170,37 @@ def test_export_json_records_parity(which: str, request: pytest.FixtureRequest) 
     assert kept == (int8["min_cosine"] >= int8["threshold"])
     session = enc._model.session
     assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch axis
+
+
+# -- runtime variants, exercised on CPU ------------------------------------------------------
+
+
+def test_fp16_copy_keeps_io_types_and_agrees(audio_enc, tmp_path: Path) -> None:
+    """The CUDA fp16 conversion, checked where it can be: onnxruntime's CPU provider runs the
+    converted graph too. Float32 in and out, vectors within fp16 rounding of fp32."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from encoders.runtime import _fp16_copy
+
+    shutil.copy(audio_enc.export_dir / "model.onnx", tmp_path / "model.onnx")
+    path = _fp16_copy(tmp_path / "model.onnx")
+    assert path is not None and path.name == "model.fp16.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    mel = np.random.default_rng(5).random((3, 100, 96)).astype(np.float32)
+    (out,) = session.run(None, {"mel": mel})
+    assert min_cosine(out, audio_enc.block_embeddings(mel)) >= 0.999
+
+
+def test_io_binding_path_gives_the_same_vectors(image_enc) -> None:
+    """The I/O-binding run (used on CUDA) forced on CPU: same outputs as a plain run."""
+    from encoders.runtime import OnnxModel
+
+    bound = OnnxModel(image_enc.export_dir, device="cpu", io_binding=True)
+    pixels = np.stack([preprocess(photo(name)) for name in PHOTOS[:3]])
+    np.testing.assert_allclose(
+        bound.run({"pixels": pixels}), image_enc.encode_pixels(pixels), atol=1e-6
+    )
