@@ -17,7 +17,7 @@ from ranking.recommender import Recommender, score_params
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings
-from streams.transport import RecstreamApp, SideProducer, SideSink
+from streams.transport import RecstreamApp
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,6 @@ def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
         if k.processing_guarantee == "exactly_once":
             raise ValueError("exactly_once needs idempotent producers, which Tansu lacks")
         conf.update(
-            # Tansu under-reports the high watermark after a multi-record batch, and table
-            # recovery stops there: one record per batch keeps the changelog exact.
-            producer_max_batch_size=1,
             # Tansu joins groups slowly; short timeouts make a worker ready in ~3 s.
             broker_session_timeout=2.0,
             broker_rebalance_timeout=2.0,
@@ -118,12 +115,10 @@ def build_app(
             partitions=k.partitions,
         )
 
-    if flavor == "tansu":  # one-record batches only where tables recover from (transport.py)
-        app.side_producer = SideProducer(k.bootstrap_servers)
-
-    def sink(name: str) -> Any:
-        side = app.side_producer
-        return SideSink(side, name) if side is not None else raw_topic(name)
+    if flavor == "tansu":
+        # Tansu under-reports a partition's end offset after a multi-record batch; table
+        # recovery reads changelogs up to it, so the transport corrects it (true_end_offsets).
+        app.tansu_bootstrap = k.bootstrap_servers
 
     content, events, requests = (
         raw_topic(names.content),
@@ -152,10 +147,10 @@ def build_app(
         recommender=recommender,
         users=users,
         item_stats=item_stats,
-        recommendations=sink(names.recommendations),
-        dead_letters=sink(names.dead_letters),
+        recommendations=raw_topic(names.recommendations),
+        dead_letters=raw_topic(names.dead_letters),
         indexed=raw_topic(names.indexed),
-        item_activity=sink(names.item_activity),
+        item_activity=raw_topic(names.item_activity),
     )
 
     async def guarded(work: Awaitable[None]) -> None:

@@ -1,30 +1,76 @@
-"""Faust's aiokafka transport with a configurable consumer fetch wait, and a side producer.
+"""Faust's aiokafka transport, adjusted for the brokers it meets.
 
-Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka answers a
-waiting fetch as soon as data arrives, so that costs nothing there; Tansu always waits the full
-time, which would add ~1.5 s to every hop. This transport lets the worker set it.
+Fetch wait: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
+answers a waiting fetch as soon as data arrives, so that costs nothing there; Tansu always waits
+the full time, which would add ~1.5 s to every hop. This transport lets the worker set it.
 
-On Tansu, Faust's producer sends one record per batch (the changelog workaround, see
-streams/app.py); aiokafka then lets one record per partition wait for the previous one's
-round trip, which capped a worker at ~45 events/s. Topics no table is recovered from
-(recommendations, item activity, dead letters) go through a ``SideProducer`` with normal
-batching instead; Faust's commit flushes it first (``Producer.flush`` below), so at-least-once
-holds as before.
+End offsets (Tansu only): Tansu reports a partition's end offset as its last record batch's
+base offset + 1. Faust recovers tables by reading changelogs up to that offset, so the last
+batch's updates would be lost on restart. ``true_end_offsets`` reads the real end. (The first
+workaround, one record per producer batch, capped a worker at ~44 events/s.)
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+
+async def true_end_offsets(
+    bootstrap_servers: str, reported: Mapping[TopicPartition, int], timeout_s: float = 10.0
+) -> dict[TopicPartition, int]:
+    """End offsets corrected for Tansu's ListOffsets defect.
+
+    Tansu answers ListOffsets(latest) with the base offset of the partition's last record
+    batch + 1, so after a batch of n records it reports n - 1 too few (measured: records 0-7 in
+    batches of 5 and 3 -> "end offset 6"). Faust's table recovery reads a changelog up to that
+    offset and would silently drop the last batch's updates. A fetch from reported - 1 returns
+    that whole last batch, and the fetch response's high watermark is right (8 above)."""
+    need = [tp for tp, end in reported.items() if end > 0]
+    out = dict(reported)
+    if not need:
+        return out
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    try:
+        consumer.assign(need)
+        for tp in need:
+            consumer.seek(tp, reported[tp] - 1)
+        pending = set(need)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the true end offsets of {sorted(pending)}")
+            got = await consumer.getmany(*pending, timeout_ms=200)
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if tp in got and hw is not None:
+                    last = max(r.offset for r in got[tp])
+                    out[tp] = max(reported[tp], hw, last + 1)
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: int | None = None
+    # Set on Tansu: recovery's end offsets are corrected by :func:`true_end_offsets`.
+    tansu_bootstrap: str | None = None
+
+    async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        reported = await super()._highwaters(partitions)
+        if self.tansu_bootstrap is None:
+            return reported
+        return await true_end_offsets(self.tansu_bootstrap, reported)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -34,73 +80,32 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-def transport_class(fetch_max_wait_ms: int | None) -> type[faust_aiokafka.Transport]:
+def transport_class(
+    fetch_max_wait_ms: int | None, tansu_bootstrap: str | None = None
+) -> type[faust_aiokafka.Transport]:
     thread_cls = type(
-        "ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": fetch_max_wait_ms}
+        "ConsumerThread",
+        (_ConsumerThread,),
+        {"fetch_max_wait_ms": fetch_max_wait_ms, "tansu_bootstrap": tansu_bootstrap},
     )
 
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
 
-    class Producer(faust_aiokafka.Producer):
-        async def flush(self) -> None:
-            await super().flush()
-            side = getattr(self.app, "side_producer", None)
-            if side is not None:  # before Faust commits the input offsets
-                await side.flush()
-
     class Transport(faust_aiokafka.Transport):
         pass
 
     Transport.Consumer = Consumer
-    Transport.Producer = Producer
     return Transport
-
-
-class SideProducer:
-    """A plain aiokafka producer (normal batching), started on first use."""
-
-    def __init__(self, bootstrap_servers: str):
-        self.bootstrap_servers = bootstrap_servers
-        self._producer: AIOKafkaProducer | None = None  # needs the running loop
-        self._started: asyncio.Future[None] | None = None
-
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        if self._started is None:
-            self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=0)
-            self._started = asyncio.ensure_future(self._producer.start())
-        await self._started
-        assert self._producer is not None
-        await self._producer.send(topic, value, key=key)  # enqueued; delivery is flush's job
-
-    async def flush(self) -> None:
-        if self._started is not None and self._producer is not None:
-            await self._started
-            await self._producer.flush()
-
-    async def stop(self) -> None:
-        if self._started is not None and self._producer is not None:
-            await self._producer.stop()
-
-
-class SideSink:
-    """A topic written through the side producer (the ``Sink`` protocol of streams.agents)."""
-
-    def __init__(self, producer: SideProducer, topic: str):
-        self.producer = producer
-        self.topic = topic
-
-    async def send(self, *, key: bytes | None, value: bytes) -> None:
-        await self.producer.send(self.topic, key, value)
 
 
 class RecstreamApp(faust.App):
     """faust.App whose consumer uses :func:`transport_class`."""
 
     fetch_max_wait_ms: int | None = None
-    side_producer: SideProducer | None = None
+    tansu_bootstrap: str | None = None  # set when the broker is Tansu
 
     def _new_transport(self) -> Any:
-        cls = transport_class(self.fetch_max_wait_ms)
+        cls = transport_class(self.fetch_max_wait_ms, self.tansu_bootstrap)
         return cls(self.conf.broker_consumer, self)
