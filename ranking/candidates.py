@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -30,6 +31,11 @@ class CandidateSet:
     seen_bits: int = SEEN_FILTER_BITS
     index: dict[str, int] = field(init=False)
     seen_pos: np.ndarray = field(init=False)  # int64[n, k] Bloom positions
+    # seed id -> neighbour_arrays of its row: the stream scores one set twice per event
+    # (before and after the event), with the same seeds.
+    neighbour_cache: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.index = {i: n for n, i in enumerate(self.ids)}
@@ -60,14 +66,14 @@ class CandidateSet:
         vectors, present = {}, {}
         for m, d in dims.items():
             mat = np.zeros((n, d), dtype=np.float32)
-            has = np.zeros(n, dtype=bool)
             for r, it in enumerate(rows):
                 v = it.vectors.get(m)  # type: ignore[attr-defined]
-                if v is not None:
-                    norm = float(np.linalg.norm(v))
-                    if norm > 1e-9:
-                        mat[r] = np.asarray(v, dtype=np.float32) / norm
-                        has[r] = True
+                if v is not None and len(v) == d:
+                    mat[r] = v
+            # One vectorised normalisation: this runs per request on the stream's hot path.
+            norm = np.linalg.norm(mat, axis=1)
+            has = norm > 1e-9
+            mat[has] /= norm[has, None]
             vectors[m], present[m] = mat, has
         counts = cf_counts or {}
         return cls(
@@ -88,11 +94,14 @@ class CandidateSet:
             seen_bits=seen_bits,
         )
 
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """int64 row of each id, -1 where the id is not a candidate."""
+        return np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+
     def neighbour_arrays(self, pairs: Sequence[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
         """A neighbour list (ids, weights) as (row indices, weights), dropping ids not here."""
-        idx = [self.index.get(i, -1) for i, _ in pairs]
-        keep = [n for n, x in enumerate(idx) if x >= 0]
-        return (
-            np.array([idx[n] for n in keep], dtype=np.int64),
-            np.array([pairs[n][1] for n in keep], dtype=np.float64),
-        )
+        get = self.index.get
+        idx = np.fromiter((get(i, -1) for i, _ in pairs), dtype=np.int64, count=len(pairs))
+        w = np.fromiter((x for _, x in pairs), dtype=np.float64, count=len(pairs))
+        keep = idx >= 0
+        return idx[keep], w[keep]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -301,6 +302,16 @@ class Seed:
     cf_top: Sequence[tuple[str, float]] = ()
     cf_count: float = 0.0
 
+    # Parsed once per Seed: the stream builds one per request and scores twice with it.
+    @cached_property
+    def cf_arrays(self) -> tuple[list[str], np.ndarray]:
+        ids = [i for i, _ in self.cf_top]
+        return ids, np.fromiter((w for _, w in self.cf_top), np.float64, len(ids))
+
+    @cached_property
+    def units(self) -> dict[str, np.ndarray]:
+        return interest_units(self.vectors)
+
 
 @dataclass
 class Scored:
@@ -330,14 +341,18 @@ def score_candidates(
     whole catalog), else they come from each seed's ``cf_top``."""
     rec = [(i, a) for i, a in recency_weights(state.recent, params) if i in seeds]
     if neighbours is None:
-        neighbours = {i: cs.neighbour_arrays(seeds[i].cf_top) for i, _ in rec}
+        cache = cs.neighbour_cache
+        for i, _ in rec:
+            if i not in cache:
+                ids, w = seeds[i].cf_arrays
+                rows = cs.rows_of(ids)
+                cache[i] = (rows[rows >= 0], w[rows >= 0])
+        neighbours = {i: cache[i] for i, _ in rec}
     counts = {i: seeds[i].cf_count for i, _ in rec}
     short: dict[str, np.ndarray] = {}
     for i, a in rec:
-        for m, v in seeds[i].vectors.items():
-            u = _unit(np.asarray(v, dtype=np.float32))
-            if u is not None:
-                short[m] = short[m] + np.float32(a) * u if m in short else np.float32(a) * u
+        for m, u in seeds[i].units.items():
+            short[m] = short[m] + np.float32(a) * u if m in short else np.float32(a) * u
     f = feature_matrix(
         cs,
         interest=state.interest,
@@ -353,25 +368,25 @@ def score_candidates(
     return Scored(f, w, s, rec, dict(neighbours), counts)
 
 
-def _best_anchor(
-    cs: CandidateSet, row: int, anchors: Sequence[Seed], mw: Mapping[str, float]
-) -> Seed | None:
-    """The anchor whose vectors are most like candidate ``row`` (weighted mean cosine)."""
-    best, best_sim = None, -np.inf
-    for a in anchors:
-        num = den = 0.0
-        for m, v in a.vectors.items():
-            mat = cs.vectors.get(m)
-            u = _unit(np.asarray(v, dtype=np.float32))
-            if mat is None or u is None or mat.shape[1] != u.shape[0] or not cs.present[m][row]:
-                continue
-            wm = mw.get(m, 1.0)
-            num += wm * float(mat[row] @ u)
-            den += wm
-        sim = num / den if den else -1.0
-        if sim > best_sim:
-            best, best_sim = a, sim
-    return best
+def _anchor_sims(cs: CandidateSet, rows: np.ndarray, anchors: Sequence[Seed], mw) -> np.ndarray:
+    """float[len(rows), len(anchors)]: weighted mean cosine of each row with each anchor over
+    the modalities both have (-1 where they share none)."""
+    num = np.zeros((len(rows), len(anchors)))
+    den = np.zeros((len(rows), len(anchors)))
+    for m, mat in cs.vectors.items():
+        units = np.zeros((len(anchors), mat.shape[1]), dtype=np.float32)
+        has = np.zeros(len(anchors), dtype=bool)
+        for n, a in enumerate(anchors):
+            u = a.units.get(m)
+            if u is not None and u.shape[0] == mat.shape[1]:
+                units[n], has[n] = u, True
+        if not has.any():
+            continue
+        wm = mw.get(m, 1.0)
+        both = cs.present[m][rows][:, None] & has[None, :]
+        num += np.where(both, wm * (mat[rows] @ units.T), 0.0)
+        den += np.where(both, wm, 0.0)
+    return np.divide(num, den, out=np.full_like(num, -1.0), where=den > 0)
 
 
 def reasons(
@@ -389,29 +404,43 @@ def reasons(
                 (like, share, complete, a view watched to the end), else "similar to <anchor>"
     popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags).
     ``recent``: the state's (item, event weight) list; ``seeds``: as for score_candidates."""
+    rows_a = np.asarray(rows, dtype=np.int64)
+    if len(rows_a) == 0:
+        return []
     took = dict(recent)
-    anchors = [seeds[i] for i, _ in scored.seeds]
+    terms = scored.features[rows_a] * scored.weights
+    top = np.argmax(terms, axis=1)
+    names = [FEATURES[t] if terms[n, t] > 0 else "" for n, t in enumerate(top)]
+    # Each seed's cf contribution to each row, as feature_matrix sums it.
+    seed_ids = [i for i, _ in scored.seeds]
+    contrib = np.zeros((len(rows_a), len(seed_ids)))
+    if "cf" in names:
+        pos = np.full(len(cs), -1, dtype=np.int64)
+        pos[rows_a] = np.arange(len(rows_a))
+        for n, (i, a) in enumerate(scored.seeds):
+            nb = scored.neighbours.get(i)
+            if nb is None or len(nb[0]) == 0:
+                continue
+            p = pos[nb[0]]
+            hit = p >= 0
+            norm = max(scored.seed_counts.get(i, 1.0), 1.0) ** params.cf_alpha
+            np.add.at(contrib[:, n], p[hit], nb[1][hit] * (a / norm))
+    sims = None
+    if "content" in names or "recent" in names:
+        anchors = [seeds[i] for i in seed_ids]
+        sims = _anchor_sims(cs, rows_a, anchors, params.modality_weights) if anchors else None
     out = []
-    for row in rows:
-        terms = scored.features[row] * scored.weights
-        top = int(np.argmax(terms))
-        name = FEATURES[top] if terms[top] > 0 else ""
+    for n, row in enumerate(rows_a.tolist()):
+        name = names[n]
         if name == "cf":
-            best, best_c = None, 0.0
-            for i, a in scored.seeds:
-                nb_rows, nb_w = scored.neighbours.get(i, (np.empty(0, np.int64), np.empty(0)))
-                hit = nb_w[nb_rows == row]
-                norm = max(scored.seed_counts.get(i, 1.0), 1.0) ** params.cf_alpha
-                c = float(hit.sum()) * a / norm
-                if c > best_c:
-                    best, best_c = i, c
-            if best is not None:
-                out.append(f"popular with people who watched \u201c{_title(seeds[best])}\u201d")
+            if len(seed_ids) and contrib[n].max() > 0:
+                best = seeds[seed_ids[int(np.argmax(contrib[n]))]]
+                out.append(f"popular with people who watched \u201c{_title(best)}\u201d")
                 continue
             name = "popularity"
         if name in ("content", "recent"):
-            a = _best_anchor(cs, row, anchors, params.modality_weights)
-            if a is not None:
+            if sims is not None and sims[n].max() > -1.0:
+                a = seeds[seed_ids[int(np.argmax(sims[n]))]]
                 liked = took.get(a.item_id, 0.0) >= params.liked_weight
                 verb = "because you liked" if liked else "similar to"
                 out.append(f"{verb} \u201c{_title(a)}\u201d")
@@ -454,3 +483,34 @@ def rank_candidates(
     why = reasons(cs, rows, sc, seeds, state.recent, params)
     items = [RankedItem(cs.ids[r], float(sc.scores[r]), why[n]) for n, r in enumerate(rows)]
     return items, sc
+
+
+def collab_candidates(
+    recent: Sequence[tuple[str, float]],
+    seeds: Mapping[str, Seed],
+    exclude: set[str],
+    limit: int,
+    params: ScoreParams,
+) -> list[str]:
+    """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf" ranks
+    high), best first, ties by id: the collaborative source of the candidate set. ``recent``:
+    the state's (item, event weight) list; ``seeds``: the fetched recent items."""
+    total: dict[str, float] = {}
+    for item_id, a in recency_weights(recent, params):
+        seed = seeds.get(item_id)
+        if seed is None or not seed.cf_top:
+            continue
+        scale = a / max(seed.cf_count, 1.0) ** params.cf_alpha
+        # cf_top is published best first: an id outside a seed's first ``limit`` entries adds
+        # little, and reading fewer entries is most of this function's cost.
+        for nb, w in seed.cf_top[:limit]:
+            total[nb] = total.get(nb, 0.0) + w * scale
+    for i in exclude:
+        total.pop(i, None)
+    if len(total) <= limit:
+        return sorted(total, key=lambda i: (-total[i], i))
+    ids = list(total)
+    vals = np.fromiter(total.values(), dtype=np.float64, count=len(ids))
+    cut = np.partition(vals, len(vals) - limit)[len(vals) - limit]  # the limit-th largest
+    best = [i for i, v in zip(ids, vals.tolist(), strict=True) if v >= cut]
+    return sorted(best, key=lambda i: (-total[i], i))[:limit]

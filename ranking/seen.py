@@ -25,10 +25,30 @@ def positions(item_id: str, n_bits: int) -> list[int]:
 
 
 def positions_matrix(item_ids: Sequence[str], n_bits: int) -> np.ndarray:
-    """int64[n, N_HASHES]: the bit positions of each item."""
+    """int64[n, N_HASHES]: the bit positions of each item (the same as ``positions``: one
+    digest per id, its 4-byte little-endian words read by numpy in one go, since this runs
+    per candidate set on the stream's hot path)."""
     if not item_ids:
         return np.zeros((0, N_HASHES), dtype=np.int64)
-    return np.array([positions(i, n_bits) for i in item_ids], dtype=np.int64)
+    if len(_DIGESTS) > _MAX_MEMO:
+        _DIGESTS.clear()
+    raw = b"".join(map(_digest, item_ids))
+    words = np.frombuffer(raw, dtype="<u4").reshape(len(item_ids), N_HASHES)
+    return (words % np.uint32(n_bits)).astype(np.int64)
+
+
+# Digests of ids seen lately: candidate sets repeat the same popular items request after
+# request. A plain dict, emptied when it grows past _MAX_MEMO entries (about 8 MB).
+_DIGESTS: dict[str, bytes] = {}
+_MAX_MEMO = 100_000
+
+
+def _digest(item_id: str) -> bytes:
+    d = _DIGESTS.get(item_id)
+    if d is None:
+        d = hashlib.blake2b(item_id.encode(), digest_size=4 * N_HASHES).digest()
+        _DIGESTS[item_id] = d
+    return d
 
 
 def empty(n_bits: int) -> bytes:

@@ -30,6 +30,8 @@ TABLE_COLUMNS = (
     "cold_HR@10",
     "ms_p50",
     "ms_p99",
+    "stream_ms_p50",
+    "stream_ms_p99",
 )
 
 
@@ -53,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, help="exported encoders (default: settings)")
     p.add_argument("--no-text", action="store_true", help="do not encode item texts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-stream-cost",
+        action="store_true",
+        help="do not time the stream's per-event path (candidate set) besides the catalog",
+    )
+    p.add_argument(
+        "--stream-cost-repeats",
+        type=int,
+        default=1,
+        help="run the stream's per-event path N times per event, report the fastest too",
+    )
     return p
 
 
@@ -72,7 +85,15 @@ def build_models(names: list[str], data: Interactions, args: argparse.Namespace)
 
             settings = ranking_settings(args.set)
             vectors = None if args.no_text else encode_items(data, args.model_dir)
-            out.append(RecstreamModel(data, settings, vectors))
+            out.append(
+                RecstreamModel(
+                    data,
+                    settings,
+                    vectors,
+                    stream_cost=not args.no_stream_cost,
+                    stream_repeats=args.stream_cost_repeats,
+                )
+            )
         elif name == "popularity":
             out.append(PopularityModel(data))
         elif name == "item-knn":
@@ -87,10 +108,10 @@ def build_models(names: list[str], data: Interactions, args: argparse.Namespace)
 def table(results: dict[str, dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
     cols = [c for c in columns if any(c in r for r in results.values())]
     width = max([len(n) for n in results] + [5])
-    lines = ["model".ljust(width) + "".join(c.rjust(13) for c in cols)]
+    lines = ["model".ljust(width) + "".join(c.rjust(14) for c in cols)]
     for name, r in results.items():
         cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else "-" for c in cols]
-        lines.append(name.ljust(width) + "".join(c.rjust(13) for c in cells))
+        lines.append(name.ljust(width) + "".join(c.rjust(14) for c in cells))
     return "\n".join(lines)
 
 

@@ -107,7 +107,12 @@ class RecstreamModel:
     name = "recstream"
 
     def __init__(
-        self, data: Interactions, settings: RankingSettings, text: np.ndarray | None
+        self,
+        data: Interactions,
+        settings: RankingSettings,
+        text: np.ndarray | None,
+        stream_cost: bool = False,
+        stream_repeats: int = 1,
     ) -> None:
         self.data = data
         self.s = settings
@@ -132,6 +137,18 @@ class RecstreamModel:
         self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
         self.trend_half_life_ms = settings.trending_half_life_hours * HOUR_MS
         self._last: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.stream = None
+        if stream_cost:
+            from ranking.evaluate.stream_cost import StreamPath
+
+            self.stream = StreamPath(self, stream_repeats)
+
+    def params_seeds(self, st: UserState) -> list[tuple[str, float]]:
+        return recency_weights(st.recent, self.params)
+
+    def report(self) -> dict[str, float]:
+        """Extra figures for the JSON report: the stream path's cost (stream_cost.py)."""
+        return self.stream.summary() if self.stream else {}
 
     # -- what the vector store would return for the user's seeds ------------------------------
     def _neighbours(self, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +215,8 @@ class RecstreamModel:
                     self.s.learning_l2,
                 )
         self._last = None
+        if self.stream is not None:
+            self.stream.run(j, st)
         # item side: co-occurrence rows and counts, fed by the user's recent items
         idx = self.cs.index
         for r, nb, pw in cooc_pairs(st.recent, item_id, w, self.cooc):

@@ -50,6 +50,11 @@ class Timer:
         }
 
 
+def _extra(m: Model) -> dict[str, float]:
+    report = getattr(m, "report", None)
+    return report() if report else {}
+
+
 def prequential(
     data: Interactions, models: Sequence[Model], k: int = 10, progress: bool = True
 ) -> dict[str, dict[str, float | int]]:
@@ -88,7 +93,9 @@ def prequential(
             hist.append(i)
             mine.add(i)
         item_events[i] += 1
-    return {name: {**accs[name].result(), **timers[name].summary()} for name in accs}
+    return {
+        m.name: {**accs[m.name].result(), **timers[m.name].summary(), **_extra(m)} for m in models
+    }
 
 
 def split_indices(data: Interactions, seed: int = 2020) -> np.ndarray:
@@ -139,4 +146,6 @@ def split(
         for m in models:
             s = m.scores(u, now)
             accs[m.name].add(target_ranks(s, cand, targets), cold, top_k(s, cand, k))
-    return {name: {**accs[name].result(), **timers[name].summary()} for name in accs}
+    return {
+        m.name: {**accs[m.name].result(), **timers[m.name].summary(), **_extra(m)} for m in models
+    }

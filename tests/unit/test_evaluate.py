@@ -152,3 +152,20 @@ def test_jsonl_and_items_files(tmp_path: Path) -> None:
     assert d.item_ids == ["x", "y", "z"]  # the catalog includes items nobody touched yet
     assert d.etype == ["click", "view"] and d.value[1] == pytest.approx(0.4)
     assert d.item_tags[0] == ("Drama", "Comedy") and d.item_text[0] == "Ex. Drama, Comedy"
+
+
+def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
+    """The stream's per-event path (stream_cost.py) runs beside the whole-catalog scoring on
+    the same states: it reports its cost and candidate-set size and changes no metric."""
+    data = synthetic()
+    settings = ranking_settings(["learning_rate=0.05", "candidate_factor=1"])
+    plain = RecstreamModel(data, settings, None)
+    timed = RecstreamModel(data, settings, None, stream_cost=True, stream_repeats=2)
+    r = prequential(data, [plain], k=10, progress=False)["recstream"]
+    t = prequential(data, [timed], k=10, progress=False)["recstream"]
+    assert t["HR@10"] == r["HR@10"] and t["NDCG@10"] == r["NDCG@10"]
+    assert "stream_ms_p50" not in r
+    assert 0 < t["stream_best_of_2_ms_p50"] and 0 < t["stream_ms_p99"]
+    # k * candidate_factor = 10 per source: trending + co-occurrence neighbours + the event's
+    # item (no texts, no publish times here), never more than the catalog.
+    assert 1 < t["stream_candidates_mean"] <= 21 and t["stream_candidates_max"] <= data.n_items

@@ -426,3 +426,25 @@ def test_reason_trending_and_new_in_tag_for_a_new_user() -> None:
     why = {r.item_id: r.reason for r in ranked}
     assert why["hot"] == "trending now"
     assert why["fresh"] == "new in tag"
+
+
+def test_collab_candidates_are_the_strongest_weighted_neighbours_not_excluded() -> None:
+    from ranking.ranker import collab_candidates
+
+    seeds = {
+        "s1": Seed("s1", cf_top=[("a", 4.0), ("b", 2.0), ("x", 9.0)], cf_count=4.0),
+        "s2": Seed("s2", cf_top=[("b", 3.0), ("c", 1.0)], cf_count=1.0),
+    }
+    recent = [("s1", 1.0), ("s2", 1.0)]  # s2 newest: weight 1, s1: 0.8 (SP.recency_decay)
+    # a: 0.8 * 4 / 2 = 1.6; b: 0.8 * 2 / 2 + 3 = 3.8; c: 1.0; x excluded
+    got = collab_candidates(recent, seeds, {"x"}, 2, SP)
+    assert got == ["b", "a"]
+    assert collab_candidates(recent, seeds, {"x"}, 10, SP) == ["b", "a", "c"]
+
+
+def test_bloom_positions_matrix_matches_the_single_item_positions() -> None:
+    from ranking import seen
+
+    ids = [f"item-{n}" for n in range(50)] + ["item-3"]
+    mat = seen.positions_matrix(ids, 6144)
+    assert mat.tolist() == [seen.positions(i, 6144) for i in ids]

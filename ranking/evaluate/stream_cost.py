@@ -1,0 +1,178 @@
+"""The stream's per-event work, timed inside the harness on the replay's own user states.
+
+The whole-catalog scoring that the protocols need for their metrics is not what the stream
+does: per event the user-events agent (streams/agents.py) reads the user's state, builds a
+candidate set of a few hundred items from its vector-store results, scores it with the
+pre-event state (to learn from what the user took), applies the event, writes the state and
+ranks the same set again for the recommendation it publishes. ``StreamPath.run`` does the same
+calls on a candidate set built the way ranking/recommender.py builds it:
+
+  similar     the ``limit`` catalog items nearest the long-term interest (exact exclusions)
+  trending    the ``limit`` items with the highest decayed popularity
+  fresh       the ``limit`` newest items with a published time (none in MovieLens)
+  neighbours  ``collab_candidates``: the ``limit`` strongest co-occurrence neighbours of the
+              seeds (each seed's published top-N row)
+  the event's item (learning compares it with the list)
+
+with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
+StoredItem objects is the vector store's round trip and is not timed; everything from
+``UserState.from_dict`` to the ranked list is. Its results are thrown away: the replay's
+state stays the one the whole-catalog model learned, so the metrics are unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from ranking.candidates import CandidateSet
+from ranking.collab import cooc_pairs
+from ranking.learner import bpr_step
+from ranking.ranker import Seed, collab_candidates, rank_candidates, score_candidates
+from ranking.state import UserState, apply_event, event_weight
+from ranking.store import StoredItem
+
+if TYPE_CHECKING:
+    from ranking.evaluate.models import RecstreamModel
+
+
+class StreamPath:
+    def __init__(self, model: RecstreamModel, repeats: int = 1) -> None:
+        self.m = model
+        self.repeats = max(1, repeats)
+        self.ns: list[int] = []  # first run of each event
+        self.best_ns: list[int] = []  # fastest of ``repeats`` runs: other processes filtered
+        self.sizes: list[int] = []
+        self.limit = model.s.k * model.s.candidate_factor
+
+    def _item(self, r: int) -> StoredItem:
+        cs = self.m.cs
+        vec = cs.vectors["text"][r]
+        return StoredItem(
+            item_id=cs.ids[r],
+            title=cs.titles[r],
+            tags=cs.tags[r],
+            published_at=None if np.isnan(cs.published_at[r]) else int(cs.published_at[r]),
+            trend=float(cs.trend[r]),
+            vectors={"text": vec} if cs.present["text"][r] else {},
+            payload={"cf_count": float(cs.cf_count[r])},
+        )
+
+    def _seed(self, item_id: str) -> Seed:
+        m = self.m
+        r = m.cs.index[item_id]
+        rows, w = m._neighbours(r)
+        top = sorted(zip(rows.tolist(), w.tolist(), strict=True), key=lambda t: (-t[1], t[0]))
+        return Seed(
+            item_id,
+            m.cs.titles[r],
+            {"text": m.cs.vectors["text"][r]} if m.cs.present["text"][r] else {},
+            [(m.cs.ids[n], x) for n, x in top],
+            float(m.cs.cf_count[r]),
+        )
+
+    def _store_batch(self, st: UserState) -> list[int]:
+        """Rows the store's batch query returns: similar, trending, fresh (exact exclusions)."""
+        cs, lim = self.m.cs, self.limit
+        out = np.zeros(len(cs), dtype=bool)
+        blocked = np.zeros(len(cs), dtype=bool)
+        for i in st.excluded():
+            blocked[cs.index[i]] = True
+        v = st.interest.get("text")
+        if v is not None and np.any(v):
+            sim = np.where(blocked, -np.inf, cs.vectors["text"] @ v)
+            out[np.argsort(-sim, kind="stable")[:lim]] = True
+        out[np.argsort(-np.where(blocked, -np.inf, cs.trend), kind="stable")[:lim]] = True
+        pub = np.where(np.isnan(cs.published_at) | blocked, -np.inf, cs.published_at)
+        out[np.argsort(-pub, kind="stable")[:lim]] = True
+        out &= ~blocked
+        return np.flatnonzero(out).tolist()
+
+    def run(self, j: int, st: UserState) -> None:
+        m, d = self.m, self.m.data
+        i, ts, etype = int(d.item[j]), int(d.ts[j]), d.etype[j]
+        value = None if np.isnan(d.value[j]) else float(d.value[j])
+        raw = orjson.dumps(st.to_dict())
+        # -- vector-store round trip (not timed): seeds with payload, the candidate batch ----
+        seed_ids = [s for s, _ in m.params_seeds(st)]
+        seeds = {s: self._seed(s) for s in seed_ids}
+        batch = [self._item(r) for r in self._store_batch(st)]
+        item = self._item(i)
+        times = []
+        for _ in range(self.repeats):
+            ns, n = self._timed(raw, seeds, batch, item, ts, etype, value)
+            times.append(ns)
+        self.ns.append(times[0])
+        self.best_ns.append(min(times))
+        self.sizes.append(n)
+
+    def _timed(
+        self,
+        raw: bytes,
+        seeds: dict[str, Seed],
+        batch: list[StoredItem],
+        item: StoredItem,
+        ts: int,
+        etype: str,
+        value: float | None,
+    ) -> tuple[int, int]:
+        m = self.m
+        t0 = time.perf_counter_ns()
+        state = UserState.from_dict(orjson.loads(raw))
+        want = collab_candidates(state.recent, seeds, state.excluded(), self.limit, m.params)
+        t1 = time.perf_counter_ns()
+        nbrs = [self._item(m.cs.index[x]) for x in want]  # store.get(want): not timed
+        t2 = time.perf_counter_ns()
+        items = [item, *batch, *nbrs]
+        counts = {it.item_id: float(it.payload["cf_count"]) for it in items}
+        cs = CandidateSet.from_items(
+            items, {"text": m.cs.vectors["text"].shape[1]}, cf_counts=counts,
+            seen_bits=m.s.seen_filter_bits,
+        )  # fmt: skip
+        w = event_weight(etype, value, m.s.event_weights)
+        deltas = state.weights
+        if w > 0 and m.s.learning_rate > 0 and state.n_events:
+            before = score_candidates(cs, state, m.params, seeds, ts)
+            s = before.scores
+            above = np.flatnonzero(s > s[0])
+            above = above[np.argsort(-s[above], kind="stable")[: m.s.learning_negatives]]
+            if len(above):
+                deltas = bpr_step(
+                    state.weights, m.params.prior, before.features[0], before.features[above],
+                    m.s.learning_rate, m.s.learning_l2,
+                )  # fmt: skip
+        cooc_pairs(state.recent, item.item_id, w, m.cooc)
+        after = apply_event(
+            state, item_id=item.item_id, item_title=item.title, item_vectors=item.vectors,
+            event_type=etype, ts=ts, value=value, weights=m.s.event_weights,
+            half_life_ms=m.half_life_ms, recent_positive=m.s.recent_positive,
+            recent_items=m.s.recent_items, seen_filter_bits=m.s.seen_filter_bits,
+            user_weights=deltas,
+        )  # fmt: skip
+        orjson.dumps(after.to_dict())
+        rank_candidates(cs, after, m.params, seeds, ts, m.s.k)
+        t3 = time.perf_counter_ns()
+        return (t1 - t0) + (t3 - t2), len(cs)
+
+    def summary(self) -> dict[str, float]:
+        if not self.ns:
+            return {}
+        a = np.asarray(self.ns, dtype=np.float64) / 1e6
+        best = np.asarray(self.best_ns, dtype=np.float64) / 1e6
+        extra = {}
+        if self.repeats > 1:
+            extra = {
+                f"stream_best_of_{self.repeats}_ms_p50": float(np.percentile(best, 50)),
+                f"stream_best_of_{self.repeats}_ms_p99": float(np.percentile(best, 99)),
+            }
+        return {
+            **extra,
+            "stream_ms_p50": float(np.percentile(a, 50)),
+            "stream_ms_p99": float(np.percentile(a, 99)),
+            "stream_ms_mean": float(a.mean()),
+            "stream_candidates_mean": float(np.mean(self.sizes)),
+            "stream_candidates_max": int(np.max(self.sizes)),
+        }
