@@ -9,6 +9,7 @@ is stored and searchable).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -25,12 +26,49 @@ from streams.demo import load_catalog
 from streams.settings import Settings
 
 
+def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct 640x480 JPEGs (shapes and noise on a coloured ground) as file:// URIs:
+    real decode + resize + model work per item, like a thumbnail or cover."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    uris = []
+    for i in range(n):
+        ground = tuple(int(x) for x in rng.integers(0, 256, 3))
+        img = Image.new("RGB", (640, 480), ground)
+        draw = ImageDraw.Draw(img)
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, 560)), int(rng.integers(0, 400))
+            box = (x0, y0, x0 + int(rng.integers(20, 200)), y0 + int(rng.integers(20, 200)))
+            fill = tuple(int(x) for x in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+        noise = rng.integers(-12, 13, (480, 640, 3))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"img-{i}.jpg"
+        Image.fromarray(arr).save(path, "JPEG", quality=85)
+        uris.append(path.as_uri())
+    return uris
+
+
 async def ingest_run(
-    settings: Settings, n: int, work: Path, env_for: Callable[..., dict[str, str]]
+    settings: Settings,
+    n: int,
+    work: Path,
+    env_for: Callable[..., dict[str, str]],
+    *,
+    rate: float = 0.0,
+    media: str = "text",
 ) -> dict[str, Any]:
+    """Publish ``n`` items (at ``rate`` items/s, or as fast as possible when 0) and time
+    each from publish to its content-indexed record."""
     k = settings.kafka
     prefix = f"ing{uuid.uuid4().hex[:6]}."
     env = env_for(settings, prefix, work)
+    images: list[str] = []
+    if media == "image":
+        images = write_images(work / "media", min(n, 256))
+        env["RECSTREAM_MEDIA_FILE_ROOTS"] = orjson.dumps([str(work / "media")]).decode()
     flavor = await brokers.detect_flavor(k.bootstrap_servers)
     proc = await start_worker(env, work / "worker.log")
     consumer = await _consumer(k.bootstrap_servers, prefix + k.indexed_topic, flavor, proc)
@@ -40,35 +78,52 @@ async def ingest_run(
     sent: dict[str, float] = {}
     done: dict[str, float] = {}
     try:
-        print(f"== content ingestion: {n} real texts", flush=True)
+        what = "texts + JPEGs" if images else "texts"
+        pace = f"at {rate:g} items/s" if rate > 0 else "as fast as possible"
+        print(f"== content ingestion: {n} real {what}, {pace}", flush=True)
         # warm-up item: the worker is ready once it is indexed
         await producer.send_and_wait(prefix + k.content_topic, orjson.dumps(
             {"item_id": "warm", "title": "warm up"}), key=b"warm")  # fmt: skip
         async for m in consumer:
             if orjson.loads(m.value).get("item_id") == "warm":
                 break
+
+        async def read() -> None:  # concurrently: a record's time is when the app sees it
+            while len(done) < n:
+                batches = await consumer.getmany(timeout_ms=200)
+                now = time.perf_counter()
+                for msgs in batches.values():
+                    for m in msgs:
+                        i = orjson.loads(m.value).get("item_id")
+                        if i in sent and i not in done:
+                            done[i] = now
+
+        reader = asyncio.create_task(read())
         t0 = time.perf_counter()
         for i in range(n):
+            if rate > 0:  # steady pace: item i leaves at t0 + i / rate
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             b = base[i % len(base)]
             it = {**b, "item_id": f"ing-{i}", "title": f"{b.get('title', '')} (part {i})"}
+            if images:
+                it["image_uri"] = images[i % len(images)]
             sent[it["item_id"]] = time.perf_counter()
             key = it["item_id"].encode()
             await producer.send(prefix + k.content_topic, orjson.dumps(it), key=key)
         await producer.flush()
         t_pub = time.perf_counter() - t0
-        deadline = time.perf_counter() + 600
-        while len(done) < n and time.perf_counter() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            now = time.perf_counter()
-            for msgs in batches.values():
-                for m in msgs:
-                    i = orjson.loads(m.value).get("item_id")
-                    if i in sent and i not in done:
-                        done[i] = now
+        try:
+            await asyncio.wait_for(reader, timeout=600)
+        except TimeoutError:
+            pass  # reported below as indexed < items
         total = max(done.values()) - t0 if done else float("nan")
         lat = np.array([(done[i] - sent[i]) * 1000 for i in done]) if done else np.array([np.nan])
         out = {
             "items": n,
+            "media": media,
+            "rate": rate,
             "indexed": len(done),
             "publish_s": round(t_pub, 2),
             "items_per_s": round(len(done) / total, 1),

@@ -40,7 +40,12 @@ from streams.settings import EncoderSettings, Settings
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recstream bench", description=__doc__.split("\n")[0])
-    p.add_argument("--rate", type=int, nargs="+", default=[200], help="events/s (several: each)")
+    p.add_argument(
+        "--rate",
+        type=int,
+        nargs="+",
+        help="events/s (several: each); default 200, none when only --ingest is asked for",
+    )
     p.add_argument("--seconds", type=float, default=60.0, help="per rate and system")
     p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
     p.add_argument("--users", type=int, default=100_000, help="user ids drawn uniformly")
@@ -48,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="PNG of latency percentiles vs rate (default: "
                    "next to the report)")  # fmt: skip
     p.add_argument("--ingest", type=int, default=0, help="content-ingestion run of N items")
+    p.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=0.0,
+        help="items/s published in the ingestion run (0: as fast as possible)",
+    )
+    p.add_argument(
+        "--ingest-media",
+        choices=["text", "image"],
+        default="text",
+        help="ingestion items: text only, or text + a JPEG each (file://)",
+    )
     p.add_argument("--no-relay", action="store_true", help="skip the bare relay runs")
     p.add_argument("--workdir", type=Path, help="run folder (default: a temporary one)")
     p.add_argument("--seed", type=int, default=0)
@@ -72,6 +89,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.rate is None:
+        args.rate = [] if args.ingest else [200]
     return asyncio.run(_run(args))
 
 
@@ -179,7 +198,14 @@ async def _worker_run(
 async def _ingest_run(settings: Settings, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from benchmarks.ingest import ingest_run
 
-    return await ingest_run(settings, args.ingest, work / "ingest", _env)
+    return await ingest_run(
+        settings,
+        args.ingest,
+        work / "ingest",
+        _env,
+        rate=args.ingest_rate,
+        media=args.ingest_media,
+    )
 
 
 def _print_run(run: dict[str, Any]) -> None:
