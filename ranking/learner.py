@@ -24,7 +24,9 @@ def bpr_step(
 ) -> list[float]:
     """New deltas after one step. ``taken``: float[F] features of the item taken;
     ``passed_over``: float[m, F] features of items ranked above it that were not taken."""
-    d = np.asarray(deltas, dtype=np.float64) if len(deltas) else np.zeros(len(prior))
+    # Deltas of another length come from a state written before a feature was added: restart.
+    same = len(deltas) == len(prior)
+    d = np.asarray(deltas, dtype=np.float64) if same else np.zeros(len(prior))
     if lr <= 0 or len(passed_over) == 0:
         return [round(float(x), 5) for x in d]
     w = np.asarray(prior, dtype=np.float64) + d

@@ -9,6 +9,9 @@ scaled to about [0, 1] within the candidate set so fixed weights mean the same f
               normalised by the items' counts, divided by the candidate set's maximum
   popularity  the item's decayed popularity, log-scaled to [0, 1] among the candidates
   freshness   0.5 ** (age / freshness_half_life)
+  history     whole-history collaborative signal: the sum of the candidate's own published
+              co-occurrence row over the neighbours in the user's seen Bloom filter (every item
+              they ever took), / count(candidate) ** history_beta, divided by the set's maximum
 score = features @ (prior weights + the user's learned deltas, ranking.learner).
 
 ``rank`` below is the first model (one score over StoredItem objects), kept for the stream
@@ -159,7 +162,7 @@ def _reason(
 
 # -- the learned scorer over a candidate set ------------------------------------------------
 
-FEATURES = ("content", "recent", "cf", "popularity", "freshness")
+FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history")
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class ScoreParams:
     cf_beta: float = 0.5  # ... / count(candidate) ** beta
     recency_decay: float = 0.8  # weight of the d-th latest item: decay ** (d - 1)
     recent_window: int = 16  # recent items used as seeds
+    history_beta: float = 0.7  # history / count(candidate) ** beta
     # An anchor was "liked" (reasons) when taken with at least this event weight: like 2,
     # share 3, complete >= 1, click 1, a view watched >= 90% 0.7 (RankingSettings weights).
     liked_weight: float = 0.7
@@ -216,6 +220,7 @@ def feature_matrix(
     seed_counts: Mapping[str, float],
     now_ms: int,
     params: ScoreParams,
+    history: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32[n, len(FEATURES)]. ``seeds``: recency_weights of the user's recent items;
     ``neighbours``: seed id -> (candidate rows, co-occurrence weights), e.g. from
@@ -249,11 +254,20 @@ def feature_matrix(
     age = np.maximum(0.0, now_ms - cs.published_at)
     fresh = np.where(np.isnan(age), 0.0, 0.5 ** (age / params.freshness_half_life_ms))
     f[:, 4] = np.nan_to_num(fresh)
+    if history is not None and len(history) == n:
+        h = history / np.maximum(cs.cf_count, 1.0) ** params.history_beta
+        top_h = h.max()
+        if top_h > 0:
+            f[:, 5] = h / top_h
     return f
 
 
 def user_weights(params: ScoreParams, deltas: Sequence[float]) -> np.ndarray:
-    w = np.asarray(params.prior, dtype=np.float32)
+    """prior + the user's deltas; a prior written for fewer features gives the rest weight 0,
+    and deltas of another length (a state from before a feature was added) are ignored."""
+    w = np.zeros(len(FEATURES), dtype=np.float32)
+    prior = np.asarray(params.prior, dtype=np.float32)[: len(FEATURES)]
+    w[: len(prior)] = prior
     if len(deltas) == len(w):
         w = w + np.asarray(deltas, dtype=np.float32)
     return w
@@ -334,11 +348,14 @@ def score_candidates(
     now_ms: int,
     *,
     neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    history: np.ndarray | None = None,
 ) -> Scored:
     """Features and scores of every candidate for this user. ``seeds``: the user's recent
     items, fetched with vectors and payload (missing ones are skipped); ``neighbours``:
     already-resolved (rows, weights) per seed, when the caller has them as rows (the harness's
-    whole catalog), else they come from each seed's ``cf_top``."""
+    whole catalog), else they come from each seed's ``cf_top``; ``history``: the raw history
+    sums per row when the caller has them (the harness's dense rows), else from the candidates'
+    own rows (``CandidateSet.from_items(..., cf_tops=...)``)."""
     rec = [(i, a) for i, a in recency_weights(state.recent, params) if i in seeds]
     if neighbours is None:
         cache = cs.neighbour_cache
@@ -353,6 +370,8 @@ def score_candidates(
     for i, a in rec:
         for m, u in seeds[i].units.items():
             short[m] = short[m] + np.float32(a) * u if m in short else np.float32(a) * u
+    if history is None and state.seen_filter and len(cs.cf_w):
+        history = cs.history_sums(state.seen_filter)
     f = feature_matrix(
         cs,
         interest=state.interest,
@@ -362,6 +381,7 @@ def score_candidates(
         seed_counts=counts,
         now_ms=now_ms,
         params=params,
+        history=history,
     )
     w = user_weights(params, state.weights)
     s = score(f, w, excluded_rows(cs, state.excluded(), state.seen_filter))
@@ -402,6 +422,8 @@ def reasons(
     content / recent  "because you liked <anchor>" when the anchor (the recent positive item
                 most like the candidate) was taken with an event weight >= params.liked_weight
                 (like, share, complete, a view watched to the end), else "similar to <anchor>"
+    history     as cf when a recent item contributes, else "popular with people who watch
+                what you watch" (the neighbours it counted are only known by their Bloom bits)
     popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags).
     ``recent``: the state's (item, event weight) list; ``seeds``: as for score_candidates."""
     rows_a = np.asarray(rows, dtype=np.int64)
@@ -414,7 +436,7 @@ def reasons(
     # Each seed's cf contribution to each row, as feature_matrix sums it.
     seed_ids = [i for i, _ in scored.seeds]
     contrib = np.zeros((len(rows_a), len(seed_ids)))
-    if "cf" in names:
+    if "cf" in names or "history" in names:
         pos = np.full(len(cs), -1, dtype=np.int64)
         pos[rows_a] = np.arange(len(rows_a))
         for n, (i, a) in enumerate(scored.seeds):
@@ -432,10 +454,13 @@ def reasons(
     out = []
     for n, row in enumerate(rows_a.tolist()):
         name = names[n]
-        if name == "cf":
+        if name in ("cf", "history"):
             if len(seed_ids) and contrib[n].max() > 0:
                 best = seeds[seed_ids[int(np.argmax(contrib[n]))]]
                 out.append(f"popular with people who watched \u201c{_title(best)}\u201d")
+                continue
+            if name == "history":
+                out.append("popular with people who watch what you watch")
                 continue
             name = "popularity"
         if name in ("content", "recent"):
@@ -466,11 +491,12 @@ def rank_candidates(
     k: int,
     *,
     neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    history: np.ndarray | None = None,
 ) -> tuple[list[RankedItem], Scored]:
     """The stream's (and the harness's) one call per request: score the candidate set, take
     the k best (ties by item id), explain each. Returns the list and what scoring produced
     (for ranking.learner)."""
-    sc = score_candidates(cs, state, params, seeds, now_ms, neighbours=neighbours)
+    sc = score_candidates(cs, state, params, seeds, now_ms, neighbours=neighbours, history=history)
     s = sc.scores
     best = top_rows(s, k)
     if len(best):

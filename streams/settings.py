@@ -202,7 +202,8 @@ class RankingSettings(BaseSettings):
     seen_filter_bits: int = Field(default=6144, ge=64)
     # Learned scorer (ranking/ranker.py): prior weights of the features content (long-term
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
-    # popularity and freshness; each user learns deltas on top (ranking/learner.py).
+    # popularity, freshness and history (the candidate's own co-occurrence row summed over
+    # every item the user took); each user learns deltas on top (ranking/learner.py).
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "content": 0.05,
@@ -210,8 +211,11 @@ class RankingSettings(BaseSettings):
             "cf": 1.0,
             "popularity": 0.3,
             "freshness": 0.1,
+            "history": 4.0,
         }
     )
+    # history (whole-history co-occurrence through the seen filter) / count(candidate) ** beta
+    history_beta: float = Field(default=0.7, ge=0)
     cf_alpha: float = Field(default=0.5, ge=0)  # co-occurrence / count(seed item) ** alpha
     cf_beta: float = Field(default=0.5, ge=0)  # ... / count(candidate) ** beta
     recency_decay: float = Field(default=0.8, gt=0, le=1)  # seed d steps back weighs decay**d

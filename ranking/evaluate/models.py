@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from ranking import seen
 from ranking.candidates import CandidateSet
 from ranking.collab import CoocParams, cooc_pairs, count_after
 from ranking.evaluate.data import Interactions, default_cache
@@ -65,6 +66,7 @@ def score_params(s: RankingSettings) -> ScoreParams:
         recency_decay=s.recency_decay,
         recent_window=s.seed_items,
         liked_weight=s.reason_liked_weight,
+        history_beta=s.history_beta,
     )
 
 
@@ -169,6 +171,11 @@ class RecstreamModel:
             neighbours[item_id] = self._neighbours(r)
             counts[item_id] = float(self.cs.cf_count[r])
             short += np.float32(a) * self.cs.vectors["text"][r]
+        # Whole-history signal: each item's full row (the stream reads its top cooc_top_n).
+        history = None
+        if st.seen_filter:
+            taken = seen.contains_many(st.seen_filter, self.cs.seen_pos).astype(np.float32)
+            history = (self.co @ taken).astype(np.float64)
         return feature_matrix(
             self.cs,
             interest=st.interest,
@@ -178,6 +185,7 @@ class RecstreamModel:
             seed_counts=counts,
             now_ms=now_ms,
             params=self.params,
+            history=history,
         )
 
     def scores(self, user: int, now_ms: int) -> np.ndarray:

@@ -14,6 +14,9 @@ calls on a candidate set built the way ranking/recommender.py builds it:
               seeds (each seed's published top-N row)
   the event's item (learning compares it with the list)
 
+Every candidate comes with its payload's ``cf_top`` (its own co-occurrence row), from which
+the set computes the "history" feature against the user's seen filter.
+
 with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
 StoredItem objects is the vector store's round trip and is not timed; everything from
 ``UserState.from_dict`` to the ranked list is. Its results are thrown away: the replay's
@@ -58,19 +61,23 @@ class StreamPath:
             published_at=None if np.isnan(cs.published_at[r]) else int(cs.published_at[r]),
             trend=float(cs.trend[r]),
             vectors={"text": vec} if cs.present["text"][r] else {},
-            payload={"cf_count": float(cs.cf_count[r])},
+            payload={"cf_count": float(cs.cf_count[r]), "cf_top": self._top(r)},
         )
+
+    def _top(self, r: int) -> list[tuple[str, float]]:
+        """Row r's published cf_top: its strongest neighbours, best first."""
+        rows, w = self.m._neighbours(r)
+        top = sorted(zip(rows.tolist(), w.tolist(), strict=True), key=lambda t: (-t[1], t[0]))
+        return [(self.m.cs.ids[n], x) for n, x in top]
 
     def _seed(self, item_id: str) -> Seed:
         m = self.m
         r = m.cs.index[item_id]
-        rows, w = m._neighbours(r)
-        top = sorted(zip(rows.tolist(), w.tolist(), strict=True), key=lambda t: (-t[1], t[0]))
         return Seed(
             item_id,
             m.cs.titles[r],
             {"text": m.cs.vectors["text"][r]} if m.cs.present["text"][r] else {},
-            [(m.cs.ids[n], x) for n, x in top],
+            self._top(r),
             float(m.cs.cf_count[r]),
         )
 
@@ -128,9 +135,10 @@ class StreamPath:
         t2 = time.perf_counter_ns()
         items = [item, *batch, *nbrs]
         counts = {it.item_id: float(it.payload["cf_count"]) for it in items}
+        tops = {it.item_id: it.payload["cf_top"] for it in items}
         cs = CandidateSet.from_items(
             items, {"text": m.cs.vectors["text"].shape[1]}, cf_counts=counts,
-            seen_bits=m.s.seen_filter_bits,
+            seen_bits=m.s.seen_filter_bits, cf_tops=tops,
         )  # fmt: skip
         w = event_weight(etype, value, m.s.event_weights)
         deltas = state.weights

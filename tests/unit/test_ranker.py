@@ -271,13 +271,13 @@ def event(st: UserState, cs: CandidateSet, item_id: str, etype: str, ts: int = N
 
 
 def test_features_are_named_and_scaled() -> None:
-    assert FEATURES == ("content", "recent", "cf", "popularity", "freshness")
+    assert FEATURES == ("content", "recent", "cf", "popularity", "freshness", "history")
     cs = catalog({"a": unit(1, 0, 0), "b": unit(0, 1, 0)})
     f = feature_matrix(
         cs, interest={}, short_interest={}, seeds=[], neighbours={}, seed_counts={},
         now_ms=NOW, params=SP,
     )  # fmt: skip
-    assert f.shape == (2, 5) and not f.any()  # nothing known: every feature 0
+    assert f.shape == (2, 6) and not f.any()  # nothing known: every feature 0
 
 
 def test_two_disjoint_taste_groups_separate_through_co_occurrence() -> None:
@@ -338,9 +338,12 @@ def test_a_new_item_like_the_liked_ones_ranks_first_at_once() -> None:
 
 
 def test_user_weight_deltas_and_top_rows() -> None:
-    assert user_weights(SP, []).tolist() == pytest.approx(list(SP.prior))
-    assert user_weights(SP, [0.1, 0, 0, -0.1, 0]).tolist() == pytest.approx(
-        [0.15, 0.05, 1.0, 0.2, 0.1]
+    # SP's prior predates "history": that feature gets weight 0; deltas of the wrong length
+    # (a state from before it) are ignored.
+    assert user_weights(SP, []).tolist() == pytest.approx([*SP.prior, 0.0])
+    assert user_weights(SP, [0.1, 0, 0, -0.1, 0]).tolist() == pytest.approx([*SP.prior, 0.0])
+    assert user_weights(SP, [0.1, 0, 0, -0.1, 0, 0.5]).tolist() == pytest.approx(
+        [0.15, 0.05, 1.0, 0.2, 0.1, 0.5]
     )
     s = np.array([0.5, -np.inf, 0.9, 0.5, 0.1])
     assert top_rows(s, 3).tolist() == [2, 0, 3]
@@ -448,3 +451,30 @@ def test_bloom_positions_matrix_matches_the_single_item_positions() -> None:
     ids = [f"item-{n}" for n in range(50)] + ["item-3"]
     mat = seen.positions_matrix(ids, 6144)
     assert mat.tolist() == [seen.positions(i, 6144) for i in ids]
+
+
+def test_history_counts_the_candidates_own_row_over_everything_the_user_took() -> None:
+    """Whole-history signal: u took h1..h30 long ago (only the Bloom filter remembers them)
+    and one recent item. Candidate "both" co-occurs with many of the old items, "other" with
+    none: "both" ranks first, through "history" alone (content and cf are blind here)."""
+    same = unit(1, 1, 1)
+    old = [f"h{n}" for n in range(30)]
+    vecs = {i: same for i in [*old, "both", "other", "last", "filler"]}
+    items = [
+        StoredItem(i, f"Title {i}", ("tag",), None, NO_TREND, vectors={"text": v})
+        for i, v in vecs.items()
+    ]
+    tops = {"both": [(h, 3.0) for h in old[:20]], "other": [("filler", 9.0)]}
+    counts = {"both": 20.0, "other": 20.0}
+    cs = CandidateSet.from_items(items, {"text": 3}, cf_counts=counts, cf_tops=tops)
+    st = UserState()
+    for h in [*old, "last"]:
+        st = event(st, cs, h, "like")
+    assert "h0" not in st.excluded()  # older than the exact recent list
+    hist_only = ScoreParams((0, 0, 0, 0, 0, 1.0), {"text": 1.0}, 24 * HOUR, 48 * HOUR)
+    ranked, sc = rank_candidates(cs, st, hist_only, seeds_of(cs, st), NOW, k=2)
+    assert [r.item_id for r in ranked][0] == "both"
+    assert sc.features[cs.index["both"], 5] == pytest.approx(1.0)
+    assert sc.features[cs.index["other"], 5] == 0.0
+    assert ranked[0].reason == "popular with people who watch what you watch"
+    assert sc.scores[cs.index["h0"]] == -np.inf  # taken long ago: the Bloom filter hides it
