@@ -61,8 +61,7 @@ class CandidateSet:
         dims: Mapping[str, int],
         cf_counts: Mapping[str, float] | None = None,
         seen_bits: int = SEEN_FILTER_BITS,
-        cf_tops: Mapping[str, Sequence[tuple[str, float]]] | None = None,
-        history_top: int = 100,
+        cf_rows: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> CandidateSet:
         """From store items (``item_id``, ``vectors``, ``trend``, ``published_at``, ``title``,
         ``tags``; e.g. ranking.store.StoredItem), first occurrence of each id kept."""
@@ -84,15 +83,14 @@ class CandidateSet:
             mat[has] /= norm[has, None]
             vectors[m], present[m] = mat, has
         counts = cf_counts or {}
-        owner: list[int] = []
-        nb_ids: list[str] = []
-        nb_w: list[float] = []
+        # The candidates' own rows, already as Bloom positions (collab.pack_row/unpack_row).
+        owner, pos, wts = [], [], []
         for r, i in enumerate(uniq):
-            top = (cf_tops or {}).get(i) or ()
-            top = top[:history_top]
-            owner.extend([r] * len(top))
-            nb_ids.extend(x for x, _ in top)
-            nb_w.extend(w for _, w in top)
+            row = (cf_rows or {}).get(i)
+            if row is not None and len(row[1]):
+                owner.append(np.full(len(row[1]), r, dtype=np.int64))
+                pos.append(row[0])
+                wts.append(row[1])
         return cls(
             ids=list(uniq),
             vectors=vectors,
@@ -109,9 +107,9 @@ class CandidateSet:
             titles=[it.title for it in rows],  # type: ignore[attr-defined]
             tags=[tuple(it.tags) for it in rows],  # type: ignore[attr-defined]
             seen_bits=seen_bits,
-            cf_owner=np.asarray(owner, dtype=np.int64),
-            cf_w=np.asarray(nb_w, dtype=np.float64),
-            cf_pos=bloom.positions_matrix(nb_ids, seen_bits),
+            cf_owner=np.concatenate(owner) if owner else np.zeros(0, np.int64),
+            cf_w=np.concatenate(wts) if wts else np.zeros(0, np.float64),
+            cf_pos=np.concatenate(pos) if pos else np.zeros((0, bloom.N_HASHES), np.int64),
         )
 
     def history_sums(self, seen_filter: bytes) -> np.ndarray:

@@ -16,8 +16,13 @@ pairs: a skip is not "people who watched X also watched".
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+from ranking import seen as bloom
 
 
 @dataclass(frozen=True)
@@ -98,3 +103,29 @@ class CoocTable:
 
     def neighbours(self, item_id: str) -> list[tuple[str, float]]:
         return top_neighbours(self.rows.get(item_id, {}), self.params.top_n)
+
+
+def pack_row(top: Sequence[tuple[str, float]], seen_bits: int) -> dict[str, str]:
+    """Item side: a published row in the form ranking reads per request without hashing its
+    ids again: ``cf_pos`` the neighbours' Bloom positions (uint16 x 4 each, base64; valid for
+    filters of ``seen_bits`` <= 65,536 bits) and ``cf_w`` their weights (float32, base64), in
+    the order of ``top``. Goes into the item's payload next to ``cf_top``."""
+    pos = bloom.positions_matrix([i for i, _ in top], seen_bits).astype("<u2")
+    w = np.asarray([x for _, x in top], dtype="<f4")
+    return {
+        "cf_pos": base64.b64encode(pos.tobytes()).decode(),
+        "cf_w": base64.b64encode(w.tobytes()).decode(),
+    }
+
+
+def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int64[m, N_HASHES] Bloom positions, float64[m] weights) from a payload written with
+    ``pack_row``; None when the payload has none."""
+    p, w = payload.get("cf_pos"), payload.get("cf_w")
+    if not p or not w:
+        return None
+    pos = np.frombuffer(base64.b64decode(str(p)), dtype="<u2").reshape(-1, bloom.N_HASHES)
+    wts = np.frombuffer(base64.b64decode(str(w)), dtype="<f4")
+    if len(pos) != len(wts):
+        return None
+    return pos.astype(np.int64), wts.astype(np.float64)

@@ -135,6 +135,8 @@ class RecstreamModel:
             seen_bits=settings.seen_filter_bits,
         )
         self.co = np.zeros((n, n), dtype=np.float32)  # item side: row r, neighbour column
+        self.row_version = np.zeros(n, dtype=np.int64)  # bumped when row r changes
+        self.co_t = np.zeros((n, n), dtype=np.float32)  # co transposed: "history" reads rows
         self.states: dict[int, UserState] = {}
         self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
         self.trend_half_life_ms = settings.trending_half_life_hours * HOUR_MS
@@ -147,6 +149,11 @@ class RecstreamModel:
 
     def params_seeds(self, st: UserState) -> list[tuple[str, float]]:
         return recency_weights(st.recent, self.params)
+
+    def shadow(self, j: int) -> None:
+        """Before learning interaction j: time the stream's path for it (if enabled)."""
+        if self.stream is not None:
+            self.stream.run(j, self.states.get(int(self.data.user[j])) or UserState())
 
     def report(self) -> dict[str, float]:
         """Extra figures for the JSON report: the stream path's cost (stream_cost.py)."""
@@ -174,8 +181,9 @@ class RecstreamModel:
         # Whole-history signal: each item's full row (the stream reads its top cooc_top_n).
         history = None
         if st.seen_filter:
-            taken = seen.contains_many(st.seen_filter, self.cs.seen_pos).astype(np.float32)
-            history = (self.co @ taken).astype(np.float64)
+            taken = np.flatnonzero(seen.contains_many(st.seen_filter, self.cs.seen_pos))
+            # The taken columns only (rows of the transpose): tens of items, not the catalog.
+            history = self.co_t[taken].sum(axis=0, dtype=np.float64)
         return feature_matrix(
             self.cs,
             interest=st.interest,
@@ -223,12 +231,12 @@ class RecstreamModel:
                     self.s.learning_l2,
                 )
         self._last = None
-        if self.stream is not None:
-            self.stream.run(j, st)
         # item side: co-occurrence rows and counts, fed by the user's recent items
         idx = self.cs.index
         for r, nb, pw in cooc_pairs(st.recent, item_id, w, self.cooc):
             self.co[idx[r], idx[nb]] += np.float32(pw)
+            self.co_t[idx[nb], idx[r]] += np.float32(pw)
+            self.row_version[idx[r]] += 1
         self.cs.cf_count[i] = count_after(float(self.cs.cf_count[i]), w)
         if w > 0:
             self.cs.trend[i] = trend_after(float(self.cs.trend[i]), w, ts, self.trend_half_life_ms)

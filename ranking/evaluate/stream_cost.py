@@ -14,8 +14,9 @@ calls on a candidate set built the way ranking/recommender.py builds it:
               seeds (each seed's published top-N row)
   the event's item (learning compares it with the list)
 
-Every candidate comes with its payload's ``cf_top`` (its own co-occurrence row), from which
-the set computes the "history" feature against the user's seen filter.
+Every candidate comes with its payload's packed row (``cf_pos``/``cf_w``, collab.pack_row:
+its own co-occurrence row as Bloom positions and weights); decoding it is timed, and the set
+computes the "history" feature from it against the user's seen filter.
 
 with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
 StoredItem objects is the vector store's round trip and is not timed; everything from
@@ -32,7 +33,7 @@ import numpy as np
 import orjson
 
 from ranking.candidates import CandidateSet
-from ranking.collab import cooc_pairs
+from ranking.collab import cooc_pairs, pack_row, unpack_row
 from ranking.learner import bpr_step
 from ranking.ranker import Seed, collab_candidates, rank_candidates, score_candidates
 from ranking.state import UserState, apply_event, event_weight
@@ -50,6 +51,8 @@ class StreamPath:
         self.best_ns: list[int] = []  # fastest of ``repeats`` runs: other processes filtered
         self.sizes: list[int] = []
         self.limit = model.s.k * model.s.candidate_factor
+        self._tops: dict[int, tuple[int, list[tuple[str, float]]]] = {}
+        self._packs: dict[int, tuple[int, dict[str, str]]] = {}
 
     def _item(self, r: int) -> StoredItem:
         cs = self.m.cs
@@ -61,14 +64,30 @@ class StreamPath:
             published_at=None if np.isnan(cs.published_at[r]) else int(cs.published_at[r]),
             trend=float(cs.trend[r]),
             vectors={"text": vec} if cs.present["text"][r] else {},
-            payload={"cf_count": float(cs.cf_count[r]), "cf_top": self._top(r)},
+            payload={"cf_count": float(cs.cf_count[r]), **self._packed(r)},
         )
 
     def _top(self, r: int) -> list[tuple[str, float]]:
-        """Row r's published cf_top: its strongest neighbours, best first."""
+        """Row r's published cf_top: its strongest neighbours, best first (rebuilt only when
+        the row changed, as the item side republishes it)."""
+        ver = int(self.m.row_version[r])
+        hit = self._tops.get(r)
+        if hit is not None and hit[0] == ver:
+            return hit[1]
         rows, w = self.m._neighbours(r)
         top = sorted(zip(rows.tolist(), w.tolist(), strict=True), key=lambda t: (-t[1], t[0]))
-        return [(self.m.cs.ids[n], x) for n, x in top]
+        out = [(self.m.cs.ids[n], x) for n, x in top]
+        self._tops[r] = (ver, out)
+        return out
+
+    def _packed(self, r: int) -> dict[str, str]:
+        """Row r's payload fields cf_pos / cf_w (collab.pack_row), rebuilt when it changed."""
+        ver = int(self.m.row_version[r])
+        hit = self._packs.get(r)
+        if hit is None or hit[0] != ver:
+            hit = (ver, pack_row(self._top(r), self.m.s.seen_filter_bits))
+            self._packs[r] = hit
+        return hit[1]
 
     def _seed(self, item_id: str) -> Seed:
         m = self.m
@@ -135,10 +154,10 @@ class StreamPath:
         t2 = time.perf_counter_ns()
         items = [item, *batch, *nbrs]
         counts = {it.item_id: float(it.payload["cf_count"]) for it in items}
-        tops = {it.item_id: it.payload["cf_top"] for it in items}
+        rows = {it.item_id: unpack_row(it.payload) for it in items}
         cs = CandidateSet.from_items(
             items, {"text": m.cs.vectors["text"].shape[1]}, cf_counts=counts,
-            seen_bits=m.s.seen_filter_bits, cf_tops=tops,
+            seen_bits=m.s.seen_filter_bits, cf_rows={i: r for i, r in rows.items() if r},
         )  # fmt: skip
         w = event_weight(etype, value, m.s.event_weights)
         deltas = state.weights

@@ -466,7 +466,11 @@ def test_history_counts_the_candidates_own_row_over_everything_the_user_took() -
     ]
     tops = {"both": [(h, 3.0) for h in old[:20]], "other": [("filler", 9.0)]}
     counts = {"both": 20.0, "other": 20.0}
-    cs = CandidateSet.from_items(items, {"text": 3}, cf_counts=counts, cf_tops=tops)
+    from ranking.collab import pack_row, unpack_row
+
+    rows = {i: unpack_row(pack_row(t, 6144)) for i, t in tops.items()}
+    assert unpack_row({}) is None
+    cs = CandidateSet.from_items(items, {"text": 3}, cf_counts=counts, cf_rows=rows)  # type: ignore[arg-type]
     st = UserState()
     for h in [*old, "last"]:
         st = event(st, cs, h, "like")
