@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from ranking.collab import cooc_pairs, count_after, row_after, top_neighbours
+from ranking.collab import cooc_pairs, count_after, pack_row, row_after, top_neighbours
 from ranking.learner import bpr_step
 from ranking.ranker import RankedItem, Seed
 from ranking.recommender import Recommender, cooc_params, now_ms, rows_above, seed_of
@@ -385,15 +385,17 @@ class Handlers:
         may lose the last interval's copy, not the data: the Table holds it, and the item's
         next record writes it again."""
         pending, self._pending_items = self._pending_items, {}
-        top_n = self.cooc.top_n
-        payloads = {
-            i: {
+        top_n, bits = self.cooc.top_n, self.settings.ranking.seen_filter_bits
+        payloads = {}
+        for i, v in pending.items():
+            top = top_neighbours(v["r"], top_n)
+            # cf_pos/cf_w: the same row as Bloom positions, for the "history" feature
+            payloads[i] = {
                 "trend": v["t"],
                 "cf_count": v["c"],
-                "cf_top": [[nb, round(x, 6)] for nb, x in top_neighbours(v["r"], top_n)],
+                "cf_top": [[nb, round(x, 6)] for nb, x in top],
+                **pack_row(top, bits),
             }
-            for i, v in pending.items()
-        }
         await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")
 
     def close(self) -> None:
