@@ -211,7 +211,7 @@ class RankingSettings(BaseSettings):
             "cf": 1.0,
             "popularity": 0.3,
             "freshness": 0.1,
-            "history": 4.0,
+            "history": 1.0,
         }
     )
     # history (whole-history co-occurrence through the seen filter) / count(candidate) ** beta
