@@ -119,7 +119,7 @@ def pack_row(top: Sequence[tuple[str, float]], seen_bits: int) -> dict[str, str]
 
 
 def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(int64[m, N_HASHES] Bloom positions, float64[m] weights) from a payload written with
+    """(uint16[m, N_HASHES] Bloom positions, float32[m] weights) from a payload written with
     ``pack_row``; None when the payload has none."""
     p, w = payload.get("cf_pos"), payload.get("cf_w")
     if not p or not w:
@@ -128,4 +128,4 @@ def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] |
     wts = np.frombuffer(base64.b64decode(str(w)), dtype="<f4")
     if len(pos) != len(wts):
         return None
-    return pos.astype(np.int64), wts.astype(np.float64)
+    return pos, wts  # read-only views of the payload bytes: no copies per request
