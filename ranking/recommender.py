@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking.candidates import CandidateSet
-from ranking.collab import CoocParams
+from ranking.collab import unpack_row
 from ranking.ranker import (
-    FEATURES,
     RankedItem,
     Scored,
     ScoreParams,
     Seed,
+    collab_candidates,
     interest_units,
     rank_candidates,
     recency_weights,
@@ -35,37 +35,10 @@ from ranking.ranker import (
 )
 from ranking.state import UserState
 from ranking.store import ItemStore, StoredItem
-from streams.settings import RankingSettings
-
-HOUR_MS = 3_600_000
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def score_params(s: RankingSettings) -> ScoreParams:
-    return ScoreParams(
-        prior=tuple(float(s.score_weights.get(f, 0.0)) for f in FEATURES),
-        modality_weights=dict(s.modality_weights),
-        trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
-        freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
-        cf_alpha=s.cf_alpha,
-        cf_beta=s.cf_beta,
-        recency_decay=s.recency_decay,
-        recent_window=s.seed_items,
-        liked_weight=s.reason_liked_weight,
-    )
-
-
-def cooc_params(s: RankingSettings) -> CoocParams:
-    return CoocParams(
-        window=s.cooc_window,
-        decay=s.cooc_decay,
-        backward=s.cooc_backward,
-        max_row=s.cooc_max_row,
-        top_n=s.cooc_top_n,
-    )
 
 
 def seed_of(item: StoredItem) -> Seed:
@@ -120,33 +93,21 @@ class Recommender:
         is about, so learning can compare it with the list)."""
         limit = k * self.candidate_factor
         exclude = state.excluded()
-        want = self._neighbour_ids(state, seeds, exclude, limit)
+        want = collab_candidates(state.recent, seeds, exclude, limit, self.params)
         batch, nbrs = await asyncio.gather(
             self.store.candidates(interest_units(state.interest), exclude=exclude, limit=limit),
             self.store.get(want) if want else _no_items(),
         )
         items = [*extra, *batch, *nbrs.values()]
         counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}
+        rows = {}  # each candidate's own published row, for the "history" feature
+        for it in items:
+            row = unpack_row(it.payload)
+            if row is not None:
+                rows[it.item_id] = row
         return CandidateSet.from_items(
-            items, self.dims, cf_counts=counts, seen_bits=self.seen_filter_bits
+            items, self.dims, cf_counts=counts, seen_bits=self.seen_filter_bits, cf_rows=rows
         )
-
-    def _neighbour_ids(
-        self, state: UserState, seeds: Mapping[str, Seed], exclude: set[str], limit: int
-    ) -> list[str]:
-        """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf"
-        will rank high), so the strongest collaborative candidates are always in the set."""
-        total: dict[str, float] = {}
-        for item_id, a in recency_weights(state.recent, self.params):
-            seed = seeds.get(item_id)
-            if seed is None:
-                continue
-            norm = max(seed.cf_count, 1.0) ** self.params.cf_alpha
-            for nb, w in seed.cf_top:
-                if nb not in exclude:
-                    total[nb] = total.get(nb, 0.0) + w * a / norm
-        best = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        return [i for i, _ in best]
 
     def rank(
         self, cs: CandidateSet, state: UserState, seeds: Mapping[str, Seed], k: int, now: int

@@ -27,8 +27,9 @@ import orjson
 
 from ranking.collab import cooc_pairs, count_after, pack_row, row_after, top_neighbours
 from ranking.learner import bpr_step
+from ranking.params import cooc_params
 from ranking.ranker import RankedItem, Seed
-from ranking.recommender import Recommender, cooc_params, now_ms, rows_above, seed_of
+from ranking.recommender import Recommender, now_ms, rows_above, seed_of
 from ranking.state import UserState, apply_event, event_weight
 from ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
 from streams import schemas

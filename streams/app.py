@@ -13,7 +13,8 @@ from typing import Any
 
 import faust
 
-from ranking.recommender import Recommender, score_params
+from ranking.params import score_params
+from ranking.recommender import Recommender
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings

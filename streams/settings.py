@@ -182,9 +182,7 @@ class RankingSettings(BaseSettings):
     interest_half_life_hours: float = Field(default=72.0, gt=0)
     # Item popularity ("trending") halves every trending_half_life_hours.
     trending_half_life_hours: float = Field(default=24.0, gt=0)
-    # Final score = similarity + popularity_weight * popularity + freshness_weight * freshness.
-    popularity_weight: float = 0.15
-    freshness_weight: float = 0.10
+    # The freshness feature is 0.5 ** (age / freshness_half_life_hours).
     freshness_half_life_hours: float = Field(default=48.0, gt=0)
     # Weighted fusion of per-modality similarity: w_text*sim_text + w_image*sim_image +
     # w_audio*sim_audio, over the modalities both the user and the item have (JSON object).

@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="do not time the stream's per-event path (candidate set) besides the catalog",
     )
     p.add_argument(
+        "--stream-cost-every",
+        type=int,
+        default=10,
+        help="time the stream's path on every Nth event (1: all; the full replay then takes "
+        "several times longer)",
+    )
+    p.add_argument(
         "--stream-cost-repeats",
         type=int,
         default=1,
@@ -92,6 +99,7 @@ def build_models(names: list[str], data: Interactions, args: argparse.Namespace)
                     vectors,
                     stream_cost=not args.no_stream_cost,
                     stream_repeats=args.stream_cost_repeats,
+                    stream_every=args.stream_cost_every,
                 )
             )
         elif name == "popularity":

@@ -19,12 +19,11 @@ import orjson
 
 from ranking import seen
 from ranking.candidates import CandidateSet
-from ranking.collab import CoocParams, cooc_pairs, count_after
+from ranking.collab import cooc_pairs, count_after
 from ranking.evaluate.data import Interactions, default_cache
 from ranking.learner import bpr_step
+from ranking.params import HOUR_MS, cooc_params, score_params
 from ranking.ranker import (
-    FEATURES,
-    ScoreParams,
     excluded_rows,
     feature_matrix,
     recency_weights,
@@ -34,8 +33,6 @@ from ranking.ranker import (
 from ranking.state import UserState, apply_event, event_weight
 from ranking.store import NO_TREND, trend_after
 from streams.settings import RankingSettings
-
-HOUR_MS = 3_600_000
 
 
 def ranking_settings(overrides: Sequence[str] = ()) -> RankingSettings:
@@ -53,31 +50,6 @@ def ranking_settings(overrides: Sequence[str] = ()) -> RankingSettings:
             val = {**base[key], **val}
         base[key] = val
     return RankingSettings.model_validate(base)
-
-
-def score_params(s: RankingSettings) -> ScoreParams:
-    return ScoreParams(
-        prior=tuple(float(s.score_weights.get(f, 0.0)) for f in FEATURES),
-        modality_weights={"text": 1.0},
-        trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
-        freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
-        cf_alpha=s.cf_alpha,
-        cf_beta=s.cf_beta,
-        recency_decay=s.recency_decay,
-        recent_window=s.seed_items,
-        liked_weight=s.reason_liked_weight,
-        history_beta=s.history_beta,
-    )
-
-
-def cooc_params(s: RankingSettings) -> CoocParams:
-    return CoocParams(
-        window=s.cooc_window,
-        decay=s.cooc_decay,
-        backward=s.cooc_backward,
-        max_row=s.cooc_max_row,
-        top_n=s.cooc_top_n,
-    )
 
 
 def encode_items(data: Interactions, model_dir: Path | None = None) -> np.ndarray | None:
@@ -115,6 +87,7 @@ class RecstreamModel:
         text: np.ndarray | None,
         stream_cost: bool = False,
         stream_repeats: int = 1,
+        stream_every: int = 1,
     ) -> None:
         self.data = data
         self.s = settings
@@ -146,13 +119,15 @@ class RecstreamModel:
             from ranking.evaluate.stream_cost import StreamPath
 
             self.stream = StreamPath(self, stream_repeats)
+        self.stream_every = max(1, stream_every)
 
     def params_seeds(self, st: UserState) -> list[tuple[str, float]]:
         return recency_weights(st.recent, self.params)
 
     def shadow(self, j: int) -> None:
-        """Before learning interaction j: time the stream's path for it (if enabled)."""
-        if self.stream is not None:
+        """Before learning interaction j: time the stream's path for it (if enabled; on every
+        ``stream_every``-th interaction)."""
+        if self.stream is not None and j % self.stream_every == 0:
             self.stream.run(j, self.states.get(int(self.data.user[j])) or UserState())
 
     def report(self) -> dict[str, float]:

@@ -269,12 +269,12 @@ CATALOG = {
 }
 # A content-led prior (the default one is tuned on MovieLens, where titles say little).
 RANK = ScoreParams(
-    prior=(1.0, 0.5, 1.0, 0.15, 0.10),  # content, recent, cf, popularity, freshness
+    prior=(1.0, 0.5, 1.0, 0.15, 0.10, 1.0),  # content, recent, cf, popularity, freshness, history
     modality_weights={"text": 1.0},
     trending_half_life_ms=H,
     freshness_half_life_ms=48 * HOUR,
 )
-assert FEATURES == ("content", "recent", "cf", "popularity", "freshness")
+assert FEATURES == ("content", "recent", "cf", "popularity", "freshness", "history")
 
 
 @pytest.fixture(scope="module")
