@@ -202,10 +202,12 @@ class RankingSettings(BaseSettings):
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
     # popularity, freshness and history (the candidate's own co-occurrence row summed over
     # every item the user took); each user learns deltas on top (ranking/learner.py).
+    # content/recent 0.5: ML-100k prequential is unchanged by them (HR@10 0.193 vs 0.191 at
+    # 0.05), while content-rich catalogs need them (demo taste match 47% vs 20-24%).
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "content": 0.05,
-            "recent": 0.05,
+            "content": 0.5,
+            "recent": 0.5,
             "cf": 1.0,
             "popularity": 0.3,
             "freshness": 0.1,
