@@ -24,8 +24,8 @@ import av
 import numpy as np
 
 from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import MEAN_FILE, ensure_model, read_export_info
-from encoders.runtime import Device, OnnxModel
+from encoders.cache import MEAN_FILE, ensure_model
+from encoders.runtime import Device, OnnxEncoder
 
 AUDIO_MODEL_ID = "aisfx X-Sequential-CE (Ma & Lerch, ISMIR 2022), block mean, centred"
 SAMPLE_RATE = 44100
@@ -131,7 +131,7 @@ def blocks(spec: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(spec[:need].reshape(count, BLOCK_FRAMES, MELS))
 
 
-class AudioEncoder:
+class AudioEncoder(OnnxEncoder):
     """``Encoder[np.ndarray]``: mono float32 44.1 kHz clips -> float32 [n, 512], unit rows.
 
     All blocks of all clips in a batch go through the model in one session run. Decode files
@@ -165,19 +165,9 @@ class AudioEncoder:
     def _load(
         self, export_dir: Path, device: Device, threads: int, int8: bool, fp16: bool, spin: bool
     ) -> None:
-        self.export_dir = export_dir
-        self.info = read_export_info(export_dir) or {}
-        self._model = OnnxModel(export_dir, device, threads, int8=int8, fp16=fp16, spin=spin)
-        self.dim = int(self._model.output_shape[-1])
-        self.mean = np.load(export_dir / MEAN_FILE).astype(np.float32)
-
-    @property
-    def provider(self) -> str:
-        return self._model.provider
-
-    @property
-    def variant(self) -> str:
-        return self._model.variant
+        self._open(export_dir, device, threads, int8=int8, fp16=fp16, spin=spin)
+        # Subtracted before normalising (raw aiSFX vectors are non-negative), made at export.
+        self.mean = np.load(self.export_dir / MEAN_FILE).astype(np.float32)
 
     def block_embeddings(self, mel_blocks: np.ndarray) -> np.ndarray:
         """Raw (uncentred, non-negative) embeddings of [n, 100, 96] blocks: one session run."""

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import ensure_model, read_export_info
-from encoders.runtime import Device, OnnxModel
+from encoders.cache import ensure_model
+from encoders.runtime import Device, OnnxEncoder
 
 IMAGE_MODEL_ID = "efficientnet-lite0 (ImageNet), global average pool"
 SIZE = 224
@@ -86,7 +86,7 @@ def preprocess(image: ImageInput) -> np.ndarray:
     return np.asarray(crop, dtype=np.uint8)
 
 
-class ImageEncoder:
+class ImageEncoder(OnnxEncoder):
     """``Encoder[ImageInput]``: images -> float32 [n, 1280], unit rows.
 
     ``model_dir`` is the model cache root; the model is exported there on first use (in a
@@ -108,7 +108,7 @@ class ImageEncoder:
         spin: bool = False,
     ) -> None:
         export_dir = ensure_model("image", Path(model_dir))
-        self._load(export_dir, device, intra_op_threads, int8, fp16, spin)
+        self._open(export_dir, device, intra_op_threads, int8=int8, fp16=fp16, spin=spin)
 
     @classmethod
     def from_export_dir(
@@ -116,24 +116,8 @@ class ImageEncoder:
     ) -> ImageEncoder:
         """Open an export directory as is (the exporter checks a fresh export with this)."""
         self = cls.__new__(cls)
-        self._load(Path(export_dir), device, intra_op_threads, int8, False, False)
+        self._open(Path(export_dir), device, intra_op_threads, int8=int8)
         return self
-
-    def _load(
-        self, export_dir: Path, device: Device, threads: int, int8: bool, fp16: bool, spin: bool
-    ) -> None:
-        self.export_dir = export_dir
-        self.info = read_export_info(export_dir) or {}
-        self._model = OnnxModel(export_dir, device, threads, int8=int8, fp16=fp16, spin=spin)
-        self.dim = int(self._model.output_shape[-1])
-
-    @property
-    def provider(self) -> str:
-        return self._model.provider
-
-    @property
-    def variant(self) -> str:
-        return self._model.variant
 
     def encode(self, inputs: Sequence[ImageInput]) -> Embeddings:
         if isinstance(inputs, bytes | np.ndarray | Image.Image):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 
-from encoders.cache import INT8_FILE, ONNX_FILE
+from encoders.cache import INT8_FILE, ONNX_FILE, read_export_info
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +221,41 @@ def _nvidia_driver_present() -> bool:
         return True
     # libcuda is the driver's user-space library; found also on WSL2, which has no /proc entry.
     return ctypes.util.find_library("cuda") is not None
+
+
+class OnnxEncoder:
+    """What every encoder module shares: its export directory, the export's record
+    (export.json: model, parity) and the model running on its device. Subclasses open it with
+    ``_open`` from their constructor and from ``from_export_dir``."""
+
+    export_dir: Path
+    info: dict[str, Any]
+    dim: int
+    _model: OnnxModel
+
+    def _open(
+        self,
+        export_dir: Path,
+        device: Device,
+        intra_op_threads: int,
+        *,
+        int8: bool = False,
+        fp16: bool = False,
+        spin: bool = False,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.info = read_export_info(self.export_dir) or {}
+        self._model = OnnxModel(
+            self.export_dir, device, intra_op_threads, int8=int8, fp16=fp16, spin=spin
+        )
+        self.dim = int(self._model.output_shape[-1])
+
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider really in use, e.g. "CPUExecutionProvider"."""
+        return self._model.provider
+
+    @property
+    def variant(self) -> str:
+        """The model file that runs: "fp32", "int8" (CPU) or "fp16" (CUDA)."""
+        return self._model.variant

@@ -15,8 +15,8 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 from tokenizers import Tokenizer
 
 from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import TOKENIZER_FILE, ensure_text_model, read_export_info
-from encoders.runtime import Device, OnnxModel
+from encoders.cache import TOKENIZER_FILE, ensure_text_model
+from encoders.runtime import Device, OnnxEncoder
 
 TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # BERT's position table has 512 rows; longer inputs cannot be encoded at all.
@@ -27,7 +27,7 @@ MAX_POSITIONS = 512
 MAX_PADDING_FRACTION = 0.25
 
 
-class TextEncoder:
+class TextEncoder(OnnxEncoder):
     """``Encoder[str]``: texts -> float32 [n, 384], unit rows.
 
     ``model_dir`` is the model cache root (``EncoderSettings.model_dir``); the model is exported
@@ -86,9 +86,7 @@ class TextEncoder:
     ) -> None:
         if not 2 <= max_tokens <= MAX_POSITIONS:  # [CLS] and [SEP] take two
             raise ValueError(f"max_tokens must be in [2, {MAX_POSITIONS}], not {max_tokens}")
-        self.export_dir = export_dir
         self.max_tokens = max_tokens
-        self.info = read_export_info(export_dir) or {}
 
         tokenizer = Tokenizer.from_file(str(export_dir / TOKENIZER_FILE))
         # The shipped tokenizer.json pads every input to a fixed 128, which costs 5x the compute
@@ -97,20 +95,7 @@ class TextEncoder:
         tokenizer.enable_truncation(max_length=max_tokens)
         self._tokenizer = tokenizer
 
-        self._model = OnnxModel(
-            export_dir, device, intra_op_threads, int8=int8, fp16=fp16, spin=spin
-        )
-        self.dim = int(self._model.output_shape[-1])
-
-    @property
-    def provider(self) -> str:
-        """The onnxruntime execution provider really in use, e.g. "CPUExecutionProvider"."""
-        return self._model.provider
-
-    @property
-    def variant(self) -> str:
-        """The model file that runs: "fp32", "int8" (CPU) or "fp16" (CUDA)."""
-        return self._model.variant
+        self._open(export_dir, device, intra_op_threads, int8=int8, fp16=fp16, spin=spin)
 
     @property
     def session(self) -> ort.InferenceSession:

