@@ -1,11 +1,14 @@
 """What the worker does with each message. Plain async code, bound to Faust in streams/app.py.
 
 Data path:
-  content          -> parse -> encode (encoders/) -> upsert into Qdrant (ranking/store.py)
-  user-events      -> parse -> item vectors from Qdrant -> update the user's state in the
-                      users Table (ranking/state.py) -> recommend (ranking/recommender.py)
+  content          -> parse -> fetch media + encode (encoders/pipeline.py) -> upsert named
+                      vectors into the item store (ranking/store*.py) -> content-indexed
+  user-events      -> parse -> the item and the user's seeds from the store -> update the
+                      user's state in the users Table (ranking/state.py) -> candidate set,
+                      learning step, ranking (ranking/recommender.py, ranker.py)
                       -> recommendations; and -> item-activity (repartitioned by item)
-  item-activity    -> item's decayed popularity (trend) in the items Table -> Qdrant payload
+  item-activity    -> the item's trend, count and co-occurrence row (ranking/collab.py) in the
+                      item-stats Table -> store payload once a second
   recommendation-requests -> recommend from the current state -> recommendations
 Failures: bad input -> dead-letters (with reason and original bytes) and go on; a dependency
 that is down -> retry with backoff, offset not committed meanwhile; anything else is a bug ->
@@ -361,7 +364,7 @@ class Handlers:
     async def on_item_activity(self, msg: Msg) -> None:
         """Fold one record into the item's side (Table, exact): its decayed popularity
         (trend), interaction count and co-occurrence row. The store's copy (payload ``trend``,
-        ``cf_count``, ``cf_top``) is written in batches by :meth:`flush_trends`."""
+        ``cf_count``, ``cf_top``) is written in batches by :meth:`flush_item_stats`."""
         try:
             a = orjson.loads(msg.value or b"")
             item_id, w, ts = str(a["item_id"]), float(a["w"]), int(a["ts"])
@@ -379,9 +382,9 @@ class Handlers:
         self.item_stats[item_id] = new
         self._pending_items[item_id] = new
         if len(self._pending_items) >= 500:
-            await self.flush_trends()
+            await self.flush_item_stats()
 
-    async def flush_trends(self) -> None:
+    async def flush_item_stats(self) -> None:
         """Copy changed item sides to the store (per 500 changes and by a 1 s timer). A crash
         may lose the last interval's copy, not the data: the Table holds it, and the item's
         next record writes it again."""

@@ -23,7 +23,7 @@ from streams.transport import RecstreamApp
 log = logging.getLogger(__name__)
 
 TANSU_FETCH_MAX_WAIT_MS = 10
-TREND_FLUSH_INTERVAL_S = 1.0
+ITEM_STATS_FLUSH_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def build_app(
     )
     item_activity = raw_topic(names.item_activity)
     # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
-    # string; value: UserState.to_dict() / the item's trend as a number).
+    # string; value: UserState.to_dict() / the item-stats dict below).
     users = app.Table("users", key_type=str, partitions=k.partitions)
     # Item side, keyed by item id: {"t": trend, "c": interaction count, "r": co-occurrence
     # row {neighbour: weight}} (ranking/collab.py), copied to the store's payload each second.
@@ -185,9 +185,9 @@ def build_app(
     bind(requests, "recommendation-requests", False, handlers.on_request)
     bind(item_activity, "item-activity", False, handlers.on_item_activity)
 
-    @app.timer(TREND_FLUSH_INTERVAL_S)
-    async def flush_trends() -> None:
-        await guarded(handlers.flush_trends())
+    @app.timer(ITEM_STATS_FLUSH_INTERVAL_S)
+    async def flush_item_stats() -> None:
+        await guarded(handlers.flush_item_stats())
 
     return app, handlers
 

@@ -113,10 +113,14 @@ async def _demo(
     personas = load_personas()
     worker: subprocess.Popen[bytes] | None = None
     try:
-        from encoders.cache import ensure_text_model
+        from encoders.cache import ensure_model
 
-        print("models   text encoder all-MiniLM-L6-v2 (ONNX; exported on first run, ~1 min)")
-        ensure_text_model(settings.encoder.model_dir)
+        e = settings.encoder
+        names = [("text-use" if e.text_model == "use" else "text") if m == "text" else m
+                 for m in e.modalities]  # fmt: skip
+        print(f"models   {', '.join(names)} (ONNX; exported on first run, ~1 min)")
+        for name in names:
+            ensure_model(name, e.model_dir)
 
         env = {
             **os.environ,
@@ -129,7 +133,7 @@ async def _demo(
         if not settings.qdrant.url:
             # The demo's broker keeps nothing either: an in-memory catalog matches it.
             env["RECSTREAM_QDRANT_PATH"] = ":memory:"
-            print("qdrant   embedded (qdrant-client local mode, in memory)")
+            print("store    embedded Qdrant engine (qdrant-edge), temporary folder")
         else:
             env["RECSTREAM_QDRANT_COLLECTION"] = f"demo_{uuid.uuid4().hex[:6]}"
             print(f"qdrant   {settings.qdrant.url}")
