@@ -34,7 +34,7 @@ sysdeps:
 	else echo "espeak-ng/sox absent and not installable here: the speech/tone tests will skip"; fi
 
 test: models sysdeps
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --tb=short
 
 lint: $(BIN)/recstream
 	$(BIN)/ruff check .

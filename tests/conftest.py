@@ -100,6 +100,24 @@ class Worker:
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
+    def diagnosis(self, n: int = 3000) -> str:
+        """The log's warnings, errors and group/recovery milestones (short lines), then its tail."""
+        keys = (
+            "WARNING",
+            "ERROR",
+            "CRITICAL",
+            "Traceback",
+            "Revoking",
+            "Elected",
+            "Recovery complete",
+            "Worker ready",
+            "Heartbeat",
+            "crash",
+        )
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        notable = [ln[:240] for ln in lines if any(k in ln for k in keys)][-40:]
+        return "notable log lines:\n" + "\n".join(notable) + "\n--- log tail:\n" + self.log_tail(n)
+
 
 @pytest.fixture
 def worker_env(broker: str, model_dir: Path, tmp_path: Path) -> dict[str, str]:
@@ -201,13 +219,24 @@ class AppHarness:
             else:
                 self.dead.append(v)
 
-    async def wait(self, pred: Any, timeout: float = 60, what: str = "a message") -> None:
+    async def wait(
+        self, pred: Any, timeout: float = 60, what: str = "a message", detail: Any = None
+    ) -> None:
+        """Wait until ``pred()``; on failure say why first (``detail()`` adds the test's own
+        account, e.g. what is missing), then the worker's warnings and the end of its log."""
         deadline = time.monotonic() + timeout
         while not pred():
+            why = None
             if not self.worker.alive():
-                raise AssertionError(f"worker died waiting for {what}:\n" + self.worker.log_tail())
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n" + self.worker.log_tail())
+                why = f"worker died waiting for {what}"
+            elif self._task is not None and self._task.done():
+                exc = None if self._task.cancelled() else self._task.exception()
+                why = f"the app's reader stopped ({exc!r}) waiting for {what}"
+            elif time.monotonic() > deadline:
+                why = f"timed out after {timeout} s waiting for {what}"
+            if why is not None:
+                extra = f"; {detail()}" if detail is not None else ""
+                raise AssertionError(f"{why}{extra}\n{self.worker.diagnosis()}")
             await asyncio.sleep(0.05)
 
     def rec_for(self, trigger: str) -> dict[str, Any] | None:

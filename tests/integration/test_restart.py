@@ -76,6 +76,17 @@ async def read_events(bootstrap: str, topic: str) -> list[tuple[int, int, dict[s
     return [(p, o, orjson.loads(v or b"")) for p, o, _, v in await read_topic(bootstrap, topic)]
 
 
+def missing(recs: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
+    """Which events are still unanswered, per user (a user's events share a partition)."""
+    answered = {r.get("trigger") for r in recs}
+    left = [e for e in events if e["event_id"] not in answered]
+    by_user: dict[str, list[str]] = defaultdict(list)
+    for e in left:
+        by_user[e["user_id"]].append(e["event_id"])
+    per_user = {u: f"{len(ids)} ({ids[0]}..{ids[-1]})" for u, ids in sorted(by_user.items())}
+    return f"{len(left)} of {len(events)} events unanswered, by user: {per_user}"
+
+
 def test_kill9_mid_stream_loses_and_doubles_nothing(
     make_worker, worker_env, catalog, tmp_path
 ) -> None:
@@ -134,6 +145,7 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
                 ),
                 timeout=180,
                 what="all events after restart",
+                detail=lambda: missing(app.recs, events),
             )
         # Every state in the changelog: complete and not double counted.
         changelog = f"{s.app_id}-users-changelog"
