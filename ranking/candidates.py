@@ -68,15 +68,16 @@ class CandidateSet:
         uniq: dict[str, object] = {}
         for it in items:
             uniq.setdefault(it.item_id, it)  # type: ignore[attr-defined]
-        rows = list(uniq.values())
+        rows: list = list(uniq.values())
+        ids = list(uniq)
         n = len(rows)
         vectors, present = {}, {}
         for m, d in dims.items():
             mat = np.zeros((n, d), dtype=np.float32)
-            for r, it in enumerate(rows):
-                v = it.vectors.get(m)  # type: ignore[attr-defined]
-                if v is not None and len(v) == d:
-                    mat[r] = v
+            got = [(r, v) for r, it in enumerate(rows) if (v := it.vectors.get(m)) is not None]
+            got = [(r, v) for r, v in got if len(v) == d]
+            if got:
+                mat[[r for r, _ in got]] = np.stack([v for _, v in got])
             # One vectorised normalisation: this runs per request on the stream's hot path.
             norm = np.linalg.norm(mat, axis=1)
             has = norm > 1e-9
@@ -84,32 +85,33 @@ class CandidateSet:
             vectors[m], present[m] = mat, has
         counts = cf_counts or {}
         # The candidates' own rows, already as Bloom positions (collab.pack_row/unpack_row).
-        owner, pos, wts = [], [], []
-        for r, i in enumerate(uniq):
-            row = (cf_rows or {}).get(i)
-            if row is not None and len(row[1]):
-                owner.append(np.full(len(row[1]), r, dtype=np.int64))
-                pos.append(row[0])
-                wts.append(row[1])
+        found = [(r, row) for r, i in enumerate(ids) if (row := (cf_rows or {}).get(i)) is not None]
+        found = [(r, row) for r, row in found if len(row[1])]
+        if found:
+            lengths = [len(row[1]) for _, row in found]
+            owner = np.repeat(np.asarray([r for r, _ in found], dtype=np.int64), lengths)
+            pos = np.concatenate([row[0] for _, row in found])
+            wts = np.concatenate([row[1] for _, row in found]).astype(np.float64)
+        else:
+            owner = np.zeros(0, np.int64)
+            pos = np.zeros((0, bloom.N_HASHES), np.int64)
+            wts = np.zeros(0, np.float64)
+        published = [it.published_at for it in rows]
         return cls(
-            ids=list(uniq),
+            ids=ids,
             vectors=vectors,
             present=present,
-            trend=np.array([float(it.trend) for it in rows], dtype=np.float64),  # type: ignore[attr-defined]
+            trend=np.fromiter((it.trend for it in rows), dtype=np.float64, count=n),
             published_at=np.array(
-                [
-                    np.nan if it.published_at is None else float(it.published_at)  # type: ignore[attr-defined]
-                    for it in rows
-                ],
-                dtype=np.float64,
+                [np.nan if t is None else t for t in published], dtype=np.float64
             ),
-            cf_count=np.array([float(counts.get(i, 0.0)) for i in uniq], dtype=np.float64),
-            titles=[it.title for it in rows],  # type: ignore[attr-defined]
-            tags=[tuple(it.tags) for it in rows],  # type: ignore[attr-defined]
+            cf_count=np.fromiter((counts.get(i, 0.0) for i in ids), dtype=np.float64, count=n),
+            titles=[it.title for it in rows],
+            tags=[tuple(it.tags) for it in rows],
             seen_bits=seen_bits,
-            cf_owner=np.concatenate(owner) if owner else np.zeros(0, np.int64),
-            cf_w=np.concatenate(wts) if wts else np.zeros(0, np.float64),
-            cf_pos=np.concatenate(pos) if pos else np.zeros((0, bloom.N_HASHES), np.int64),
+            cf_owner=owner,
+            cf_w=wts,
+            cf_pos=pos,
         )
 
     def history_sums(self, seen_filter: bytes) -> np.ndarray:

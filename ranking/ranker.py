@@ -208,10 +208,14 @@ class Seed:
     vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
     cf_top: Sequence[tuple[str, float]] = ()
     cf_count: float = 0.0
+    # cf_top as (ids, float64 weights), when the caller already has it (recommender.seed_of
+    # memoises it per published row); else parsed once per Seed.
+    cf_parsed: tuple[list[str], np.ndarray] | None = field(default=None, compare=False)
 
-    # Parsed once per Seed: the stream builds one per request and scores twice with it.
     @cached_property
     def cf_arrays(self) -> tuple[list[str], np.ndarray]:
+        if self.cf_parsed is not None:
+            return self.cf_parsed
         ids = [i for i, _ in self.cf_top]
         return ids, np.fromiter((w for _, w in self.cf_top), np.float64, len(ids))
 
@@ -422,8 +426,10 @@ def collab_candidates(
         scale = a / max(seed.cf_count, 1.0) ** params.cf_alpha
         # cf_top is published best first: an id outside a seed's first ``limit`` entries adds
         # little, and reading fewer entries is most of this function's cost.
-        for nb, w in seed.cf_top[:limit]:
-            total[nb] = total.get(nb, 0.0) + w * scale
+        ids, w = seed.cf_arrays
+        get = total.get
+        for nb, x in zip(ids[:limit], (w[:limit] * scale).tolist(), strict=True):
+            total[nb] = get(nb, 0.0) + x
     for i in exclude:
         total.pop(i, None)
     if len(total) <= limit:

@@ -34,7 +34,7 @@ from ranking.ranker import (
     score_candidates,
 )
 from ranking.state import UserState
-from ranking.store import ItemStore, StoredItem
+from ranking.store import CANDIDATE_FIELDS, ItemStore, StoredItem
 
 
 def now_ms() -> int:
@@ -42,14 +42,37 @@ def now_ms() -> int:
 
 
 def seed_of(item: StoredItem) -> Seed:
+    """A fetched recent item as a Seed. Its ``cf_top`` row (100 [id, weight] pairs) is parsed
+    once per published version: the item side writes ``cf_top``, ``cf_pos`` and ``cf_w``
+    together from one row (streams/agents.py flush_item_stats), so the packed strings
+    identify the version, and users read the same popular rows event after event."""
     p = item.payload
+    raw = p.get("cf_top") or ()
+    pos, w = p.get("cf_pos"), p.get("cf_w")
+    key = (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
+    hit = _TOPS.get(key) if key is not None else None
+    if hit is None or len(hit[0]) != len(raw):
+        top = [(str(i), float(x)) for i, x in raw]
+        ids = [i for i, _ in top]
+        hit = (top, (ids, np.fromiter((x for _, x in top), np.float64, len(top))))
+        if key is not None:
+            if len(_TOPS) >= MAX_MEMO_TOPS:
+                _TOPS.clear()
+            _TOPS[key] = hit
     return Seed(
         item_id=item.item_id,
         title=item.title,
         vectors=item.vectors,
-        cf_top=[(str(i), float(w)) for i, w in p.get("cf_top") or ()],
+        cf_top=hit[0],
         cf_count=float(p.get("cf_count") or 0.0),
+        cf_parsed=hit[1],
     )
+
+
+# (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights)); emptied when full (~10 KB each).
+MAX_MEMO_TOPS = 5_000
+_TOPS: dict[tuple[str, str, str], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]]
+_TOPS = {}
 
 
 @dataclass
@@ -96,7 +119,7 @@ class Recommender:
         want = collab_candidates(state.recent, seeds, exclude, limit, self.params)
         batch, nbrs = await asyncio.gather(
             self.store.candidates(interest_units(state.interest), exclude=exclude, limit=limit),
-            self.store.get(want) if want else _no_items(),
+            self.store.get(want, fields=CANDIDATE_FIELDS) if want else _no_items(),
         )
         items = [*extra, *batch, *nbrs.values()]
         counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}

@@ -37,6 +37,10 @@ MODALITY_DIMS = {"text": 384, "image": 1280, "audio": 512}
 CONTENT_VECTORS = frozenset(MODALITY_DIMS)
 CONTENT_FIELDS = ("item_id", "title", "tags", "published_at", "kind")
 ORDER_KEYS = ("trend", "published_at")  # candidates(): trending, then fresh
+# What ranking reads of a candidate: the whole payload but the ``cf_top`` list (100 [id,
+# weight] pairs, the bulk of a payload, read only for the user's seeds). Converting it for
+# every candidate of every request was most of the engine results' conversion cost.
+CANDIDATE_FIELDS = (*CONTENT_FIELDS, "trend", "cf_count", "cf_pos", "cf_w")
 Backend = Literal["auto", "edge", "client"]
 
 
@@ -196,9 +200,14 @@ class ItemStore(abc.ABC):
 
     @abc.abstractmethod
     async def get(
-        self, item_ids: Sequence[str], *, with_vectors: bool = True
+        self,
+        item_ids: Sequence[str],
+        *,
+        with_vectors: bool = True,
+        fields: Sequence[str] | None = None,
     ) -> dict[str, StoredItem]:
-        """Stored items by id (unknown and deleted ids are absent), payload and vectors."""
+        """Stored items by id (unknown and deleted ids are absent), payload and vectors.
+        ``fields``: only these payload keys (e.g. CANDIDATE_FIELDS); None: the whole payload."""
 
     @abc.abstractmethod
     async def candidates(

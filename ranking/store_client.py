@@ -14,6 +14,7 @@ import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
 from ranking.store import (
+    CANDIDATE_FIELDS,
     ORDER_KEYS,
     ItemRecord,
     ItemStore,
@@ -105,22 +106,28 @@ class QdrantStore(ItemStore):
                 wait=True,
             )
 
-    async def _retrieve(self, item_ids: Sequence[str], with_vectors: Any) -> dict[str, StoredItem]:
+    async def _retrieve(
+        self, item_ids: Sequence[str], with_vectors: Any, fields: Sequence[str] | None = None
+    ) -> dict[str, StoredItem]:
         if not item_ids:
             return {}
         points = await self.client.retrieve(
             self.collection,
             ids=[point_id(i) for i in dict.fromkeys(item_ids)],
-            with_payload=True,
+            with_payload=list(fields) if fields else True,
             with_vectors=with_vectors,
         )
         items = (StoredItem.from_point(p) for p in points)
         return {it.item_id: it for it in items}
 
     async def get(
-        self, item_ids: Sequence[str], *, with_vectors: bool = True
+        self,
+        item_ids: Sequence[str],
+        *,
+        with_vectors: bool = True,
+        fields: Sequence[str] | None = None,
     ) -> dict[str, StoredItem]:
-        return await self._retrieve(item_ids, with_vectors)
+        return await self._retrieve(item_ids, with_vectors, fields)
 
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
@@ -132,7 +139,7 @@ class QdrantStore(ItemStore):
                 using=m,
                 filter=flt,
                 limit=limit,
-                with_payload=True,
+                with_payload=list(CANDIDATE_FIELDS),
                 with_vector=True,
             )
             for m, vec in units.items()
@@ -146,7 +153,7 @@ class QdrantStore(ItemStore):
                     ),
                     filter=flt,
                     limit=limit,
-                    with_payload=True,
+                    with_payload=list(CANDIDATE_FIELDS),
                     with_vector=True,
                 )
             )

@@ -31,6 +31,7 @@ import orjson
 import qdrant_edge as qe
 
 from ranking.store import (
+    CANDIDATE_FIELDS,
     ORDER_KEYS,
     ItemRecord,
     ItemStore,
@@ -270,18 +271,32 @@ class EdgeStore(ItemStore):
             await self._apply(ops)
 
     # -- reads (synchronous engine calls: ~0.1-3 ms, cheaper than a thread hop) ---------------
-    def _retrieve(self, item_ids: Sequence[str], with_vectors: Any) -> dict[str, StoredItem]:
+    def _retrieve(
+        self, item_ids: Sequence[str], with_vectors: Any, fields: Sequence[str] | None = None
+    ) -> dict[str, StoredItem]:
         if not item_ids:
             return {}
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
-        records = self.shard.retrieve(ids, True, with_vectors)
+        records = self.shard.retrieve(ids, list(fields) if fields else True, with_vectors)
         items = (StoredItem.from_parts(r.payload, r.vector) for r in records)
         return {it.item_id: it for it in items}
 
     async def get(
-        self, item_ids: Sequence[str], *, with_vectors: bool = True
+        self,
+        item_ids: Sequence[str],
+        *,
+        with_vectors: bool = True,
+        fields: Sequence[str] | None = None,
     ) -> dict[str, StoredItem]:
-        return self._retrieve(item_ids, with_vectors)
+        if not with_vectors:
+            return self._retrieve(item_ids, False, fields)
+        # Vectors through the cache (as for candidates): converting the engine's float lists
+        # for the seeds and neighbours of every request cost more than the lookup itself.
+        ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
+        records = self.shard.retrieve(ids, list(fields) if fields else True, False)
+        vectors = self._vectors({str(r.id) for r in records})
+        items = (StoredItem.from_parts(r.payload, vectors.get(str(r.id))) for r in records)
+        return {it.item_id: it for it in items}
 
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
@@ -295,7 +310,7 @@ class EdgeStore(ItemStore):
                 filter=flt,
                 params=self._params,
                 with_vector=False,
-                with_payload=True,
+                with_payload=list(CANDIDATE_FIELDS),
             )
             for m, v in units.items()
             if m in self.dims
@@ -307,7 +322,7 @@ class EdgeStore(ItemStore):
                 query=qe.OrderBy(key, qe.Direction.Desc),
                 filter=flt,
                 with_vector=False,
-                with_payload=True,
+                with_payload=list(CANDIDATE_FIELDS),
             )
             for key in ORDER_KEYS
         ]

@@ -20,12 +20,15 @@ computes the "history" feature from it against the user's seen filter.
 
 with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
 StoredItem objects is the vector store's round trip and is not timed; everything from
-``UserState.from_dict`` to the ranked list is. Its results are thrown away: the replay's
-state stays the one the whole-catalog model learned, so the metrics are unchanged.
+``UserState.from_dict`` to the ranked list is, including ``recommender.seed_of`` on the seeds
+as fetched (whole payload, ``cf_top`` as JSON lists) and decoding every candidate's packed row
+(both memoised per published row version, as in the stream). Its results are thrown away:
+the replay's state stays the one the whole-catalog model learned, so the metrics are unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -35,7 +38,8 @@ import orjson
 from ranking.candidates import CandidateSet
 from ranking.collab import cooc_pairs, pack_row, unpack_row
 from ranking.learner import bpr_step
-from ranking.ranker import Seed, collab_candidates, rank_candidates, score_candidates
+from ranking.ranker import collab_candidates, rank_candidates, score_candidates
+from ranking.recommender import seed_of
 from ranking.state import UserState, apply_event, event_weight
 from ranking.store import StoredItem
 
@@ -89,16 +93,12 @@ class StreamPath:
             self._packs[r] = hit
         return hit[1]
 
-    def _seed(self, item_id: str) -> Seed:
-        m = self.m
-        r = m.cs.index[item_id]
-        return Seed(
-            item_id,
-            m.cs.titles[r],
-            {"text": m.cs.vectors["text"][r]} if m.cs.present["text"][r] else {},
-            self._top(r),
-            float(m.cs.cf_count[r]),
-        )
+    def _seed_item(self, item_id: str) -> StoredItem:
+        """A seed as the store returns it: the item with its whole payload (``cf_top`` as the
+        JSON lists the item side writes); ``recommender.seed_of`` parses it, timed."""
+        it = self._item(self.m.cs.index[item_id])
+        top = [[i, w] for i, w in self._top(self.m.cs.index[item_id])]
+        return dataclasses.replace(it, payload={**it.payload, "cf_top": top})
 
     def _store_batch(self, st: UserState) -> list[int]:
         """Rows the store's batch query returns: similar, trending, fresh (exact exclusions)."""
@@ -124,7 +124,7 @@ class StreamPath:
         raw = orjson.dumps(st.to_dict())
         # -- vector-store round trip (not timed): seeds with payload, the candidate batch ----
         seed_ids = [s for s, _ in m.params_seeds(st)]
-        seeds = {s: self._seed(s) for s in seed_ids}
+        seeds = {s: self._seed_item(s) for s in seed_ids}
         batch = [self._item(r) for r in self._store_batch(st)]
         item = self._item(i)
         times = []
@@ -138,7 +138,7 @@ class StreamPath:
     def _timed(
         self,
         raw: bytes,
-        seeds: dict[str, Seed],
+        seed_items: dict[str, StoredItem],
         batch: list[StoredItem],
         item: StoredItem,
         ts: int,
@@ -148,6 +148,7 @@ class StreamPath:
         m = self.m
         t0 = time.perf_counter_ns()
         state = UserState.from_dict(orjson.loads(raw))
+        seeds = {i: seed_of(it) for i, it in seed_items.items()}
         want = collab_candidates(state.recent, seeds, state.excluded(), self.limit, m.params)
         t1 = time.perf_counter_ns()
         nbrs = [self._item(m.cs.index[x]) for x in want]  # store.get(want): not timed

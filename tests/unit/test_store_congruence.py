@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ranking.store import NO_TREND, ItemRecord, ItemStore, StoredItem
+from ranking.store import CANDIDATE_FIELDS, NO_TREND, ItemRecord, ItemStore, StoredItem
 from ranking.store_edge import EdgeStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -80,6 +80,8 @@ async def scenario(store: ItemStore) -> list[Any]:
         {"i01": {"cf": np.ones(4)}, "i02": {"cf": np.arange(4.0) + 1}, "gone": {"cf": np.ones(4)}}
     )
     await store.set_payload({"i03": {"genre": "jazz"}, "missing": {"genre": "x"}})
+    # what the item side publishes: the row (read for seeds only) and the count
+    await store.set_payload({"i06": {"cf_top": [["i07", 1.5]], "cf_count": 2.0}})
     await store.delete(["i04", "i05", "not-there"])
     # republished: content replaced; trend, cf vector and genre kept
     await store.upsert(records(["i01", "i02", "i03"], title="v2") + records(ids[20:25]))
@@ -88,6 +90,8 @@ async def scenario(store: ItemStore) -> list[Any]:
     seen.append(sorted(snap(it) for it in got.values()))
     lean = await store.get(["i01", "i04"], with_vectors=False)
     seen.append(sorted((i, it.vectors) for i, it in lean.items()))
+    picked = await store.get(["i06", "i07"], fields=CANDIDATE_FIELDS)
+    seen.append(sorted(snap(it) for it in picked.values()))
     q = {"text": VEC["i09"]["text"], "image": VEC["i10"]["image"], "audio": np.ones(3)}
     for units, exclude in (
         (q, {"i09", "i10", "i12"}),
@@ -113,7 +117,7 @@ def test_same_operations_same_results(tmp_path: Path) -> None:
 
     res = run_all(tmp_path, go)
     assert res["client"] == res["edge"]
-    count, items, lean, similar, cf_only, cold = res["edge"]
+    count, items, lean, picked, similar, cf_only, cold = res["edge"]
     assert count == 23
     by_id = {s[0]: s for s in items}
     assert "i04" not in by_id and "gone" not in by_id  # deleted / never there
@@ -121,6 +125,14 @@ def test_same_operations_same_results(tmp_path: Path) -> None:
     assert "cf" in dict(by_id["i02"][6]) and dict(by_id["i03"][7])["genre"] == "jazz"
     assert by_id["i00"][4] == NO_TREND  # never interacted with
     assert lean == [("i01", {})]
+    # Payload selection: the full get has i06's row; CANDIDATE_FIELDS leave it out (and
+    # unknown fields like genre), keeping the count; candidates never carry rows.
+    assert dict(by_id["i06"][7])["cf_top"] == [["i07", 1.5]]
+    assert [s[0] for s in picked] == ["i06", "i07"]
+    assert dict(picked[0][7])["cf_count"] == 2.0 and "cf_top" not in dict(picked[0][7])
+    assert all(set(dict(s[7])) <= set(CANDIDATE_FIELDS) for s in picked)
+    assert picked[0][6] == by_id["i06"][6]  # vectors still come
+    assert all("cf_top" not in dict(s[7]) for s in similar + cf_only + cold)
     assert len(similar) == 5 + 5 + 5 + 5  # text, image, trending, fresh; "audio" not stored
     assert not {s[0] for s in similar} & {"i09", "i10", "i12"}
     assert [s[0] for s in cf_only[:2]] == ["i01", "i02"] and len(cf_only) == 2 + 5 + 5
