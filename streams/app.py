@@ -18,7 +18,7 @@ from ranking.recommender import Recommender
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
 from streams.settings import Settings
-from streams.transport import RecstreamApp
+from streams.transport import RecstreamApp, SkipGuard, client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,19 @@ def build_app(
             await app.crash(exc)
             raise
 
+    guard = SkipGuard(app, client_kwargs(k))
+    app.skip_guard = guard
+
+    async def with_missed(event: faust.EventT) -> list[Msg]:
+        """The event's message, after any that Faust skipped before it (SkipGuard)."""
+        try:
+            missed = await guard.missed(event.message)
+        except Exception as exc:  # the broker is unreachable: stop un-acked, like a bug
+            log.exception("could not re-read messages Faust skipped; stopping the worker")
+            await app.crash(exc)
+            raise
+        return [*(_record_msg(r) for r in missed), _msg(event)]
+
     def bind(
         topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]
     ) -> None:
@@ -172,10 +185,12 @@ def build_app(
                 async for evs in stream.take_events(
                     settings.encoder.batch_size, within=max(settings.encoder.batch_ms, 1) / 1000
                 ):
-                    await guarded(fn([_msg(e) for e in evs]))
+                    msgs = [m for e in evs for m in await with_missed(e)]
+                    await guarded(fn(msgs))
             else:
                 async for ev in stream.events():
-                    await guarded(fn(_msg(ev)))
+                    for m in await with_missed(ev):
+                        await guarded(fn(m))
 
         agent.__name__ = agent.__qualname__ = name.replace("-", "_")
         app.agent(topic, name=name)(agent)
@@ -195,3 +210,8 @@ def build_app(
 def _msg(event: faust.EventT) -> Msg:
     m = event.message
     return Msg(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value)
+
+
+def _record_msg(r: Any) -> Msg:
+    """An aiokafka ConsumerRecord (re-read by SkipGuard) as a handler message."""
+    return Msg(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value)

@@ -235,7 +235,10 @@ class AppHarness:
             elif time.monotonic() > deadline:
                 why = f"timed out after {timeout} s waiting for {what}"
             if why is not None:
-                extra = f"; {detail()}" if detail is not None else ""
+                extra = ""
+                if detail is not None:
+                    got = detail()
+                    extra = "; " + str(await got if asyncio.iscoroutine(got) else got)
                 raise AssertionError(f"{why}{extra}\n{self.worker.diagnosis()}")
             await asyncio.sleep(0.05)
 

@@ -87,6 +87,42 @@ def missing(recs: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
     return f"{len(left)} of {len(events)} events unanswered, by user: {per_user}"
 
 
+async def explain_missing(
+    s: Any, recs: list[dict[str, Any]], events: list[dict[str, Any]], dead: list[dict[str, Any]]
+) -> str:
+    """missing(), plus where each unanswered event sits in user-events and whether an answer
+    to it is in the recommendations topic after all (read again from the start): tells a
+    worker that never answered from an answer the app's reader did not see."""
+    k = s.kafka
+    out = [missing(recs, events)]
+    answered = {r.get("trigger") for r in recs}
+    left = {e["event_id"] for e in events} - answered
+    if not left:
+        return out[0]
+    where = {
+        ev.get("event_id"): (p, o)
+        for p, o, ev in await read_events(k.bootstrap_servers, k.topic(k.events_topic))
+    }
+    in_topic: dict[str, list[tuple[int, int]]] = {}
+    for p, o, _, v in await read_topic(k.bootstrap_servers, k.topic(k.recommendations_topic)):
+        trig = orjson.loads(v or b"{}").get("trigger")
+        if trig in left:
+            in_topic.setdefault(trig, []).append((p, o))
+    for e in sorted(left):
+        p_o = where.get(e)
+        dl = [
+            f"{d['source_topic']}: {d['error']}"
+            for d in dead
+            if (d.get("partition"), d.get("offset")) == p_o
+        ]
+        out.append(
+            f"{e}: user-events (partition, offset) {p_o}, "
+            f"answers in recommendations (partition, offset) {in_topic.get(e, [])}, "
+            f"dead letters for it {dl}"
+        )
+    return "; ".join(out)
+
+
 def test_kill9_mid_stream_loses_and_doubles_nothing(
     make_worker, worker_env, catalog, tmp_path
 ) -> None:
@@ -145,7 +181,7 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
                 ),
                 timeout=180,
                 what="all events after restart",
-                detail=lambda: missing(app.recs, events),
+                detail=lambda: explain_missing(s, app.recs, events, app.dead),
             )
         # Every state in the changelog: complete and not double counted.
         changelog = f"{s.app_id}-users-changelog"
