@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 async def true_end_offsets(
-    bootstrap_servers: str, reported: Mapping[TopicPartition, int], timeout_s: float = 10.0
+    bootstrap_servers: str, reported: Mapping[TopicPartition, int], timeout_s: float = 60.0
 ) -> dict[TopicPartition, int]:
     """End offsets corrected for Tansu's ListOffsets defect.
 
@@ -34,7 +34,11 @@ async def true_end_offsets(
     batch + 1, so after a batch of n records it reports n - 1 too few (measured: records 0-7 in
     batches of 5 and 3 -> "end offset 6"). Faust's table recovery reads a changelog up to that
     offset and would silently drop the last batch's updates. A fetch from reported - 1 returns
-    that whole last batch, and the fetch response's high watermark is right (8 above)."""
+    that whole last batch, and the fetch response's high watermark is right (8 above).
+
+    ``timeout_s``: a kill -9 stress loop (15 restarts in 15 minutes, one Tansu in memory for
+    all of it) once needed more than the first 10 s here for two large item-stats changelog
+    partitions, and the worker stopped at recovery; a minute is cheap at a restart."""
     need = [tp for tp, end in reported.items() if end > 0]
     out = dict(reported)
     if not need:
