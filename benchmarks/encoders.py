@@ -2,7 +2,7 @@
 
     python -m benchmarks.encoders [--report OUT.json] [--seconds 3] [--batches 1 8 32]
                                   [--device cpu|cuda|all] [--modalities text image audio video]
-                                  [--use] [--threads N]
+                                  [--use] [--threads N] [--spin off|on|both]
 
 For each modality and model variant (fp32 always; int8 on CPU where the export kept one;
 fp16 on CUDA), batches of real inputs are encoded back to back for ``--seconds``; reported:
@@ -17,6 +17,10 @@ bytes of the scikit-image sample photos (decode + resize + crop + model: what an
 front end is reported separately as ``audio-frontend``), video = a 10 s 320x240 MP4 with sound,
 sampled at the default 1 fps (decode + frames + sound track + both models).
 
+``--spin both`` measures every model with onnxruntime's idle pool threads busy-waiting
+(``RECSTREAM_ENCODER_SPIN=true``) and without (the default): spinning trades CPU for latency, and
+on a shared 2-core machine the spinning threads take cores from everything else.
+
 The machine is printed and recorded (CPU model, cores, load average before and after: on a
 shared machine other work skews the figures; CPU ms per item is the steadier number).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
@@ -196,24 +201,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mel = np.concatenate([blocks(log_mel(c)) for c in clips])
     sources = {"text": "bundled catalog item texts", "image": photo_source, "audio": sound_source}
 
+    spin = False
+
     def record(
         modality: str, variant: str, device: str, provider: str, batch: int, m: dict
     ) -> None:
         row = {"modality": modality, "variant": variant, "device": device, "provider": provider}
-        row.update(batch=batch, **m)
+        row.update(batch=batch, spin=spin, **m)
         results.append(row)
         print(
-            f"{modality:15s} {variant:5s} {provider[:4]:5s} b={batch:<3d} "
+            f"{modality:15s} {variant:5s} {provider[:4]:5s} {'spin' if spin else '':4s} "
+            f"b={batch:<3d} "
             f"{m['items_per_s']:8.1f} items/s  {m['cpu_ms_per_item']:8.2f} CPU ms/item  "
             f"batch p50 {m['batch_p50_ms']:8.1f} ms",
             flush=True,
         )
 
+    spins = {"off": [False], "on": [True], "both": [False, True]}[args.spin]
     for device in devices:
         variants = ["fp32", "int8"] if device == "cpu" else ["fp16", "fp32"]
-        common = {"device": device, "intra_op_threads": args.threads}
-        for variant in variants:
-            opts = {**common, "int8": variant == "int8", "fp16": variant == "fp16"}
+        for variant, spin in itertools.product(variants, spins):  # ``record`` reads ``spin``
+            opts = {
+                "device": device,
+                "intra_op_threads": args.threads,
+                "spin": spin,
+                "int8": variant == "int8",
+                "fp16": variant == "fp16",
+            }
             if "text" in args.modalities:
                 enc = TextEncoder(root, **opts)
                 if enc.variant == variant or variant == "fp32":
@@ -226,31 +240,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             b,
                             measure(enc.encode, texts, b, args.seconds),
                         )
-            if "image" in args.modalities and variant != "int8":
+            # int8 image only where the export kept a file (its parity gate).
+            image_int8 = (root / "image-effnet-lite0" / INT8_FILE).is_file()
+            if "image" in args.modalities and (variant != "int8" or image_int8):
                 img = ImageEncoder(root, **opts)
-                pixels = [preprocess(j) for j in jpegs]
-                for b in args.batches:
-                    record(
-                        "image",
-                        img.variant,
-                        device,
-                        img.provider,
-                        b,
-                        measure(img.encode, jpegs, b, args.seconds),
-                    )
-                    record(
-                        "image-model",
-                        img.variant,
-                        device,
-                        img.provider,
-                        b,
-                        measure(
-                            lambda x, img=img: img.encode_pixels(np.stack(x)),
-                            pixels,
+                if img.variant == variant or variant == "fp32":
+                    pixels = [preprocess(j) for j in jpegs]
+                    for b in args.batches:
+                        record(
+                            "image",
+                            img.variant,
+                            device,
+                            img.provider,
                             b,
-                            args.seconds,
-                        ),
-                    )
+                            measure(img.encode, jpegs, b, args.seconds),
+                        )
+                        record(
+                            "image-model",
+                            img.variant,
+                            device,
+                            img.provider,
+                            b,
+                            measure(
+                                lambda x, img=img: img.encode_pixels(np.stack(x)),
+                                pixels,
+                                b,
+                                args.seconds,
+                            ),
+                        )
             if "audio" in args.modalities:
                 au = AudioEncoder(root, **opts)
                 if au.variant == variant or variant == "fp32" or variant == "fp16":
@@ -270,6 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
             if "video" in args.modalities and variant in ("fp32", "fp16"):
                 _video(args, root, opts, jpegs, clips, tmp, record, device)
+        spin = False
         if "audio" in args.modalities and device == "cpu":
             one_block = [c[: int(44100 * 2.32)] for c in clips]
             record(
@@ -324,6 +342,7 @@ def _video(args, root, opts, jpegs, clips, tmp, record, device) -> None:  # noqa
             device=device,
             intra_op_threads=args.threads,
             fp16=opts["fp16"],
+            spin=opts["spin"],
             modalities=["image", "audio"],
         ),
         MediaSettings(data_max_bytes=len(data) + 1),
@@ -353,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modalities", nargs="+", default=["text", "image", "audio", "video"])
     p.add_argument("--use", action="store_true", help="also the multilingual USE text model")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime)")
+    p.add_argument(
+        "--spin",
+        choices=["off", "on", "both"],
+        default="off",
+        help="busy-waiting onnxruntime pool threads (default off, as the worker)",
+    )
     p.add_argument("--model-dir", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -371,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_after": [round(x, 2) for x in load_after],
         "targets_items_per_s_cpu": TARGETS,
         "seconds_per_measurement": args.seconds,
+        "intra_op_threads": args.threads,
         "cuda_measured": any(r["provider"] == CUDA for r in out["results"]),
         **out,
     }

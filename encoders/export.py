@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -265,19 +266,26 @@ def quantize_int8(
     parity: Callable[[Path], float],
     op_types: Sequence[str] = ("MatMul",),
     calibration: tuple[str, np.ndarray] | None = None,
+    *,
+    exclude: Sequence[str] = (),
+    percentile: bool = False,
+    threshold: float = INT8_MIN_COSINE,
 ) -> dict[str, Any]:
     """Write model.int8.onnx beside model.onnx and measure it with ``parity(path)``, the lowest
     cosine against the source model on the parity inputs.
 
     Without ``calibration``: dynamic quantisation (per-channel int8 weights, activation ranges
     found per run), right for transformer MatMuls. With ``calibration`` (input name, a batch of
-    real inputs): static QDQ quantisation with activation ranges fixed from those inputs, which
-    onnxruntime runs as QLinearConv (AVX-512 VNNI / AVX2 kernels); dynamic ConvInteger was 4x
-    slower than fp32 on the aiSFX net, static 4x faster.
+    real inputs): static QDQ quantisation with activation ranges fixed from those inputs
+    (MinMax, or the 0.001-99.999 percentiles with ``percentile``), which onnxruntime runs as
+    QLinearConv (AVX-512 VNNI / AVX2 kernels); dynamic ConvInteger was 4x slower than fp32 on
+    the aiSFX net, static 4x faster. ``op_types`` must name the activation after each Conv
+    (Relu, Clip): the quantiser then folds it into the Conv's output range; left out, the Conv's
+    pre-activation output is quantised over its whole range (EfficientNet-Lite0: [-100, 100] for
+    a ReLU6 whose useful range is [0, 6]). ``exclude``: node names left in float.
 
     int8 is an opt-in speed/accuracy trade (``RECSTREAM_ENCODER_INT8``); the file is kept only
-    when its parity reaches INT8_MIN_COSINE (EfficientNet-Lite0 falls to ~0.2-0.5 either way
-    and is not kept). The measured parity is recorded either way."""
+    when its parity reaches ``threshold``. The measured parity is recorded either way."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -290,6 +298,7 @@ def quantize_int8(
                 out,
                 weight_type=q.QuantType.QInt8,
                 op_types_to_quantize=list(op_types),
+                nodes_to_exclude=list(exclude),
                 # Per-tensor weight scales lost too much (MiniLM min cosine 0.92 vs 0.976).
                 per_channel=True,
                 # Shape inference cannot type some traced intermediates; they are all float.
@@ -306,27 +315,34 @@ def quantize_int8(
                 def get_next(self) -> dict[str, np.ndarray] | None:
                     return next(feeds, None)
 
-            q.quantize_static(
-                str(pre),
-                str(out),
-                Reader(),
-                quant_format=q.QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                activation_type=q.QuantType.QUInt8,
-                weight_type=q.QuantType.QInt8,
-                calibrate_method=q.CalibrationMethod.MinMax,
-            )
+            # Percentile calibration prints its progress; the exporter's output is its summary.
+            with contextlib.redirect_stdout(io.StringIO()):
+                q.quantize_static(
+                    str(pre),
+                    str(out),
+                    Reader(),
+                    quant_format=q.QuantFormat.QDQ,
+                    op_types_to_quantize=list(op_types),
+                    per_channel=True,
+                    activation_type=q.QuantType.QUInt8,
+                    weight_type=q.QuantType.QInt8,
+                    nodes_to_exclude=list(exclude),
+                    calibrate_method=(
+                        q.CalibrationMethod.Percentile if percentile else q.CalibrationMethod.MinMax
+                    ),
+                )
             pre.unlink()
-            method = f"static QDQ (quantize_static), MinMax over {len(batch)} inputs"
+            ranges = "percentile" if percentile else "MinMax"
+            method = f"static QDQ (quantize_static), {ranges} over {len(batch)} inputs"
     cos = parity(out)
-    kept = cos >= INT8_MIN_COSINE
+    kept = cos >= threshold
     info = {
         "file": INT8_FILE if kept else None,
         "method": method,
         "op_types": list(op_types),
+        "excluded": list(exclude),
         "min_cosine": cos,
-        "threshold": INT8_MIN_COSINE,
+        "threshold": threshold,
         "sha256": _sha256(out) if kept else None,
     }
     if not kept:

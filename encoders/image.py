@@ -28,6 +28,12 @@ RESIZE = 256
 # is not a media item we want to spend a second of CPU decoding.
 MAX_PIXELS = 64_000_000
 MAX_RUN = 64  # images per session run
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale (in the DCT domain) only down to 1.5x the resize
+# target, so the bilinear filter still does the last step. Decoding right down to 256 let
+# libjpeg do the whole reduction of a 512x512 photo, and its vector moved to cosine 0.975 from
+# a full decode's; with 384, 31 of 32 test JPEGs (scikit-image photos, 300 px to 7000 px) stay
+# >= 0.998 and the worst is 0.988, at the same cost on the benchmark's photos.
+DRAFT_MIN = RESIZE * 3 // 2
 
 # What encode() accepts: encoded bytes (JPEG, PNG, WebP, GIF...), a Pillow image, or an
 # H x W x 3 uint8 RGB array (a decoded video frame).
@@ -49,7 +55,7 @@ def decode_image(data: bytes) -> Image.Image:
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(f"image is {width}x{height}, over {MAX_PIXELS} pixels")
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: most of the decode cost saved.
-        img.draft("RGB", (RESIZE, RESIZE))
+        img.draft("RGB", (DRAFT_MIN, DRAFT_MIN))
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGBA").convert("RGB") if "A" in img.mode else img.convert("RGB")
@@ -79,10 +85,15 @@ def preprocess(image: ImageInput) -> np.ndarray:
         raise ImageDecodeError("image has no pixels")
     scale = RESIZE / min(width, height)
     new_w, new_h = max(SIZE, round(width * scale)), max(SIZE, round(height * scale))
-    # reducing_gap: Pillow first shrinks by an integer factor (cheap box filter), then resamples.
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (new_w - SIZE) // 2, (new_h - SIZE) // 2
-    crop = image.crop((left, top, left + SIZE, top + SIZE))
+    # Resize-then-crop, computed for the crop only: ``box`` is the crop's area in source pixels,
+    # so Pillow resamples 224x224 output pixels instead of the whole short-side-256 picture
+    # (about half the resize cost) with the same filter positions and weights (pixels equal to
+    # the full resize's crop, a few levels apart where reducing_gap pre-shrinks a big picture).
+    # reducing_gap: Pillow first shrinks by an integer factor (cheap box filter), then resamples.
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + SIZE) * sx, (top + SIZE) * sy)
+    crop = image.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
     return np.asarray(crop, dtype=np.uint8)
 
 

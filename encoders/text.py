@@ -25,6 +25,11 @@ MAX_POSITIONS = 512
 # titles are not padded to the longest description: attention and every MatMul cost grow
 # with the padded length. A run ends when padding would exceed this fraction of its tokens.
 MAX_PADDING_FRACTION = 0.25
+# A run also ends before its padded size (rows x longest) passes this many tokens: a run's
+# activations then stay within this CPU's per-core L2 (1 MiB here; the FFN's are 1536 floats
+# a token). Measured single-thread, 32 catalog texts of 46 tokens: int8 7.4 -> 5.2 ms CPU per
+# item, fp32 17.6 -> 13.1; batches of 8 unchanged.
+MAX_RUN_TOKENS = 512
 
 
 class TextEncoder(OnnxEncoder):
@@ -32,9 +37,9 @@ class TextEncoder(OnnxEncoder):
 
     ``model_dir`` is the model cache root (``EncoderSettings.model_dir``); the model is exported
     there on first use (in a subprocess, see ``encoders.cache.ensure_text_model``). Inputs
-    longer than ``max_tokens`` tokens are truncated; a batch is padded to its longest input.
-    A batch is sorted by length and run in a few padded runs (texts of similar length
-    together); padding is masked, so a text's vector does not depend on its batch (fp32).
+    longer than ``max_tokens`` tokens are truncated. A batch is sorted by length and run in
+    padded runs of texts of similar length, at most MAX_RUN_TOKENS each; padding is masked, so
+    a text's vector does not depend on its batch (fp32).
     ``int8`` (CPU only): the dynamically quantised file, about 2.5x cheaper on this project's
     2-core CPU; its vectors differ slightly from fp32 and a little with batch composition
     (parity recorded in export.json). ``fp16`` (CUDA only): a float16 copy of the model.
@@ -135,14 +140,16 @@ class TextEncoder(OnnxEncoder):
 
 
 def _length_runs(sorted_lengths: np.ndarray) -> list[slice]:
-    """Cut ascending lengths into runs whose padding stays under MAX_PADDING_FRACTION."""
+    """Cut ascending lengths into runs whose padding stays under MAX_PADDING_FRACTION and whose
+    padded size stays within MAX_RUN_TOKENS (a longer text runs alone)."""
     runs: list[slice] = []
     start = 0
     for end in range(1, len(sorted_lengths) + 1):
         if end < len(sorted_lengths):
             width = int(sorted_lengths[end])
+            padded = width * (end + 1 - start)
             tokens = int(sorted_lengths[start : end + 1].sum())
-            if width * (end + 1 - start) - tokens <= MAX_PADDING_FRACTION * tokens:
+            if padded - tokens <= MAX_PADDING_FRACTION * tokens and padded <= MAX_RUN_TOKENS:
                 continue
         runs.append(slice(start, end))
         start = end

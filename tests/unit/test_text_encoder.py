@@ -99,6 +99,24 @@ def test_batch_equals_one_at_a_time(encoder: TextEncoder) -> None:
     np.testing.assert_allclose(batch, singles, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "lengths",
+    [[46] * 32, [3, 5, 9, 20, 46, 47, 60, 128], [300, 2, 2], list(range(1, 100, 7)), [7]],
+)
+def test_length_runs_bound_padding_and_size(lengths: list[int]) -> None:
+    from encoders.text import MAX_PADDING_FRACTION, MAX_RUN_TOKENS, _length_runs
+
+    sorted_lengths = np.sort(np.array(lengths))
+    runs = _length_runs(sorted_lengths)
+    # Every text exactly once, in order.
+    assert [i for run in runs for i in range(run.start, run.stop)] == list(range(len(lengths)))
+    for run in runs:
+        rows = sorted_lengths[run]
+        padded = int(rows.max()) * len(rows)
+        assert len(rows) == 1 or padded <= MAX_RUN_TOKENS  # a longer text runs alone
+        assert padded - int(rows.sum()) <= MAX_PADDING_FRACTION * int(rows.sum())
+
+
 def test_empty_batch(encoder: TextEncoder) -> None:
     vectors = encoder.encode([])
     assert vectors.shape == (0, DIM)
