@@ -161,48 +161,54 @@ async def read_range(
 
 
 class SkipGuard:
-    """Re-reads what Faust skipped when it resumed a partition.
+    """Re-reads what Faust skipped: every message a partition's stream did not deliver.
 
-    Measured (tests/integration/test_restart.py, a kill -9 stress loop on Tansu): after a
+    Measured (a kill -9 stress loop on Tansu, tests/integration/test_restart.py): after a
     restart, Faust 0.15.3 seeks each stream partition to its committed offset C when table
-    recovery ends, yet the first message it delivers can be C + 2 or C + 3: the records in
-    between were drained from aiokafka and never delivered (a race between the resume and the
-    fetcher's batch). Faust's gap logic then counts the hole as acknowledged and commits past
-    it, so those events would never be processed by anyone. This guard checks the first
-    message of each partition after every assignment against the committed offset Faust
-    seeked to, re-reads the skipped range with a consumer outside the group, and hands those
-    messages to the handler first, in order. Redelivered events are harmless (handlers are
-    idempotent per partition offset)."""
+    recovery ends, yet it sometimes delivers C + 1 .. C + 3 first, or C and C + 1 and then
+    C + 6: records in between were drained from aiokafka and never delivered (two fetch
+    positions racing around the resume). Faust's gap logic then counts the hole as acknowledged
+    and commits past it, so those events would never be processed by anyone.
+
+    The guard follows each partition's offsets within a consumer generation: the first
+    message is compared with the committed offset Faust seeked to, every later one with the
+    previous message + 1. A hole is re-read by a consumer outside the group and handed to the
+    handler first, in order. Redelivered messages are harmless (handlers are idempotent per
+    partition offset). A log with real holes (compaction, transaction markers) costs one
+    re-read per hole that finds nothing."""
 
     def __init__(self, app: faust.App, kafka_kwargs: Mapping[str, Any]) -> None:
         self.app = app
         self.kwargs = dict(kafka_kwargs)
-        self._checked: dict[Any, int] = {}  # tp -> consumer generation it was checked in
+        self._generation: dict[Any, int] = {}  # tp -> consumer generation it is followed in
+        self._next: dict[Any, int | None] = {}  # tp -> the offset expected next
         self.repaired = 0  # messages re-read (for tests and logs)
 
     async def missed(self, message: Any) -> list[Any]:
         """Records before ``message`` (same partition) that Faust skipped, oldest first."""
         tp = message.tp
         generation = self.app.consumer_generation_id
-        if self._checked.get(tp) == generation:
-            return []
-        self._checked[tp] = generation
-        # Set by Faust's seek to the committed offsets (Consumer.perform_seek) when the
-        # partition was assigned: where this partition's stream was to resume.
-        committed = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
-        if committed is None or message.offset <= committed:
+        if self._generation.get(tp) != generation:
+            self._generation[tp] = generation
+            # Set by Faust's seek to the committed offsets (Consumer.perform_seek) when the
+            # partition was assigned: where this partition's stream was to resume.
+            expected = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+        else:
+            expected = self._next.get(tp)
+        self._next[tp] = max(expected or 0, message.offset + 1)
+        if expected is None or message.offset <= expected:
             return []
         records = await read_range(
-            self.kwargs, TopicPartition(tp.topic, tp.partition), committed, message.offset
+            self.kwargs, TopicPartition(tp.topic, tp.partition), expected, message.offset
         )
         if records:
             self.repaired += len(records)
             log.warning(
-                "Faust resumed %s at offset %d but delivered %d first: re-reading %d skipped "
+                "Faust delivered %s offset %d where %d was next: re-reading %d skipped "
                 "record(s) before it",
                 tp,
-                committed,
                 message.offset,
+                expected,
                 len(records),
             )
         return records
