@@ -68,14 +68,17 @@ class CandidateSet:
         uniq: dict[str, object] = {}
         for it in items:
             uniq.setdefault(it.item_id, it)  # type: ignore[attr-defined]
-        rows: list = list(uniq.values())
+        rows: list = list(uniq.values())  # StoredItem-like
         ids = list(uniq)
         n = len(rows)
         vectors, present = {}, {}
         for m, d in dims.items():
             mat = np.zeros((n, d), dtype=np.float32)
-            got = [(r, v) for r, it in enumerate(rows) if (v := it.vectors.get(m)) is not None]
-            got = [(r, v) for r, v in got if len(v) == d]
+            got = [
+                (r, v)
+                for r, it in enumerate(rows)
+                if (v := it.vectors.get(m)) is not None and len(v) == d
+            ]
             if got:
                 mat[[r for r, _ in got]] = np.stack([v for _, v in got])
             # One vectorised normalisation: this runs per request on the stream's hot path.
@@ -85,8 +88,10 @@ class CandidateSet:
             vectors[m], present[m] = mat, has
         counts = cf_counts or {}
         # The candidates' own rows, already as Bloom positions (collab.pack_row/unpack_row).
-        found = [(r, row) for r, i in enumerate(ids) if (row := (cf_rows or {}).get(i)) is not None]
-        found = [(r, row) for r, row in found if len(row[1])]
+        own = cf_rows or {}
+        found = [
+            (r, row) for r, i in enumerate(ids) if (row := own.get(i)) is not None and len(row[1])
+        ]
         if found:
             lengths = [len(row[1]) for _, row in found]
             owner = np.repeat(np.asarray([r for r, _ in found], dtype=np.int64), lengths)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking import seen as bloom
+from ranking.memo import BoundedMemo
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,9 @@ def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] |
     pos = np.frombuffer(base64.b64decode(p), dtype="<u2").reshape(-1, bloom.N_HASHES)
     wts = np.frombuffer(base64.b64decode(w), dtype="<f4")
     out = (pos, wts) if len(pos) == len(wts) else None
-    if len(_ROWS) >= MAX_MEMO_ROWS:
-        _ROWS.clear()
-    _ROWS[key] = out
-    return out  # read-only arrays, shared by every request that reads this row
+    return _ROWS.put(key, out)  # read-only arrays, shared by every request reading this row
 
 
-# (cf_pos, cf_w) -> decoded row. Emptied when it reaches MAX_MEMO_ROWS (~1.5 KB each at
-# top_n 100: ~30 MB).
-MAX_MEMO_ROWS = 20_000
-_ROWS: dict[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = {}
+# (cf_pos, cf_w) -> decoded row; ~1.5 KB each at top_n 100, emptied at 20,000 (~30 MB).
+_ROWS: BoundedMemo[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = BoundedMemo(20_000)
 _MISSING = object()

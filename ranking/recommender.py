@@ -22,6 +22,7 @@ import numpy as np
 
 from ranking.candidates import CandidateSet
 from ranking.collab import unpack_row
+from ranking.memo import BoundedMemo
 from ranking.ranker import (
     RankedItem,
     Scored,
@@ -56,9 +57,7 @@ def seed_of(item: StoredItem) -> Seed:
         ids = [i for i, _ in top]
         hit = (top, (ids, np.fromiter((x for _, x in top), np.float64, len(top))))
         if key is not None:
-            if len(_TOPS) >= MAX_MEMO_TOPS:
-                _TOPS.clear()
-            _TOPS[key] = hit
+            _TOPS.put(key, hit)
     return Seed(
         item_id=item.item_id,
         title=item.title,
@@ -69,10 +68,10 @@ def seed_of(item: StoredItem) -> Seed:
     )
 
 
-# (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights)); emptied when full (~10 KB each).
-MAX_MEMO_TOPS = 5_000
-_TOPS: dict[tuple[str, str, str], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]]
-_TOPS = {}
+# (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights)); ~10 KB each, emptied at 5,000.
+_TOPS: BoundedMemo[
+    tuple[str, str, str], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]
+] = BoundedMemo(5_000)
 
 
 @dataclass

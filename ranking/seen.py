@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ranking.memo import BoundedMemo
+
 N_HASHES = 4
 
 
@@ -30,24 +32,21 @@ def positions_matrix(item_ids: Sequence[str], n_bits: int) -> np.ndarray:
     per candidate set on the stream's hot path)."""
     if not item_ids:
         return np.zeros((0, N_HASHES), dtype=np.int64)
-    if len(_DIGESTS) > _MAX_MEMO:
-        _DIGESTS.clear()
     raw = b"".join(map(_digest, item_ids))
     words = np.frombuffer(raw, dtype="<u4").reshape(len(item_ids), N_HASHES)
     return (words % np.uint32(n_bits)).astype(np.int64)
 
 
 # Digests of ids seen lately: candidate sets repeat the same popular items request after
-# request. A plain dict, emptied when it grows past _MAX_MEMO entries (about 8 MB).
-_DIGESTS: dict[str, bytes] = {}
-_MAX_MEMO = 100_000
+# request. Emptied at 100,000 entries (about 8 MB).
+_DIGESTS: BoundedMemo[str, bytes] = BoundedMemo(100_000)
 
 
 def _digest(item_id: str) -> bytes:
     d = _DIGESTS.get(item_id)
     if d is None:
         d = hashlib.blake2b(item_id.encode(), digest_size=4 * N_HASHES).digest()
-        _DIGESTS[item_id] = d
+        _DIGESTS.put(item_id, d)
     return d
 
 

@@ -165,7 +165,6 @@ def build_app(
             raise
 
     guard = SkipGuard(app, client_kwargs(k))
-    app.skip_guard = guard
 
     async def with_missed(event: faust.EventT) -> list[Msg]:
         """The event's message, after any that Faust skipped before it (SkipGuard)."""

@@ -112,7 +112,6 @@ class RecstreamApp(faust.App):
 
     fetch_max_wait_ms: int | None = None
     tansu_bootstrap: str | None = None  # set when the broker is Tansu
-    skip_guard: SkipGuard | None = None  # set by build_app
 
     def _new_transport(self) -> Any:
         cls = transport_class(self.fetch_max_wait_ms, self.tansu_bootstrap)

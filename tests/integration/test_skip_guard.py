@@ -1,9 +1,10 @@
 """SkipGuard (streams/transport.py): what Faust's stream skipped is re-read.
 
 The skip itself is a race inside Faust (seen in a kill -9 stress loop: after recovery it
-delivered C+1..C+3 first, or C, C+1 and then C+6, and committed past the hole). The race cannot be triggered on demand, so this test gives the guard the state Faust
-leaves (generation, committed offset) and a real topic on the broker, and checks what it
-hands the handler: exactly the skipped records, in order, at the resume and later.
+delivered C+1..C+3 first, or C, C+1 and then C+6, and committed past the hole). The race
+cannot be triggered on demand, so this test gives the guard the state Faust leaves
+(generation, committed offset) and a real topic on the broker, and checks what it hands the
+handler: exactly the skipped records, in order, at the resume and later.
 """
 
 from __future__ import annotations
