@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,11 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
     return w / w.sum()
 
 
-async def _build(path: Path, n: int, seed: int, dims: dict[str, int]) -> None:
+async def _build(
+    path: Path, n: int, seed: int, dims: dict[str, int], on_disk: Sequence[str]
+) -> None:
     now = time.time_ns() // 1_000_000
-    store = EdgeStore.open(str(path), COLLECTION, dims, build_threads=0)
+    store = EdgeStore.open(str(path), COLLECTION, dims, build_threads=0, on_disk_vectors=on_disk)
     recs = synthetic_records(n, seed, now)
     for i in range(0, n, 2000):
         await store.upsert(recs[i : i + 2000])
@@ -71,15 +74,24 @@ async def _build(path: Path, n: int, seed: int, dims: dict[str, int]) -> None:
 
 
 async def prepared_store(
-    cache: Path, n: int, seed: int, dest: Path, dims: dict[str, int], backend: str = "edge"
+    cache: Path,
+    n: int,
+    seed: int,
+    dest: Path,
+    dims: dict[str, int],
+    backend: str = "edge",
+    on_disk: Sequence[str] = (),
 ) -> Path:
-    """A store folder at ``dest`` holding the catalog (built once into ``cache``)."""
-    src = cache / f"catalog-{backend}-{n}-{seed}"
+    """A store folder at ``dest`` holding the catalog (built once into ``cache``), with the
+    worker's storage settings (``on_disk``: memory-mapped vectors, as the worker's
+    RECSTREAM_QDRANT_ON_DISK_VECTORS says)."""
+    disk = "-disk-" + "-".join(sorted(on_disk)) if on_disk else ""
+    src = cache / f"catalog-{backend}-{n}-{seed}{disk}"
     if not (src / "done").exists():
         shutil.rmtree(src, ignore_errors=True)
         print(f"building the synthetic catalog ({n} items) in {src} ...", flush=True)
         if backend == "edge":
-            await _build(src, n, seed, dims)
+            await _build(src, n, seed, dims, on_disk)
         else:
             await _build_client(src, n, seed, dims)
         (src / "done").write_text("ok")

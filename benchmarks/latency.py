@@ -181,7 +181,10 @@ async def _worker_run(
     run_dir = work / f"rate-{rate}"
     if not settings.qdrant.url:
         dims = dict(MODALITY_DIMS)
-        await catalog.prepared_store(cache, args.items, args.seed, run_dir / "store", dims, backend)
+        await catalog.prepared_store(
+            cache, args.items, args.seed, run_dir / "store", dims, backend,
+            settings.qdrant.on_disk_vectors if backend == "edge" else (),
+        )  # fmt: skip
     env = _env(settings, prefix, run_dir)
     proc = await start_worker(env, run_dir / "worker.log")
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic

@@ -89,6 +89,19 @@ class StoredItem:
             payload=p,
         )
 
+    def scored(self, score: float | None) -> StoredItem:
+        """This item with a similarity score (a cached view reused for one query's answer)."""
+        new = object.__new__(StoredItem)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["score"] = score
+        return new
+
+    def with_vectors(self, vectors: dict[str, np.ndarray]) -> StoredItem:
+        new = object.__new__(StoredItem)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["vectors"] = vectors
+        return new
+
     @classmethod
     def from_point(cls, point: Any) -> StoredItem:
         return cls.from_parts(point.payload, point.vector, getattr(point, "score", None))
@@ -166,7 +179,8 @@ class ItemStore(abc.ABC):
     ) -> ItemStore:
         """``url`` set: a Qdrant server via qdrant-client. Else embedded at ``location`` (a
         folder or ":memory:"): the edge engine (``backend`` auto/edge) or qdrant-client's local
-        mode (``backend="client"``). ``edge_options``: see EdgeStore."""
+        mode (``backend="client"``). ``edge_options``: see EdgeStore (``on_disk_vectors`` applies
+        to both backends)."""
         if url or backend == "client":
             from ranking.store_client import QdrantStore
 
@@ -177,6 +191,7 @@ class ItemStore(abc.ABC):
                 collection=collection,
                 dims=dims,
                 timeout_s=timeout_s,
+                on_disk_vectors=edge_options.get("on_disk_vectors", ()),
             )
         from ranking.store_edge import EdgeStore
 

@@ -34,10 +34,17 @@ def _exclude_filter(exclude: Iterable[str]) -> models.Filter | None:
 
 
 class QdrantStore(ItemStore):
-    def __init__(self, client: AsyncQdrantClient, collection: str, dims: Mapping[str, int]):
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection: str,
+        dims: Mapping[str, int],
+        on_disk_vectors: Sequence[str] = (),
+    ):
         self.client = client
         self.collection = collection
         self.dims = dict(dims)
+        self.on_disk_vectors = tuple(on_disk_vectors)  # applied when the collection is created
 
     @classmethod
     def connect(
@@ -49,6 +56,7 @@ class QdrantStore(ItemStore):
         collection: str,
         dims: Mapping[str, int],
         timeout_s: float = 10.0,
+        on_disk_vectors: Sequence[str] = (),
     ) -> QdrantStore:
         if url:
             client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
@@ -56,7 +64,7 @@ class QdrantStore(ItemStore):
             client = AsyncQdrantClient(location=":memory:")
         else:
             client = AsyncQdrantClient(path=location)
-        return cls(client, collection, dims)
+        return cls(client, collection, dims, on_disk_vectors)
 
     async def ensure_collection(self) -> None:
         if await self.client.collection_exists(self.collection):
@@ -72,7 +80,11 @@ class QdrantStore(ItemStore):
         await self.client.create_collection(
             self.collection,
             vectors_config={
-                m: models.VectorParams(size=d, distance=models.Distance.COSINE)
+                m: models.VectorParams(
+                    size=d,
+                    distance=models.Distance.COSINE,
+                    on_disk=(m in self.on_disk_vectors) or None,
+                )
                 for m, d in self.dims.items()
             },
         )

@@ -43,6 +43,7 @@ from ranking.store import (
 )
 
 log = logging.getLogger(__name__)
+_VIEW_FIELDS = frozenset(CANDIDATE_FIELDS)
 _INDEXES = {"trend": qe.PayloadSchemaType.Float, "published_at": qe.PayloadSchemaType.Integer}
 
 
@@ -52,8 +53,24 @@ def _hnsw(m: int, ef_construct: int, threads: int) -> qe.HnswIndexConfig:
     )
 
 
-def _vector_params(dims: Mapping[str, int]) -> dict[str, qe.EdgeVectorParams]:
-    return {m: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine) for m, d in dims.items()}
+def _vector_params(
+    dims: Mapping[str, int], on_disk: Iterable[str] = ()
+) -> dict[str, qe.EdgeVectorParams]:
+    """Cosine vectors; those named in ``on_disk`` are memory-mapped (read when a search or a
+    retrieve touches them; the kernel may drop the pages) instead of held in RAM."""
+    disk = set(on_disk)
+    return {
+        m: qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine, on_disk=m in disk or None)
+        for m, d in dims.items()
+    }
+
+
+def _narrowed(item: StoredItem, fields: Sequence[str]) -> StoredItem:
+    """A cached view with only ``fields`` of its payload (what the engine would return)."""
+    if len(fields) == len(_VIEW_FIELDS) and set(fields) == _VIEW_FIELDS:
+        return item
+    new = StoredItem.from_parts({k: v for k, v in item.payload.items() if k in fields}, None)
+    return new.with_vectors(item.vectors)
 
 
 def _stored_dims(path: Path) -> dict[str, int]:
@@ -78,6 +95,7 @@ class EdgeStore(ItemStore):
         search_threads: int | None = None,
         check_interval_s: float = 5.0,
         cache_items: int = 20_000,
+        on_disk_vectors: Iterable[str] = (),
     ):
         self.root = root
         self.dims = dict(dims)
@@ -88,7 +106,15 @@ class EdgeStore(ItemStore):
         self.build_threads = build_threads
         self.check_interval_s = check_interval_s
         self.cache_items = cache_items
-        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self.on_disk_vectors = tuple(on_disk_vectors)
+        # Candidate views (CANDIDATE_FIELDS payload + vectors) by point id. This process is the
+        # shard's only writer and every write drops the entries it touches, so a cached view
+        # is always what the engine would return.
+        self._cache: OrderedDict[str, StoredItem] = OrderedDict()
+        # Trending and fresh lists (ids in order, longer than asked), valid until the next write;
+        # with how many the engine was asked for (a shorter answer is the whole catalog).
+        self._ordered: dict[str, list[str]] = {}
+        self._ordered_len: dict[str, int] = {}
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self._search_threads = search_threads
         self._lock = asyncio.Lock()  # writers vs the generation copy; reads never wait
@@ -112,7 +138,7 @@ class EdgeStore(ItemStore):
     # -- generations ---------------------------------------------------------------------------
     def _config(self, dims: Mapping[str, int]) -> qe.EdgeConfig:
         return qe.EdgeConfig(
-            vectors=_vector_params(dims),
+            vectors=_vector_params(dims, self.on_disk_vectors),
             hnsw_config=_hnsw(*self.hnsw, self.build_threads),
             payload_memory=qe.Memory.Cached,
             max_search_threads=self._search_threads,
@@ -175,6 +201,7 @@ class EdgeStore(ItemStore):
             self._build_proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ranking.store_edge", "build", str(new_path),
                 str(self.build_threads), str(self.hnsw[0]), str(self.hnsw[1]),
+                ",".join(self.on_disk_vectors),
             )  # fmt: skip
             if await self._build_proc.wait() != 0:
                 raise RuntimeError(f"index build exited with {self._build_proc.returncode}")
@@ -211,8 +238,9 @@ class EdgeStore(ItemStore):
     async def _apply(
         self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0, ids: Iterable[str] = ()
     ) -> None:
-        for pid in ids:  # vectors may change: forget the cached copy
+        for pid in ids:  # the item changes: forget its cached view
             self._cache.pop(pid, None)
+        self._ordered.clear()  # any write may change trending or fresh
         async with self._lock:
             for op in ops:
                 self.shard.update(op)
@@ -268,7 +296,7 @@ class EdgeStore(ItemStore):
             for i, p in payloads.items()
         ]
         if ops:
-            await self._apply(ops)
+            await self._apply(ops, 0, [point_id(i) for i in payloads])
 
     # -- reads (synchronous engine calls: ~0.1-3 ms, cheaper than a thread hop) ---------------
     def _retrieve(
@@ -290,17 +318,28 @@ class EdgeStore(ItemStore):
     ) -> dict[str, StoredItem]:
         if not with_vectors:
             return self._retrieve(item_ids, False, fields)
-        # Vectors through the cache (as for candidates): converting the engine's float lists
-        # for the seeds and neighbours of every request cost more than the lookup itself.
         ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
+        if fields is not None and set(fields) <= _VIEW_FIELDS:
+            views = self._views(ids)  # candidate views: no engine call for cached items
+            got = (views.get(pid) for pid in ids)
+            return {it.item_id: _narrowed(it, fields) for it in got if it is not None}
+        # The whole payload (seeds' cf_top rows) from the engine, vectors through the cache:
+        # converting the engine's float lists for every request cost more than the lookup.
         records = self.shard.retrieve(ids, list(fields) if fields else True, False)
-        vectors = self._vectors({str(r.id) for r in records})
-        items = (StoredItem.from_parts(r.payload, vectors.get(str(r.id))) for r in records)
+        views = self._views([str(r.id) for r in records])
+        items = (
+            StoredItem.from_parts(r.payload, None).with_vectors(views[str(r.id)].vectors)
+            if str(r.id) in views
+            else StoredItem.from_parts(r.payload, None)
+            for r in records
+        )
         return {it.item_id: it for it in items}
 
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
     ) -> list[StoredItem]:
+        """Nearest items per modality (the engine, exclusions in its filter), then trending and
+        fresh: the first ``limit`` of a shared list not in ``exclude`` (see :meth:`_top`)."""
         ids = {point_id(i) for i in exclude}
         flt = qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None  # type: ignore[arg-type]
         queries = [
@@ -310,47 +349,72 @@ class EdgeStore(ItemStore):
                 filter=flt,
                 params=self._params,
                 with_vector=False,
-                with_payload=list(CANDIDATE_FIELDS),
+                with_payload=False,
             )
             for m, v in units.items()
             if m in self.dims
         ]
-        n_vec = len(queries)
-        queries += [
-            qe.QueryRequest(
-                limit=limit,
-                query=qe.OrderBy(key, qe.Direction.Desc),
-                filter=flt,
-                with_vector=False,
-                with_payload=list(CANDIDATE_FIELDS),
-            )
-            for key in ORDER_KEYS
-        ]
-        results = self.shard.query_batch(qe.QueryBatchRequest(queries))
-        vectors = self._vectors({str(p.id) for points in results for p in points})
-        return [
-            StoredItem.from_parts(p.payload, vectors.get(str(p.id)), p.score if n < n_vec else None)
-            for n, points in enumerate(results)
+        nearest = self.shard.query_batch(qe.QueryBatchRequest(queries)) if queries else []
+        ordered = [self._top(key, limit, ids) for key in ORDER_KEYS]
+        pids = {str(p.id) for points in nearest for p in points}
+        pids.update(pid for top in ordered for pid in top)
+        views = self._views(pids)
+        out = [
+            views[str(p.id)].scored(p.score)
+            for points in nearest
             for p in points
+            if str(p.id) in views
         ]
+        out.extend(views[pid] for top in ordered for pid in top if pid in views)
+        return out
 
-    def _vectors(self, pids: set[str]) -> dict[str, dict[str, np.ndarray]]:
-        """Vectors by point id, from the cache or one retrieve for the misses. Turning the
-        engine's float lists into arrays was a quarter of the worker's CPU per event; item
-        vectors rarely change (writes drop their entries), so each is converted once."""
+    def _top(self, key: str, limit: int, excluded: set[str]) -> list[str]:
+        """The first ``limit`` point ids by ``key`` (descending) that are not ``excluded``.
+
+        Every user asks the engine the same order with their own exclusions; the unfiltered
+        list is read once instead, ``limit + len(excluded)`` long (at most that many entries
+        can be excluded from it), kept until the next write, and filtered here: the result is
+        the engine's filtered answer, at one engine call per write instead of one per event."""
+        need = limit + len(excluded)
+        top = self._ordered.get(key)
+        if top is None or (len(top) < need and len(top) >= self._ordered_len.get(key, 0)):
+            n = max(need, 2 * limit + 64)
+            got = self.shard.query(
+                qe.QueryRequest(
+                    limit=n,
+                    query=qe.OrderBy(key, qe.Direction.Desc),
+                    with_vector=False,
+                    with_payload=False,
+                )
+            )
+            top = self._ordered[key] = [str(p.id) for p in got]
+            self._ordered_len[key] = n
+        out = []
+        for pid in top:
+            if pid not in excluded:
+                out.append(pid)
+                if len(out) == limit:
+                    break
+        return out
+
+    def _views(self, pids: Iterable[str]) -> dict[str, StoredItem]:
+        """Candidate views (CANDIDATE_FIELDS payload + vectors) by point id: from the cache, or
+        one retrieve for the misses. Converting the engine's payloads and float lists was most
+        of the worker's store cost per event (profiled, 100k items); an item's view changes
+        only when it is written, and writes drop it (see ``_apply``)."""
         cache = self._cache
         out = {}
+        missing: list[Any] = []
         for pid in pids:
-            v = cache.get(pid)
-            if v is not None:
+            it = cache.get(pid)
+            if it is None:
+                missing.append(pid)
+            else:
                 cache.move_to_end(pid)
-                out[pid] = v
-        missing: list[Any] = [pid for pid in pids if pid not in out]
+                out[pid] = it
         if missing:
-            for r in self.shard.retrieve(missing, False, True):
-                vec = r.vector if isinstance(r.vector, dict) else {}
-                arrays = {m: np.asarray(x, dtype=np.float32) for m, x in vec.items()}
-                out[str(r.id)] = cache[str(r.id)] = arrays
+            for r in self.shard.retrieve(missing, list(CANDIDATE_FIELDS), True):
+                out[str(r.id)] = cache[str(r.id)] = StoredItem.from_parts(r.payload, r.vector)
             while len(cache) > self.cache_items:
                 cache.popitem(last=False)
         return out
@@ -382,14 +446,14 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-def _build(path: str, threads: int, m: int, ef_construct: int) -> None:
+def _build(path: str, threads: int, m: int, ef_construct: int, on_disk: Sequence[str]) -> None:
     """The child process: build the HNSW index of the shard at ``path`` (GIL held meanwhile)."""
     try:
         os.nice(10)  # the stream comes first
     except OSError:
         pass
     _die_with_parent()
-    vectors = _vector_params(_stored_dims(Path(path)))
+    vectors = _vector_params(_stored_dims(Path(path)), on_disk)
     shard = qe.EdgeShard.load(
         path, qe.EdgeConfig(vectors, hnsw_config=_hnsw(m, ef_construct, threads))
     )
@@ -399,6 +463,7 @@ def _build(path: str, threads: int, m: int, ef_construct: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 6 or sys.argv[1] != "build":
-        sys.exit("usage: python -m ranking.store_edge build DIR THREADS M EF_CONSTRUCT")
-    _build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    if len(sys.argv) != 7 or sys.argv[1] != "build":
+        sys.exit("usage: python -m ranking.store_edge build DIR THREADS M EF_CONSTRUCT ON_DISK")
+    on_disk = [m for m in sys.argv[6].split(",") if m]
+    _build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), on_disk)

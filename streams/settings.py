@@ -80,9 +80,15 @@ class QdrantSettings(BaseSettings):
     edge_reindex_fraction: float = Field(default=0.2, ge=0)
     edge_hnsw_m: int = Field(default=16, ge=4)
     edge_hnsw_ef_construct: int = Field(default=100, ge=4)
-    edge_hnsw_ef: int | None = None  # search-time ef; None: the engine's default
+    # Search-time ef (edge). 64: recall@40 0.995 against exact search on the benchmark's 100k
+    # catalog, 0.87 ms a query instead of 1.24 at the engine's default (100).
+    edge_hnsw_ef: int | None = Field(default=64, ge=1)  # None: the engine's default
     edge_build_threads: int = Field(default=1, ge=0)  # 0: all cores
     edge_search_threads: int | None = Field(default=1, ge=1)  # None: one per core
+    # Named vectors kept on disk (memory-mapped) rather than in RAM, for new collections (and,
+    # edge, from the next index build). Dense storage reserves room for every point, so 100k
+    # items cost 489 MB of image and 196 MB of audio vectors even where items have none.
+    on_disk_vectors: list[str] = Field(default_factory=lambda: ["image", "audio"])
 
     def edge_options(self) -> dict[str, object]:
         """Keyword arguments for ranking.store_edge.EdgeStore."""
@@ -94,6 +100,7 @@ class QdrantSettings(BaseSettings):
             "hnsw_ef": self.edge_hnsw_ef,
             "build_threads": self.edge_build_threads,
             "search_threads": self.edge_search_threads,
+            "on_disk_vectors": list(self.on_disk_vectors),
         }
 
 

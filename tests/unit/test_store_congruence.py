@@ -192,3 +192,79 @@ def test_index_build_in_background_loses_no_write(tmp_path: Path) -> None:
     assert got == want == again
     assert gen == 1
     assert [p.name for p in (tmp_path / "c.edge").glob("gen-*")] == ["gen-000001"]
+
+
+async def interleaved(store: ItemStore) -> list[Any]:
+    """Reads between writes: what a store keeps between calls (the edge store's cached views
+    and trending/fresh lists) must never outlive a write."""
+    seen: list[Any] = []
+    await store.ensure_collection()
+    ids = sorted(VEC)
+    await store.upsert(records(ids[:12]))
+    await store.set_trends({i: float(n + 1) for n, i in enumerate(ids[:12])})
+    q = {"text": VEC["i04"]["text"]}
+
+    async def look() -> None:
+        out = await store.candidates(q, exclude={"i11"}, limit=3)
+        picked = await store.get(["i02", "i03", "i05"], fields=CANDIDATE_FIELDS)
+        full = await store.get(["i03"])
+        seen.append(
+            (
+                [snap(it) for it in out],
+                sorted(snap(it) for it in picked.values()),
+                sorted(snap(it) for it in full.values()),
+            )
+        )
+
+    await look()
+    await store.set_payload({"i02": {"trend": 99.0, "cf_count": 5.0}})  # i02 now trends first
+    await look()
+    await store.upsert(records(["i03"], title="v2"))  # new content for i03
+    await look()
+    await store.update_vectors({"i05": {"cf": np.arange(4.0) + 2}})
+    await look()
+    await store.delete(["i02"])  # gone from every list
+    await look()
+    await store.upsert(records([ids[20]], title="new"))  # newest item: fresh list changes
+    await store.set_trends({ids[20]: 500.0})
+    await look()
+    return seen
+
+
+def test_reads_between_writes_see_every_write(tmp_path: Path) -> None:
+    async def go(backend: str, location: str) -> list[Any]:
+        store = open_store(backend, location)
+        try:
+            return await interleaved(store)
+        finally:
+            await store.close()
+
+    res = run_all(tmp_path, go)
+    assert res["client"] == res["edge"]
+    views = res["edge"]
+    trending = [[s[0] for s in cands[3:6]] for cands, _, _ in views]
+    assert trending[0] == ["i10", "i09", "i08"]  # i11 (trend 12) excluded
+    assert trending[1] == ["i02", "i10", "i09"]
+    assert "i02" not in trending[4] and trending[5][0] == "i20"
+    assert dict(views[1][1][0][7])["cf_count"] == 5.0  # the picked view of i02 saw the write
+    assert views[2][2][0][1] == "v2-i03" and views[1][2][0][1] == "t-i03"
+    assert "cf" in dict(views[3][1][2][6])  # i05's derived vector
+    assert [s[0] for s in views[4][1]] == ["i03", "i05"]
+
+
+def test_vectors_on_disk_answer_alike(tmp_path: Path) -> None:
+    """Memory-mapped vectors (RECSTREAM_QDRANT_ON_DISK_VECTORS) change where vectors live,
+    not what any read returns; the setting is kept in the shard's config."""
+
+    async def go(on_disk: list[str], location: str) -> list[Any]:
+        store = EdgeStore.open(location, "c", DIMS, on_disk_vectors=on_disk)
+        try:
+            return await scenario(store) + await interleaved(store)
+        finally:
+            await store.close()
+
+    in_ram = asyncio.run(go([], str(tmp_path / "ram")))
+    on_disk = asyncio.run(go(["image", "cf"], str(tmp_path / "disk")))
+    assert in_ram == on_disk
+    cfg = (tmp_path / "disk" / "c.edge" / "gen-000000" / "edge_config.json").read_text()
+    assert '"on_disk":true' in cfg.replace(" ", "")
