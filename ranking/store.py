@@ -23,6 +23,7 @@ ordering by the current decayed popularity, and ``pop_now = exp(trend - now * ln
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,7 +47,14 @@ Backend = Literal["auto", "edge", "client"]
 
 def point_id(item_id: str) -> str:
     """Qdrant point ids are UUIDs or integers; item ids are free strings."""
-    return str(uuid.uuid5(_ID_NAMESPACE, item_id))
+    return str(point_uuid(item_id))
+
+
+@functools.lru_cache(maxsize=65_536)
+def point_uuid(item_id: str) -> uuid.UUID:
+    """``point_id`` as the UUID object the engine returns (hashing one is cheaper than
+    formatting it; the same seeds and exclusions come back event after event)."""
+    return uuid.uuid5(_ID_NAMESPACE, item_id)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from ranking.store import (
     content_payload,
     content_vectors,
     point_id,
+    point_uuid,
     unit_list,
 )
 
@@ -94,7 +96,7 @@ class EdgeStore(ItemStore):
         build_threads: int = 1,
         search_threads: int | None = None,
         check_interval_s: float = 5.0,
-        cache_items: int = 20_000,
+        cache_items: int = 50_000,
         on_disk_vectors: Iterable[str] = (),
     ):
         self.root = root
@@ -107,13 +109,13 @@ class EdgeStore(ItemStore):
         self.check_interval_s = check_interval_s
         self.cache_items = cache_items
         self.on_disk_vectors = tuple(on_disk_vectors)
-        # Candidate views (CANDIDATE_FIELDS payload + vectors) by point id. This process is the
-        # shard's only writer and every write drops the entries it touches, so a cached view
-        # is always what the engine would return.
-        self._cache: OrderedDict[str, StoredItem] = OrderedDict()
+        # Candidate views (CANDIDATE_FIELDS payload + vectors) by point id (UUID objects, as
+        # the engine returns them). This process is the shard's only writer and every write
+        # drops the entries it touches, so a cached view is always what the engine would return.
+        self._cache: OrderedDict[uuid.UUID, StoredItem] = OrderedDict()
         # Trending and fresh lists (ids in order, longer than asked), valid until the next write;
         # with how many the engine was asked for (a shorter answer is the whole catalog).
-        self._ordered: dict[str, list[str]] = {}
+        self._ordered: dict[str, list[uuid.UUID]] = {}
         self._ordered_len: dict[str, int] = {}
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self._search_threads = search_threads
@@ -239,7 +241,7 @@ class EdgeStore(ItemStore):
         self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0, ids: Iterable[str] = ()
     ) -> None:
         for pid in ids:  # the item changes: forget its cached view
-            self._cache.pop(pid, None)
+            self._cache.pop(uuid.UUID(pid), None)
         self._ordered.clear()  # any write may change trending or fresh
         async with self._lock:
             for op in ops:
@@ -318,20 +320,21 @@ class EdgeStore(ItemStore):
     ) -> dict[str, StoredItem]:
         if not with_vectors:
             return self._retrieve(item_ids, False, fields)
-        ids: list[Any] = [point_id(i) for i in dict.fromkeys(item_ids)]
+        ids: list[Any] = [point_uuid(i) for i in dict.fromkeys(item_ids)]
         if fields is not None and set(fields) <= _VIEW_FIELDS:
             views = self._views(ids)  # candidate views: no engine call for cached items
             got = (views.get(pid) for pid in ids)
             return {it.item_id: _narrowed(it, fields) for it in got if it is not None}
         # The whole payload (seeds' cf_top rows) from the engine, vectors through the cache:
         # converting the engine's float lists for every request cost more than the lookup.
-        records = self.shard.retrieve(ids, list(fields) if fields else True, False)
-        views = self._views([str(r.id) for r in records])
+        got = self.shard.retrieve(ids, list(fields) if fields else True, False)
+        records = [(r.id, r.payload) for r in got]
+        views = self._views([pid for pid, _ in records])
         items = (
-            StoredItem.from_parts(r.payload, None).with_vectors(views[str(r.id)].vectors)
-            if str(r.id) in views
-            else StoredItem.from_parts(r.payload, None)
-            for r in records
+            StoredItem.from_parts(payload, None).with_vectors(views[pid].vectors)
+            if pid in views
+            else StoredItem.from_parts(payload, None)
+            for pid, payload in records
         )
         return {it.item_id: it for it in items}
 
@@ -340,7 +343,7 @@ class EdgeStore(ItemStore):
     ) -> list[StoredItem]:
         """Nearest items per modality (the engine, exclusions in its filter), then trending and
         fresh: the first ``limit`` of a shared list not in ``exclude`` (see :meth:`_top`)."""
-        ids = {point_id(i) for i in exclude}
+        ids = {point_uuid(i) for i in exclude}
         flt = qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None  # type: ignore[arg-type]
         queries = [
             qe.QueryRequest(
@@ -354,21 +357,15 @@ class EdgeStore(ItemStore):
             for m, v in units.items()
             if m in self.dims
         ]
-        nearest = self.shard.query_batch(qe.QueryBatchRequest(queries)) if queries else []
-        ordered = [self._top(key, limit, ids) for key in ORDER_KEYS]
-        pids = {str(p.id) for points in nearest for p in points}
-        pids.update(pid for top in ordered for pid in top)
-        views = self._views(pids)
-        out = [
-            views[str(p.id)].scored(p.score)
-            for points in nearest
-            for p in points
-            if str(p.id) in views
-        ]
-        out.extend(views[pid] for top in ordered for pid in top if pid in views)
+        results = self.shard.query_batch(qe.QueryBatchRequest(queries)) if queries else []
+        nearest = [(p.id, p.score) for points in results for p in points]  # .id builds a UUID
+        ordered = [pid for key in ORDER_KEYS for pid in self._top(key, limit, ids)]
+        views = self._views({*(pid for pid, _ in nearest), *ordered})
+        out = [views[pid].scored(score) for pid, score in nearest if pid in views]
+        out.extend(views[pid] for pid in ordered if pid in views)
         return out
 
-    def _top(self, key: str, limit: int, excluded: set[str]) -> list[str]:
+    def _top(self, key: str, limit: int, excluded: set[uuid.UUID]) -> list[uuid.UUID]:
         """The first ``limit`` point ids by ``key`` (descending) that are not ``excluded``.
 
         Every user asks the engine the same order with their own exclusions; the unfiltered
@@ -387,7 +384,7 @@ class EdgeStore(ItemStore):
                     with_payload=False,
                 )
             )
-            top = self._ordered[key] = [str(p.id) for p in got]
+            top = self._ordered[key] = [p.id for p in got]
             self._ordered_len[key] = n
         out = []
         for pid in top:
@@ -397,7 +394,7 @@ class EdgeStore(ItemStore):
                     break
         return out
 
-    def _views(self, pids: Iterable[str]) -> dict[str, StoredItem]:
+    def _views(self, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StoredItem]:
         """Candidate views (CANDIDATE_FIELDS payload + vectors) by point id: from the cache, or
         one retrieve for the misses. Converting the engine's payloads and float lists was most
         of the worker's store cost per event (profiled, 100k items); an item's view changes
@@ -414,7 +411,8 @@ class EdgeStore(ItemStore):
                 out[pid] = it
         if missing:
             for r in self.shard.retrieve(missing, list(CANDIDATE_FIELDS), True):
-                out[str(r.id)] = cache[str(r.id)] = StoredItem.from_parts(r.payload, r.vector)
+                pid = r.id
+                out[pid] = cache[pid] = StoredItem.from_parts(r.payload, r.vector)
             while len(cache) > self.cache_items:
                 cache.popitem(last=False)
         return out
