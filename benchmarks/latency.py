@@ -32,7 +32,15 @@ from typing import Any
 import orjson
 
 from benchmarks import catalog
-from benchmarks.load import LoadResult, Procs, drive, start_relay, start_worker, stop
+from benchmarks.load import (
+    LoadResult,
+    Procs,
+    drive,
+    publish_items,
+    start_relay,
+    start_worker,
+    stop,
+)
 from ranking.store import MODALITY_DIMS
 from streams import broker as brokers
 from streams.settings import EncoderSettings, Settings
@@ -64,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["text", "image"],
         default="text",
         help="ingestion items: text only, or text + a JPEG each (file://)",
+    )
+    p.add_argument(
+        "--catalog",
+        choices=["synthetic", "ml-100k"],
+        default="synthetic",
+        help="synthetic: --items random vectors written into the store; ml-100k: MovieLens-100k's "
+        "1,682 films published to the content topic and encoded by the worker (real MiniLM "
+        "vectors), and its 100,000 ratings replayed in time order as the events",
     )
     p.add_argument("--no-relay", action="store_true", help="skip the bare relay runs")
     p.add_argument("--workdir", type=Path, help="run folder (default: a temporary one)")
@@ -113,8 +129,20 @@ async def _run(args: argparse.Namespace) -> int:
         "store": settings.qdrant.url or f"embedded ({backend})",
         "catalog": f"{args.items} synthetic items (random 384-d text vectors around 64 topics)",
         "users": args.users,
+        "events": f"users uniform over {args.users}, items Zipf(0.8), types mixed",
         "seconds": args.seconds,
     }
+    args.replay = None
+    if args.catalog == "ml-100k" and args.rate:
+        from ranking.evaluate.data import load_ml100k
+
+        args.replay = load_ml100k()
+        report["catalog"] = (
+            f"MovieLens-100k: {args.replay.n_items} films (title, year, genres) published to the "
+            "content topic and encoded by the worker (real text vectors)"
+        )
+        report["users"] = args.replay.n_users
+        report["events"] = "MovieLens-100k ratings replayed in time order (view, value = rating/5)"
     try:
         for rate in args.rate:
             print(f"== {rate} events/s for {args.seconds:.0f} s", flush=True)
@@ -179,7 +207,7 @@ async def _worker_run(
     k = settings.kafka
     prefix = f"rs{tag}."
     run_dir = work / f"rate-{rate}"
-    if not settings.qdrant.url:
+    if not settings.qdrant.url and args.replay is None:
         dims = dict(MODALITY_DIMS)
         await catalog.prepared_store(
             cache, args.items, args.seed, run_dir / "store", dims, backend,
@@ -189,6 +217,8 @@ async def _worker_run(
     proc = await start_worker(env, run_dir / "worker.log")
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
     try:
+        if args.replay is not None:
+            await publish_items(settings, flavor, proc, prefix, args.replay)
         res: LoadResult = await drive(
             settings, Procs(proc, env), events, recs, rate, args, flavor, "recstream",
             requests_topic=prefix + k.requests_topic, spy_svg=args.profile,

@@ -152,7 +152,22 @@ async def drive(
                     res.latencies_ms.append((got - t) * 1000)
                     res.last_answer_s = got - t0
 
+    replay = getattr(args, "replay", None)
+    played = 0
+
     def event(seq: str, now_ms: int) -> tuple[bytes, bytes]:
+        nonlocal played
+        ev: dict[str, Any]
+        if replay is not None:  # the next real interaction, in time order (then from the top)
+            j = played % len(replay)
+            played += 1
+            user = f"ml-user-{replay.user_ids[replay.user[j]]}"
+            item = f"ml-{replay.item_ids[replay.item[j]]}"
+            ev = {"user_id": user, "item_id": item, "type": replay.etype[j], "ts": now_ms,
+                  "event_id": seq}  # fmt: skip
+            if not np.isnan(replay.value[j]):
+                ev["value"] = float(replay.value[j])
+            return user.encode(), orjson.dumps(ev)
         user = f"user-{int(rng.integers(args.users)):06d}"
         item = item_id(int(rng.choice(n_items, p=pop)))
         typ = TYPES[int(rng.choice(len(TYPES), p=TYPE_P))]
@@ -220,6 +235,41 @@ async def drive(
         await consumer.stop()
         await producer.stop()
     return res
+
+
+async def publish_items(
+    settings: Settings, flavor: str, proc: asyncio.subprocess.Process, prefix: str, data: Any
+) -> None:
+    """Publish a dataset's items (``ranking.evaluate.data.Interactions``: title, tags) to the
+    worker's content topic and wait until every one is indexed: a catalog of real encoded
+    items, built by the worker's own content path."""
+    k = settings.kafka
+    bootstrap = settings.kafka.bootstrap_servers
+    consumer = await _consumer(bootstrap, prefix + k.indexed_topic, flavor, proc)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        want = set()
+        for n, iid in enumerate(data.item_ids):
+            item = {"item_id": f"ml-{iid}", "title": data.item_title[n] or iid,
+                    "tags": list(data.item_tags[n])}  # fmt: skip
+            want.add(item["item_id"])
+            await producer.send(prefix + k.content_topic, orjson.dumps(item),
+                                key=item["item_id"].encode())  # fmt: skip
+        await producer.flush()
+        deadline = time.monotonic() + 600
+        while want:
+            if time.monotonic() > deadline or proc.returncode is not None:
+                raise RuntimeError(f"{len(want)} items never indexed (exit {proc.returncode})")
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                for m in msgs:
+                    want.discard(orjson.loads(m.value).get("item_id"))
+        print(f"  {len(data.item_ids)} items encoded and indexed by the worker in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
+    finally:
+        await consumer.stop()
+        await producer.stop()
 
 
 def _sample(res: LoadResult, ps: psutil.Process, el: float, answered: set[str]) -> None:

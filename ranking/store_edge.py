@@ -113,6 +113,9 @@ class EdgeStore(ItemStore):
         # the engine returns them). This process is the shard's only writer and every write
         # drops the entries it touches, so a cached view is always what the engine would return.
         self._cache: OrderedDict[uuid.UUID, StoredItem] = OrderedDict()
+        # Whole items (with ``cf_top``, ~15 KB as Python objects), for seeds; same rule.
+        self._full: OrderedDict[uuid.UUID, StoredItem] = OrderedDict()
+        self.full_cache_items = max(cache_items // 10, 0)
         # Trending and fresh lists (ids in order, longer than asked), valid until the next write;
         # with how many the engine was asked for (a shorter answer is the whole catalog).
         self._ordered: dict[str, list[uuid.UUID]] = {}
@@ -240,8 +243,10 @@ class EdgeStore(ItemStore):
     async def _apply(
         self, ops: Sequence[qe.UpdateOperation], unindexed: int = 0, ids: Iterable[str] = ()
     ) -> None:
-        for pid in ids:  # the item changes: forget its cached view
-            self._cache.pop(uuid.UUID(pid), None)
+        for pid in ids:  # the item changes: forget its cached copies
+            key = uuid.UUID(pid)
+            self._cache.pop(key, None)
+            self._full.pop(key, None)
         self._ordered.clear()  # any write may change trending or fresh
         async with self._lock:
             for op in ops:
@@ -325,18 +330,21 @@ class EdgeStore(ItemStore):
             views = self._views(ids)  # candidate views: no engine call for cached items
             got = (views.get(pid) for pid in ids)
             return {it.item_id: _narrowed(it, fields) for it in got if it is not None}
-        # The whole payload (seeds' cf_top rows) from the engine, vectors through the cache:
-        # converting the engine's float lists for every request cost more than the lookup.
-        got = self.shard.retrieve(ids, list(fields) if fields else True, False)
-        records = [(r.id, r.payload) for r in got]
-        views = self._views([pid for pid, _ in records])
-        items = (
-            StoredItem.from_parts(payload, None).with_vectors(views[pid].vectors)
-            if pid in views
-            else StoredItem.from_parts(payload, None)
-            for pid, payload in records
-        )
-        return {it.item_id: it for it in items}
+        if fields is not None:  # other selections, rare: straight from the engine
+            got = self.shard.retrieve(ids, list(fields), False)
+            records = [(r.id, r.payload) for r in got]
+            views = self._views([pid for pid, _ in records])
+            return {
+                it.item_id: it
+                for it in (
+                    StoredItem.from_parts(p, None).with_vectors(views[pid].vectors)
+                    if pid in views
+                    else StoredItem.from_parts(p, None)
+                    for pid, p in records
+                )
+            }
+        full = self._full_items(ids)  # the seeds: whole payload (their cf_top rows) + vectors
+        return {it.item_id: it for it in (full.get(pid) for pid in ids) if it is not None}
 
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
@@ -392,6 +400,32 @@ class EdgeStore(ItemStore):
                 out.append(pid)
                 if len(out) == limit:
                     break
+        return out
+
+    def _full_items(self, pids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredItem]:
+        """Whole items (every payload field, vectors) by point id, from a smaller cache of their
+        own: users' recent items, read as seeds event after event, carry 100-pair ``cf_top``
+        rows whose conversion from the engine cost more than the rest of the lookup."""
+        cache = self._full
+        out = {}
+        missing: list[Any] = []
+        for pid in pids:
+            it = cache.get(pid)
+            if it is None:
+                missing.append(pid)
+            else:
+                cache.move_to_end(pid)
+                out[pid] = it
+        if missing:
+            records = [(r.id, r.payload) for r in self.shard.retrieve(missing, True, False)]
+            views = self._views([pid for pid, _ in records])
+            for pid, payload in records:
+                it = StoredItem.from_parts(payload, None)
+                if pid in views:
+                    it = it.with_vectors(views[pid].vectors)
+                out[pid] = cache[pid] = it
+            while len(cache) > self.full_cache_items:
+                cache.popitem(last=False)
         return out
 
     def _views(self, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StoredItem]:
