@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -90,6 +91,11 @@ def run_worker(settings: Settings) -> None:
         app, handlers = build_app(
             settings, flavor=flavor, store=store, content_encoder=content_encoder
         )
+        # What exists now (modules, the encoders' and store's Python side, the app) lives as
+        # long as the process: move it out of the cyclic collector's reach, or every full
+        # collection walks all of it (measured: 0.1-0.5 s pauses mid-stream, the p99).
+        gc.collect()
+        gc.freeze()
         worker = faust.Worker(
             app, loop=loop, loglevel=settings.log_level, quiet=True, override_logging=False
         )
