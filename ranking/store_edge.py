@@ -23,7 +23,7 @@ import sys
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,30 @@ def _narrowed(item: StoredItem, fields: Sequence[str]) -> StoredItem:
         return item
     new = StoredItem.from_parts({k: v for k, v in item.payload.items() if k in fields}, None)
     return new.with_vectors(item.vectors)
+
+
+def _cached(
+    cache: OrderedDict[uuid.UUID, StoredItem],
+    size: int,
+    pids: Iterable[uuid.UUID],
+    load: Callable[[list[Any]], Iterable[tuple[uuid.UUID, StoredItem]]],
+) -> dict[uuid.UUID, StoredItem]:
+    """LRU lookup: hits from ``cache``, the misses through one ``load`` call, kept to ``size``."""
+    out = {}
+    missing: list[Any] = []
+    for pid in pids:
+        it = cache.get(pid)
+        if it is None:
+            missing.append(pid)
+        else:
+            cache.move_to_end(pid)
+            out[pid] = it
+    if missing:
+        for pid, it in load(missing):
+            out[pid] = cache[pid] = it
+        while len(cache) > size:
+            cache.popitem(last=False)
+    return out
 
 
 def _stored_dims(path: Path) -> dict[str, int]:
@@ -406,50 +430,27 @@ class EdgeStore(ItemStore):
         """Whole items (every payload field, vectors) by point id, from a smaller cache of their
         own: users' recent items, read as seeds event after event, carry 100-pair ``cf_top``
         rows whose conversion from the engine cost more than the rest of the lookup."""
-        cache = self._full
-        out = {}
-        missing: list[Any] = []
-        for pid in pids:
-            it = cache.get(pid)
-            if it is None:
-                missing.append(pid)
-            else:
-                cache.move_to_end(pid)
-                out[pid] = it
-        if missing:
+
+        def load(missing: list[Any]) -> Iterable[tuple[uuid.UUID, StoredItem]]:
             records = [(r.id, r.payload) for r in self.shard.retrieve(missing, True, False)]
             views = self._views([pid for pid, _ in records])
             for pid, payload in records:
                 it = StoredItem.from_parts(payload, None)
-                if pid in views:
-                    it = it.with_vectors(views[pid].vectors)
-                out[pid] = cache[pid] = it
-            while len(cache) > self.full_cache_items:
-                cache.popitem(last=False)
-        return out
+                yield pid, it.with_vectors(views[pid].vectors) if pid in views else it
+
+        return _cached(self._full, self.full_cache_items, pids, load)
 
     def _views(self, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StoredItem]:
         """Candidate views (CANDIDATE_FIELDS payload + vectors) by point id: from the cache, or
         one retrieve for the misses. Converting the engine's payloads and float lists was most
         of the worker's store cost per event (profiled, 100k items); an item's view changes
         only when it is written, and writes drop it (see ``_apply``)."""
-        cache = self._cache
-        out = {}
-        missing: list[Any] = []
-        for pid in pids:
-            it = cache.get(pid)
-            if it is None:
-                missing.append(pid)
-            else:
-                cache.move_to_end(pid)
-                out[pid] = it
-        if missing:
+
+        def load(missing: list[Any]) -> Iterable[tuple[uuid.UUID, StoredItem]]:
             for r in self.shard.retrieve(missing, list(CANDIDATE_FIELDS), True):
-                pid = r.id
-                out[pid] = cache[pid] = StoredItem.from_parts(r.payload, r.vector)
-            while len(cache) > self.cache_items:
-                cache.popitem(last=False)
-        return out
+                yield r.id, StoredItem.from_parts(r.payload, r.vector)
+
+        return _cached(self._cache, self.cache_items, pids, load)
 
     async def count(self) -> int:
         return self.shard.count(qe.CountRequest(exact=True))
