@@ -2,7 +2,7 @@
 of ranking/: everything it decides is done by the pure functions of ranking/ranker.py, the same
 ones `recstream evaluate` replays.
 
-Per call, two store round trips run concurrently after the seeds are known:
+Per call, two store reads after the seeds are known (overlapped where the store is a server):
   seeds       the user's recent positive items (``recency_weights``), with vectors and payload:
               their ``cf_top`` rows (co-occurrence, published by the item side) and titles
   candidates  one batch: nearest items to the long-term interest per modality, trending, fresh,
@@ -116,10 +116,13 @@ class Recommender:
         limit = k * self.candidate_factor
         exclude = state.excluded()
         want = collab_candidates(state.recent, seeds, exclude, limit, self.params)
-        batch, nbrs = await asyncio.gather(
-            self.store.candidates(interest_units(state.interest), exclude=exclude, limit=limit),
-            self.store.get(want, fields=CANDIDATE_FIELDS) if want else _no_items(),
-        )
+        units = interest_units(state.interest)
+        similar = self.store.candidates(units, exclude=exclude, limit=limit)
+        neighbours = self.store.get(want, fields=CANDIDATE_FIELDS) if want else _no_items()
+        if self.store.concurrent_reads:
+            batch, nbrs = await asyncio.gather(similar, neighbours)
+        else:
+            batch, nbrs = await similar, await neighbours
         items = [*extra, *batch, *nbrs.values()]
         counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}
         rows = {}  # each candidate's own published row, for the "history" feature

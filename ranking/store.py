@@ -172,6 +172,9 @@ class ItemStore(abc.ABC):
     """Async access to the item catalog. ``dims`` maps vector name -> size (cosine)."""
 
     dims: dict[str, int]
+    # True where calls wait on a network (a server): callers then overlap independent reads.
+    # The embedded engine answers synchronously, and a task per read only costs.
+    concurrent_reads: bool = True
 
     @staticmethod
     def connect(

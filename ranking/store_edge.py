@@ -106,6 +106,8 @@ def _stored_dims(path: Path) -> dict[str, int]:
 
 
 class EdgeStore(ItemStore):
+    concurrent_reads = False  # in-process engine calls: nothing to overlap
+
     def __init__(
         self,
         root: Path,
