@@ -17,8 +17,10 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from ranking.candidates import CandidateSet
 from ranking.collab import unpack_row
@@ -44,20 +46,26 @@ def now_ms() -> int:
 
 def seed_of(item: StoredItem) -> Seed:
     """A fetched recent item as a Seed. Its ``cf_top`` row (100 [id, weight] pairs) is parsed
-    once per published version: the item side writes ``cf_top``, ``cf_pos`` and ``cf_w``
-    together from one row (streams/agents.py flush_item_stats), so the packed strings
-    identify the version, and users read the same popular rows event after event."""
+    once per published version. The item side publishes it as compact JSON text (converting
+    nested lists into the engine's payload cost ~1.2 ms an item; see flush_item_stats), and the
+    text identifies the version; rows published as lists (older payloads) are keyed by the
+    packed ``cf_pos``/``cf_w`` strings written with them."""
     p = item.payload
     raw = p.get("cf_top") or ()
-    pos, w = p.get("cf_pos"), p.get("cf_w")
-    key = (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
-    hit = _TOPS.get(key) if key is not None else None
-    if hit is None or len(hit[0]) != len(raw):
-        top = [(str(i), float(x)) for i, x in raw]
-        ids = [i for i, _ in top]
-        hit = (top, (ids, np.fromiter((x for _, x in top), np.float64, len(top))))
-        if key is not None:
+    if isinstance(raw, str):
+        key: tuple[str, ...] | None = (item.item_id, raw)
+        hit = _TOPS.get(key)
+        if hit is None:
+            hit = _parsed(orjson.loads(raw))
             _TOPS.put(key, hit)
+    else:
+        pos, w = p.get("cf_pos"), p.get("cf_w")
+        key = (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
+        hit = _TOPS.get(key) if key is not None else None
+        if hit is None or len(hit[0]) != len(raw):
+            hit = _parsed(raw)
+            if key is not None:
+                _TOPS.put(key, hit)
     return Seed(
         item_id=item.item_id,
         title=item.title,
@@ -68,9 +76,16 @@ def seed_of(item: StoredItem) -> Seed:
     )
 
 
-# (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights)); ~10 KB each, emptied at 5,000.
+def _parsed(raw: Any) -> tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]:
+    top = [(str(i), float(x)) for i, x in raw]
+    ids = [i for i, _ in top]
+    return top, (ids, np.fromiter((x for _, x in top), np.float64, len(top)))
+
+
+# (item id, cf_top text) or (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights));
+# ~10-13 KB each, emptied at 5,000.
 _TOPS: BoundedMemo[
-    tuple[str, str, str], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]
+    tuple[str, ...], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]
 ] = BoundedMemo(5_000)
 
 
