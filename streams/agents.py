@@ -397,7 +397,8 @@ class Handlers:
             payloads[i] = {
                 "trend": v["t"],
                 "cf_count": v["c"],
-                "cf_top": [[nb, round(x, 6)] for nb, x in top],
+                # compact JSON text: the engine converts nested lists at ~1.2 ms an item
+                "cf_top": orjson.dumps([[nb, round(x, 6)] for nb, x in top]).decode(),
                 **pack_row(top, bits),
             }
         await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")
