@@ -12,13 +12,24 @@ Pair weights: the new item j and each recent item r (newest last), at distance d
 from the end: r -> j (j followed r: what to show after r) weighs ``decay ** (d - 1)``, and
 j -> r weighs ``backward`` times that (co-occurrence without order). Only positive events make
 pairs: a skip is not "people who watched X also watched".
+
+Whole-history signal ("history" in ranking/ranker.py): ranking sums a candidate's own row over
+the neighbours the user took. Each entry is weighed there by ``w / count(neighbour) **
+history_alpha`` (a cosine-like normalisation: a neighbour everybody takes says little about a
+user's taste). The item side does not know its neighbours' counts; the user side does (the
+event's item and the user's seeds are fetched with their ``cf_count``), so each pair carries
+the count of its neighbour as the user side read it (``cooc_records``), the item side keeps the
+latest one per neighbour (``known_counts_after``) and publishes the normalised weights
+(``history_weights``) as the packed row's ``cf_w``. A pair without a count (a record written
+before counts were carried, or a neighbour the user side did not fetch) keeps the count the
+row already knew; a neighbour with no known count is not normalised (count 1).
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +44,8 @@ class CoocParams:
     backward: float = 0.5  # weight of j -> r relative to r -> j
     max_row: int = 400  # entries kept per item row on the item side
     top_n: int = 100  # neighbours published per item (vector store payload)
+    # published history weight of an entry: w / count(neighbour) ** history_alpha
+    history_alpha: float = 0.0
 
 
 def cooc_pairs(
@@ -55,6 +68,25 @@ def cooc_pairs(
         if params.backward > 0:
             out.append((item_id, r, params.backward * pw))
     return out
+
+
+def cooc_records(
+    recent: Sequence[tuple[str, float]],
+    item_id: str,
+    w: float,
+    params: CoocParams,
+    counts: Mapping[str, float] | None = None,
+) -> dict[str, list[tuple[str, float, float | None]]]:
+    """User side: ``cooc_pairs`` grouped by the row they update (one item-activity record per
+    row item), each as (neighbour, weight, the neighbour's count as in ``counts``, None when
+    the caller did not fetch it). The event's own item always has a row (possibly empty): its
+    record carries its interaction."""
+    counts = counts or {}
+    rows: dict[str, list[tuple[str, float, float | None]]] = {item_id: []}
+    for row, nb, pw in cooc_pairs(recent, item_id, w, params):
+        c = counts.get(nb)
+        rows.setdefault(row, []).append((nb, pw, None if c is None else float(c)))
+    return rows
 
 
 def row_after(
@@ -81,6 +113,36 @@ def count_after(count: float, w: float) -> float:
     return count + 1.0 if w > 0 else count
 
 
+def known_counts_after(
+    known: Mapping[str, float],
+    updates: Iterable[tuple[str, float | None]],
+    row: Mapping[str, float],
+) -> dict[str, float]:
+    """Item side: the neighbours' counts as the row last heard them, after some pair updates
+    ((neighbour, count or None)); only the neighbours still in ``row`` (``row_after``'s
+    bound drops the others) are kept."""
+    new = {nb: c for nb, c in known.items() if nb in row}
+    for nb, c in updates:
+        if c is not None and nb in row:
+            new[nb] = float(c)
+    return new
+
+
+def history_weights(
+    top: Sequence[tuple[str, float]], known: Mapping[str, float], alpha: float
+) -> list[float]:
+    """Item side: the weight of each published entry for the "history" feature,
+    ``w / max(count(neighbour), 1) ** alpha``; a neighbour of unknown count counts 1."""
+    if alpha == 0:
+        return [w for _, w in top]
+    return [history_weight(w, known.get(nb), alpha) for nb, w in top]
+
+
+def history_weight(w: float, count: float | None, alpha: float) -> float:
+    """One entry of ``history_weights``: ``w / max(count, 1) ** alpha`` (None: count 1)."""
+    return w if count is None or alpha == 0 else w / max(count, 1.0) ** alpha
+
+
 @dataclass
 class CoocTable:
     """The item side in one process (tests, small deployments): rows and counts in dicts.
@@ -89,30 +151,60 @@ class CoocTable:
     params: CoocParams
     rows: dict[str, dict[str, float]]
     counts: dict[str, float]
+    known: dict[str, dict[str, float]] = field(default_factory=dict)  # known_counts_after
 
     @classmethod
     def empty(cls, params: CoocParams) -> CoocTable:
-        return cls(params, {}, {})
+        return cls(params, {}, {}, {})
 
     def apply(self, item_id: str, w: float, pairs: Sequence[tuple[str, str, float]]) -> None:
+        """One event's pairs (``cooc_pairs``), without neighbour counts."""
         self.counts[item_id] = count_after(self.counts.get(item_id, 0.0), w)
-        by_row: dict[str, list[tuple[str, float]]] = {}
+        by_row: dict[str, list[tuple[str, float, float | None]]] = {}
         for r, nb, pw in pairs:
-            by_row.setdefault(r, []).append((nb, pw))
+            by_row.setdefault(r, []).append((nb, pw, None))
+        self.apply_rows(by_row)
+
+    def record(self, recent: Sequence[tuple[str, float]], item_id: str, w: float) -> None:
+        """One event as the stream sends it: ``cooc_records`` with the counts the user side
+        would have fetched (the table's own, 0 for an item never taken, for the event's item
+        and every recent item)."""
+        fetched = [item_id, *(i for i, _ in recent)]
+        counts = {i: self.counts.get(i, 0.0) for i in fetched}
+        rows = cooc_records(recent, item_id, w, self.params, counts)
+        self.counts[item_id] = count_after(self.counts.get(item_id, 0.0), w)
+        self.apply_rows(rows)
+
+    def apply_rows(self, by_row: Mapping[str, Sequence[tuple[str, float, float | None]]]) -> None:
         for r, ups in by_row.items():
-            self.rows[r] = row_after(self.rows.get(r, {}), ups, self.params.max_row)
+            if not ups:
+                continue
+            pairs = [(nb, pw) for nb, pw, _ in ups]
+            row = self.rows[r] = row_after(self.rows.get(r, {}), pairs, self.params.max_row)
+            self.known[r] = known_counts_after(
+                self.known.get(r, {}), [(nb, c) for nb, _, c in ups], row
+            )
 
     def neighbours(self, item_id: str) -> list[tuple[str, float]]:
         return top_neighbours(self.rows.get(item_id, {}), self.params.top_n)
 
+    def history_row(self, item_id: str) -> list[tuple[str, float]]:
+        """The published row with its "history" weights (``history_weights``)."""
+        top = self.neighbours(item_id)
+        hw = history_weights(top, self.known.get(item_id, {}), self.params.history_alpha)
+        return [(nb, x) for (nb, _), x in zip(top, hw, strict=True)]
 
-def pack_row(top: Sequence[tuple[str, float]], seen_bits: int) -> dict[str, str]:
+
+def pack_row(
+    top: Sequence[tuple[str, float]], seen_bits: int, weights: Sequence[float] | None = None
+) -> dict[str, str]:
     """Item side: a published row in the form ranking reads per request without hashing its
     ids again: ``cf_pos`` the neighbours' Bloom positions (uint16 x 4 each, base64; valid for
-    filters of ``seen_bits`` <= 65,536 bits) and ``cf_w`` their weights (float32, base64), in
-    the order of ``top``. Goes into the item's payload next to ``cf_top``."""
+    filters of ``seen_bits`` <= 65,536 bits) and ``cf_w`` their "history" weights (float32,
+    base64; ``weights``, e.g. ``history_weights``, else the row's own), in the order of
+    ``top``. Goes into the item's payload next to ``cf_top``."""
     pos = bloom.positions_matrix([i for i, _ in top], seen_bits).astype("<u2")
-    w = np.asarray([x for _, x in top], dtype="<f4")
+    w = np.asarray([x for _, x in top] if weights is None else list(weights), dtype="<f4")
     return {
         "cf_pos": base64.b64encode(pos.tobytes()).decode(),
         "cf_w": base64.b64encode(w.tobytes()).decode(),

@@ -11,7 +11,9 @@ scaled to about [0, 1] within the candidate set so fixed weights mean the same f
   freshness   0.5 ** (age / freshness_half_life)
   history     whole-history collaborative signal: the sum of the candidate's own published
               co-occurrence row over the neighbours in the user's seen Bloom filter (every item
-              they ever took), / count(candidate) ** history_beta, divided by the set's maximum
+              they ever took), each entry / count(neighbour) ** history_alpha (the item side
+              publishes the row so: ranking.collab.history_weights), / count(candidate) **
+              history_beta, divided by the set's maximum
 score = features @ (prior weights + the user's learned deltas, ranking.learner).
 The reason shown to the user names the term that contributed most (``reasons``).
 """

@@ -28,7 +28,15 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from ranking.collab import cooc_pairs, count_after, pack_row, row_after, top_neighbours
+from ranking.collab import (
+    cooc_records,
+    count_after,
+    history_weights,
+    known_counts_after,
+    pack_row,
+    row_after,
+    top_neighbours,
+)
 from ranking.learner import bpr_step
 from ranking.params import cooc_params
 from ranking.ranker import RankedItem, Seed
@@ -285,20 +293,31 @@ class Handlers:
             after = dataclasses.replace(after, weights=deltas)
         self.users[event.user_id] = after.to_dict()
         if w > 0:
-            await self._send_item_activity(state, event.item_id, w, event.ts)
+            await self._send_item_activity(state, event.item_id, w, event.ts, seeds)
         ranked = rec.rank(cs, after, seeds, r.k, now)
         await self._send_recommendation(
             event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
         )
 
-    async def _send_item_activity(self, before: UserState, item_id: str, w: float, ts: int) -> None:
+    async def _send_item_activity(
+        self,
+        before: UserState,
+        item_id: str,
+        w: float,
+        ts: int,
+        seeds: Mapping[str, Seed] | None = None,
+    ) -> None:
         """One record per item whose side changes: the event's item (its trend and count, and
-        its row's pairs) and each recent item whose co-occurrence row gains this item."""
-        rows: dict[str, list[list[Any]]] = {item_id: []}
-        for row, nb, pw in cooc_pairs(before.recent, item_id, w, self.cooc):
-            rows.setdefault(row, []).append([nb, round(pw, 6)])
+        its row's pairs) and each recent item whose co-occurrence row gains this item. Each
+        pair is ``[neighbour, weight, neighbour's count]`` (the count as fetched with
+        ``seeds``: the event's item and the user's seeds; left out when not fetched)."""
+        counts = {i: s.cf_count for i, s in (seeds or {}).items()}
+        rows = cooc_records(before.recent, item_id, w, self.cooc, counts)
         for row, pairs in rows.items():
-            value = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": pairs}
+            wire = [
+                [nb, round(pw, 6)] if c is None else [nb, round(pw, 6), c] for nb, pw, c in pairs
+            ]
+            value = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": wire}
             await self.item_activity.send(key=row.encode(), value=orjson.dumps(value))
 
     # -- requests ----------------------------------------------------------------------------
@@ -368,8 +387,13 @@ class Handlers:
         try:
             a = orjson.loads(msg.value or b"")
             item_id, w, ts = str(a["item_id"]), float(a["w"]), int(a["ts"])
-            pairs = [(str(nb), float(pw)) for nb, pw in a.get("pairs") or ()]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            # [neighbour, weight] or [neighbour, weight, neighbour's count] (older records
+            # carry no count: the row keeps the one it knew)
+            pairs = [
+                (str(p[0]), float(p[1]), float(p[2]) if len(p) > 2 and p[2] is not None else None)
+                for p in a.get("pairs") or ()
+            ]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
             await self.dead_letter(msg, f"invalid item-activity record: {exc}")
             return
         old = self.item_stats.get(item_id) or {"t": NO_TREND, "c": 0.0, "r": {}}
@@ -378,7 +402,12 @@ class Handlers:
             new["t"] = trend_after(old["t"], w, ts, self.trend_half_life_ms)
             new["c"] = count_after(old["c"], w)
         if pairs:
-            new["r"] = row_after(old["r"], pairs, self.cooc.max_row)
+            new["r"] = row_after(old["r"], [(nb, pw) for nb, pw, _ in pairs], self.cooc.max_row)
+            # "n": the neighbours' counts as last carried ("history" weights); absent in
+            # values written before counts were carried
+            new["n"] = known_counts_after(
+                old.get("n") or {}, [(nb, c) for nb, _, c in pairs], new["r"]
+            )
         self.item_stats[item_id] = new
         self._pending_items[item_id] = new
         if len(self._pending_items) >= 500:
@@ -391,15 +420,18 @@ class Handlers:
         pending, self._pending_items = self._pending_items, {}
         top_n, bits = self.cooc.top_n, self.settings.ranking.seen_filter_bits
         payloads = {}
+        alpha = self.cooc.history_alpha
         for i, v in pending.items():
             top = top_neighbours(v["r"], top_n)
-            # cf_pos/cf_w: the same row as Bloom positions, for the "history" feature
+            # cf_pos/cf_w: the same row as Bloom positions with its "history" weights
+            # (w / count(neighbour) ** history_alpha)
+            hw = history_weights(top, v.get("n") or {}, alpha)
             payloads[i] = {
                 "trend": v["t"],
                 "cf_count": v["c"],
                 # compact JSON text: the engine converts nested lists at ~1.2 ms an item
                 "cf_top": orjson.dumps([[nb, round(x, 6)] for nb, x in top]).decode(),
-                **pack_row(top, bits),
+                **pack_row(top, bits, hw),
             }
         await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")
 

@@ -19,7 +19,7 @@ import orjson
 
 from ranking import seen
 from ranking.candidates import CandidateSet
-from ranking.collab import cooc_pairs, count_after
+from ranking.collab import cooc_records, count_after, history_weight
 from ranking.evaluate.data import Interactions, default_cache
 from ranking.learner import bpr_step
 from ranking.params import HOUR_MS, cooc_params, score_params
@@ -109,7 +109,11 @@ class RecstreamModel:
         )
         self.co = np.zeros((n, n), dtype=np.float32)  # item side: row r, neighbour column
         self.row_version = np.zeros(n, dtype=np.int64)  # bumped when row r changes
-        self.co_t = np.zeros((n, n), dtype=np.float32)  # co transposed: "history" reads rows
+        # The neighbours' counts as each row last heard them (collab.known_counts_after; 0:
+        # none yet) and the rows' "history" weights (collab.history_weight), transposed:
+        # "history" reads the taken items' columns.
+        self.known = np.zeros((n, n), dtype=np.float32)
+        self.hist_t = np.zeros((n, n), dtype=np.float32)
         self.states: dict[int, UserState] = {}
         self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
         self.trend_half_life_ms = settings.trending_half_life_hours * HOUR_MS
@@ -158,7 +162,7 @@ class RecstreamModel:
         if st.seen_filter:
             taken = np.flatnonzero(seen.contains_many(st.seen_filter, self.cs.seen_pos))
             # The taken columns only (rows of the transpose): tens of items, not the catalog.
-            history = self.co_t[taken].sum(axis=0, dtype=np.float64)
+            history = self.hist_t[taken].sum(axis=0, dtype=np.float64)
         return feature_matrix(
             self.cs,
             interest=st.interest,
@@ -206,12 +210,23 @@ class RecstreamModel:
                     self.s.learning_l2,
                 )
         self._last = None
-        # item side: co-occurrence rows and counts, fed by the user's recent items
-        idx = self.cs.index
-        for r, nb, pw in cooc_pairs(st.recent, item_id, w, self.cooc):
-            self.co[idx[r], idx[nb]] += np.float32(pw)
-            self.co_t[idx[nb], idx[r]] += np.float32(pw)
-            self.row_version[idx[r]] += 1
+        # item side: co-occurrence rows and counts, fed by the user's recent items; each pair
+        # carries its neighbour's count when the stream's user side has it (the event's item
+        # and the seeds it fetched: streams/agents.py _send_item_activity)
+        idx, alpha = self.cs.index, self.cooc.history_alpha
+        fetched = [item_id, *(s for s, _ in recency_weights(st.recent, self.params))]
+        counts = {s: float(self.cs.cf_count[idx[s]]) for s in fetched}
+        for r, pairs in cooc_records(st.recent, item_id, w, self.cooc, counts).items():
+            ri = idx[r]
+            for nb, pw, c in pairs:
+                ni = idx[nb]
+                self.co[ri, ni] += np.float32(pw)
+                if c is not None:
+                    self.known[ri, ni] = c
+                known = float(self.known[ri, ni]) or None
+                self.hist_t[ni, ri] = history_weight(float(self.co[ri, ni]), known, alpha)
+            if pairs:
+                self.row_version[ri] += 1
         self.cs.cf_count[i] = count_after(float(self.cs.cf_count[i]), w)
         if w > 0:
             self.cs.trend[i] = trend_after(float(self.cs.trend[i]), w, ts, self.trend_half_life_ms)

@@ -89,7 +89,10 @@ class StreamPath:
         ver = int(self.m.row_version[r])
         hit = self._packs.get(r)
         if hit is None or hit[0] != ver:
-            hit = (ver, pack_row(self._top(r), self.m.s.seen_filter_bits))
+            top = self._top(r)
+            idx, hist_t = self.m.cs.index, self.m.hist_t
+            hw = [float(hist_t[idx[i], r]) for i, _ in top]  # its "history" weights
+            hit = (ver, pack_row(top, self.m.s.seen_filter_bits, hw))
             self._packs[r] = hit
         return hit[1]
 

@@ -16,6 +16,7 @@ from ranking.evaluate.data import Interactions, build, load_interactions
 from ranking.evaluate.metrics import query_metrics, target_ranks
 from ranking.evaluate.models import RecstreamModel, ranking_settings
 from ranking.evaluate.protocols import prequential, split, split_indices
+from ranking.state import UserState
 
 
 def test_ties_count_against_the_model() -> None:
@@ -169,3 +170,31 @@ def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
     # k * candidate_factor = 10 per source: trending + co-occurrence neighbours + the event's
     # item (no texts, no publish times here), never more than the catalog.
     assert 1 < t["stream_candidates_mean"] <= 21 and t["stream_candidates_max"] <= data.n_items
+
+
+def test_harness_history_weights_equal_the_item_sides() -> None:
+    """The harness's dense item side (ranking/evaluate/models.py) publishes the same "history"
+    weights as the item side's own rule (collab.CoocTable: records with the neighbours'
+    counts, known_counts_after, history_weights) fed with the same events."""
+    from ranking.collab import CoocTable
+    from ranking.params import cooc_params
+
+    data = synthetic(n_users=30, per_user=10)
+    settings = ranking_settings(["history_alpha=0.5", "learning_rate=0", "cooc_top_n=1000"])
+    model = RecstreamModel(data, settings, None)
+    table = CoocTable.empty(cooc_params(settings))
+    for j in range(len(data)):
+        user = int(data.user[j])
+        st = model.states.get(user) or UserState()
+        table.record(st.recent, data.item_ids[int(data.item[j])], 1.0)
+        model.learn(j)
+    ids = data.item_ids
+    normalised = 0
+    for r, row_id in enumerate(ids):
+        want = dict(table.history_row(row_id))
+        raw = dict(table.neighbours(row_id))
+        for n, nb in enumerate(ids):
+            assert model.hist_t[n, r] == pytest.approx(want.get(nb, 0.0), rel=1e-5)
+            assert model.co[r, n] == pytest.approx(raw.get(nb, 0.0), rel=1e-5)
+        normalised += sum(want[nb] < raw[nb] for nb in want)
+    assert normalised > 0  # the rule did something: counts above 1 shrink entries

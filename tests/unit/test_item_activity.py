@@ -1,0 +1,103 @@
+"""The item side of the collaborative signal through the worker's handlers (streams/agents.py):
+the user side's item-activity records carry each neighbour's count, the item side keeps it and
+publishes the "history" weights ``w / count(neighbour) ** history_alpha`` as the packed row's
+``cf_w`` (in a real embedded store), and records written before counts were carried are still
+accepted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from ranking.collab import unpack_row
+from ranking.params import score_params
+from ranking.ranker import Seed
+from ranking.recommender import Recommender
+from ranking.state import UserState
+from ranking.store import ItemRecord, ItemStore
+from streams.agents import Handlers, Msg
+from streams.settings import RankingSettings, Settings
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes]] = []
+
+    async def send(self, *, key: bytes | None, value: bytes) -> None:
+        self.sent.append((key, value))
+
+
+def _msg(value: dict[str, Any], offset: int) -> Msg:
+    return Msg("item-activity", 0, offset, value["item_id"].encode(), orjson.dumps(value))
+
+
+def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> None:
+    settings = Settings(ranking=RankingSettings(history_alpha=0.5, cooc_backward=0.5))
+
+    async def main() -> None:
+        store = ItemStore.connect(
+            url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
+        )
+        await store.ensure_collection()
+        vec = np.array([1, 0, 0, 0], dtype=np.float32)
+        await store.upsert([ItemRecord(i, {"text": vec}) for i in ("pop", "rare", "x")])
+        activity, dead = ListSink(), ListSink()
+        h = Handlers(
+            settings,
+            store=store,
+            content_encoder=None,  # type: ignore[arg-type]  # no content in this test
+            recommender=Recommender(
+                store, score_params(settings.ranking), dims={"text": 4}, seen_filter_bits=6144
+            ),
+            users={},
+            item_stats={},
+            recommendations=ListSink(),
+            dead_letters=dead,
+            item_activity=activity,
+        )
+        try:
+            # user side: a user who took pop now takes x; the store said pop's count is 16
+            before = UserState(recent=[("pop", 1.0)])
+            seeds = {"x": Seed("x", cf_count=3.0), "pop": Seed("pop", cf_count=16.0)}
+            await h._send_item_activity(before, "x", 1.0, 1_000, seeds)
+            records = {k: orjson.loads(v) for k, v in activity.sent}
+            assert records[b"pop"]["pairs"] == [["x", 1.0, 3.0]]
+            assert records[b"x"]["pairs"] == [["pop", 0.5, 16.0]]
+            assert records[b"x"]["w"] == 1.0 and records[b"pop"]["w"] == 0.0
+
+            # item side: those records, and one written before counts were carried
+            old = {"item_id": "x", "w": 0.0, "ts": 1_000, "pairs": [["rare", 0.5]]}
+            for n, rec in enumerate([records[b"x"], records[b"pop"], old]):
+                await h.on_item_activity(_msg(rec, n))
+            assert not dead.sent
+            assert h.item_stats["x"]["n"] == {"pop": 16.0}  # rare's count is not known
+            await h.flush_item_stats()
+            got = await store.get(["x"], with_vectors=False)
+            p = got["x"].payload
+            assert orjson.loads(p["cf_top"]) == [["pop", 0.5], ["rare", 0.5]]  # raw (JSON text)
+            row = unpack_row(p)
+            assert row is not None
+            assert row[1].tolist() == [0.125, 0.5]  # 0.5 / 16 ** 0.5; rare: count unknown
+
+            # a later record brings rare's count: its entry is normalised too
+            new = {"item_id": "x", "w": 0.0, "ts": 2_000, "pairs": [["rare", 0.5, 4.0]]}
+            await h.on_item_activity(_msg(new, 3))
+            await h.flush_item_stats()
+            p = (await store.get(["x"], with_vectors=False))["x"].payload
+            assert orjson.loads(p["cf_top"]) == [["rare", 1.0], ["pop", 0.5]]
+            assert unpack_row(p)[1].tolist() == [0.5, 0.125]  # type: ignore[index]
+
+            # a pair that is not [id, weight(, count)] is a bad record: dead-lettered
+            bad = {"item_id": "x", "w": 0.0, "ts": 3_000, "pairs": [["rare"]]}
+            await h.on_item_activity(_msg(bad, 4))
+            assert len(dead.sent) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
