@@ -212,8 +212,9 @@ def pack_row(
 
 
 def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(uint16[m, N_HASHES] Bloom positions, float32[m] weights) from a payload written with
-    ``pack_row``; None when the payload has none.
+    """(uint16[N_HASHES, m] Bloom positions, one row per hash, float64[m] weights) from a
+    payload written with ``pack_row``; None when the payload has none. The layout is the one
+    ``CandidateSet.history_sums`` gathers with (one contiguous index array per hash).
 
     Decoded rows are memoised by their two strings: a candidate set holds ~150 rows of 100
     entries, mostly the same popular items request after request, and decoding them was the
@@ -228,10 +229,14 @@ def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] |
         return hit  # type: ignore[return-value]
     pos = np.frombuffer(base64.b64decode(p), dtype="<u2").reshape(-1, bloom.N_HASHES)
     wts = np.frombuffer(base64.b64decode(w), dtype="<f4")
-    out = (pos, wts) if len(pos) == len(wts) else None
-    return _ROWS.put(key, out)  # read-only arrays, shared by every request reading this row
+    out = None
+    if len(pos) == len(wts):
+        cols = np.ascontiguousarray(pos.T, dtype=np.uint16)
+        out = (cols, wts.astype(np.float64))
+        cols.flags.writeable = out[1].flags.writeable = False  # shared by every request
+    return _ROWS.put(key, out)
 
 
-# (cf_pos, cf_w) -> decoded row; ~1.5 KB each at top_n 100, emptied at 20,000 (~30 MB).
+# (cf_pos, cf_w) -> decoded row; ~1.6 KB each at top_n 100, emptied at 20,000 (~32 MB).
 _ROWS: BoundedMemo[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = BoundedMemo(20_000)
 _MISSING = object()

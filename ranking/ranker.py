@@ -29,6 +29,7 @@ import numpy as np
 
 from ranking import seen
 from ranking.candidates import CandidateSet
+from ranking.memo import ITEM_CODES as _IDS
 from ranking.state import UserState
 
 
@@ -116,11 +117,12 @@ def feature_matrix(
     now_ms: int,
     params: ScoreParams,
     history: np.ndarray | None = None,
+    cf_parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """float32[n, len(FEATURES)]. ``seeds``: recency_weights of the user's recent items;
     ``neighbours``: seed id -> (candidate rows, co-occurrence weights), e.g. from
     CandidateSet.neighbour_arrays of the seed's published top neighbours; ``seed_counts``: the
-    seeds' interaction counts."""
+    seeds' interaction counts; ``cf_parts``: ``_cf_parts`` of those, when the caller has it."""
     n = len(cs)
     f = np.zeros((n, len(FEATURES)), dtype=np.float32)
     if n == 0:
@@ -129,32 +131,69 @@ def feature_matrix(
         f[:, 0] = _cosines(cs, interest, params.modality_weights)
     if short_interest:
         f[:, 1] = _cosines(cs, short_interest, params.modality_weights)
-    if seeds and neighbours:
-        cf = np.zeros(n, dtype=np.float64)
-        for item_id, a in seeds:
-            nb = neighbours.get(item_id)
-            if nb is None or len(nb[0]) == 0:
-                continue
-            norm = max(seed_counts.get(item_id, 1.0), 1.0) ** params.cf_alpha
-            cf += np.bincount(nb[0], weights=nb[1] * (a / norm), minlength=n)
+    parts = cf_parts
+    if parts is None and seeds and neighbours:
+        parts = _cf_parts(seeds, neighbours, seed_counts, params)
+    if parts is not None:
+        # One bincount over every seed's entries, in seed order: each seed names a row at
+        # most once, so every row sums its seeds' terms in the same order as seed by seed.
+        cf = np.bincount(parts[1], weights=parts[2], minlength=n)
         cf /= np.maximum(cs.cf_count, 1.0) ** params.cf_beta
         top = cf.max()
         if top > 0:
             f[:, 2] = cf / top
-    k = math.log(2) / params.trending_half_life_ms
-    log_pop = np.log1p(np.exp(np.minimum(cs.trend - now_ms * k, 700.0)))
-    top_pop = log_pop.max()
-    if top_pop > 0:
-        f[:, 3] = log_pop / top_pop
-    age = np.maximum(0.0, now_ms - cs.published_at)
-    fresh = np.where(np.isnan(age), 0.0, 0.5 ** (age / params.freshness_half_life_ms))
-    f[:, 4] = np.nan_to_num(fresh)
+    f[:, 3:5] = _popularity_freshness(cs, now_ms, params)
     if history is not None and len(history) == n:
         h = history / np.maximum(cs.cf_count, 1.0) ** params.history_beta
         top_h = h.max()
         if top_h > 0:
             f[:, 5] = h / top_h
     return f
+
+
+def _cf_parts(
+    seeds: Sequence[tuple[str, float]],
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    seed_counts: Mapping[str, float],
+    params: ScoreParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Every seed's neighbour entries as (seed index in ``seeds``, candidate row, the entry's
+    term of "cf": weight * recency weight / count(seed) ** cf_alpha), seed by seed; None when
+    no seed has any."""
+    sid, rows, terms = [], [], []
+    for s, (item_id, a) in enumerate(seeds):
+        nb = neighbours.get(item_id)
+        if nb is None or len(nb[0]) == 0:
+            continue
+        norm = max(seed_counts.get(item_id, 1.0), 1.0) ** params.cf_alpha
+        sid.append(np.full(len(nb[0]), s, dtype=np.intp))
+        rows.append(nb[0])
+        terms.append(nb[1] * (a / norm))
+    if not rows:
+        return None
+    return np.concatenate(sid), np.concatenate(rows), np.concatenate(terms)
+
+
+def _popularity_freshness(cs: CandidateSet, now_ms: int, params: ScoreParams) -> np.ndarray:
+    """float[n, 2]: the popularity and freshness features (they depend on the items and the
+    time only: a frozen set keeps them for its second scoring at the same time)."""
+    key = ("pop_fresh", now_ms, params.trending_half_life_ms, params.freshness_half_life_ms)
+    if cs.frozen and (hit := cs.memo.get(key)) is not None:
+        return hit  # type: ignore[return-value]
+    out = np.zeros((len(cs), 2), dtype=np.float32)
+    k = math.log(2) / params.trending_half_life_ms
+    log_pop = np.log1p(np.exp(np.minimum(cs.trend - now_ms * k, 700.0)))
+    top_pop = log_pop.max()
+    if top_pop > 0:
+        out[:, 0] = log_pop / top_pop
+    known = ~np.isnan(cs.published_at)
+    if known.any():
+        age = np.maximum(0.0, now_ms - cs.published_at)
+        fresh = np.where(known, 0.5 ** (age / params.freshness_half_life_ms), 0.0)
+        out[:, 1] = np.nan_to_num(fresh)
+    if cs.frozen:
+        cs.memo[key] = out
+    return out
 
 
 def user_weights(params: ScoreParams, deltas: Sequence[float]) -> np.ndarray:
@@ -226,6 +265,50 @@ class Seed:
         return interest_units(self.vectors)
 
 
+def _fill_units(anchors: Sequence[Seed]) -> None:
+    """Compute ``Seed.units`` of the anchors that have not yet, one normalisation per
+    modality for all of them (instead of one per seed and modality)."""
+    todo = [a for a in anchors if "units" not in a.__dict__]
+    if not todo:
+        return
+    units: list[dict[str, np.ndarray]] = [{} for _ in todo]
+    by_m: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+    for n, a in enumerate(todo):
+        for m, v in a.vectors.items():
+            at, vs = by_m.setdefault(m, ([], []))
+            at.append(n)
+            vs.append(v)
+    for m, (at, vs) in by_m.items():
+        try:
+            mat = np.asarray(vs, dtype=np.float32)
+        except ValueError:  # vectors of different sizes: one by one
+            for n, v in zip(at, vs, strict=True):
+                u = _unit(np.asarray(v, dtype=np.float32))
+                if u is not None:
+                    units[n][m] = u
+            continue
+        norm = np.linalg.norm(mat, axis=1)
+        mat /= np.where(norm > 1e-9, norm, np.float32(1.0))[:, None]
+        for n, row, ok in zip(at, mat, (norm > 1e-9).tolist(), strict=True):
+            if ok:
+                units[n][m] = row
+    for a, u in zip(todo, units, strict=True):
+        a.__dict__["units"] = u  # the cached_property's slot (Seed is frozen)
+
+
+def short_interest(anchors: Sequence[Seed], a: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per modality, the sum of the anchors' unit vectors weighted by ``a`` (the recency
+    weights): the short-term interest. One matrix product per modality."""
+    _fill_units(anchors)
+    by_m: dict[str, tuple[list[float], list[np.ndarray]]] = {}
+    for seed, x in zip(anchors, a, strict=True):
+        for m, u in seed.units.items():
+            ws, us = by_m.setdefault(m, ([], []))
+            ws.append(x)
+            us.append(u)
+    return {m: np.asarray(ws, dtype=np.float32) @ np.stack(us) for m, (ws, us) in by_m.items()}
+
+
 @dataclass
 class Scored:
     """What scoring a candidate set produced: kept so the caller can learn from it
@@ -237,6 +320,8 @@ class Scored:
     seeds: list[tuple[str, float]]  # recency_weights of the user's recent items
     neighbours: dict[str, tuple[np.ndarray, np.ndarray]]
     seed_counts: dict[str, float]
+    # the seeds' "cf" terms as feature_matrix summed them (_cf_parts), for reasons
+    cf_parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def score_candidates(
@@ -254,21 +339,16 @@ def score_candidates(
     already-resolved (rows, weights) per seed, when the caller has them as rows (the harness's
     whole catalog), else they come from each seed's ``cf_top``; ``history``: the raw history
     sums per row when the caller has them (the harness's dense rows), else from the candidates'
-    own rows (``CandidateSet.from_items(..., cf_tops=...)``)."""
+    own rows (``CandidateSet.from_items(..., cf_rows=...)``)."""
     rec = [(i, a) for i, a in recency_weights(state.recent, params) if i in seeds]
-    if neighbours is None:
-        cache = cs.neighbour_cache
-        for i, _ in rec:
-            if i not in cache:
-                ids, w = seeds[i].cf_arrays
-                rows = cs.rows_of(ids)
-                cache[i] = (rows[rows >= 0], w[rows >= 0])
-        neighbours = {i: cache[i] for i, _ in rec}
     counts = {i: seeds[i].cf_count for i, _ in rec}
-    short: dict[str, np.ndarray] = {}
-    for i, a in rec:
-        for m, u in seeds[i].units.items():
-            short[m] = short[m] + np.float32(a) * u if m in short else np.float32(a) * u
+    parts = None
+    if neighbours is not None:
+        parts = _cf_parts(rec, neighbours, counts, params) if rec and neighbours else None
+    elif rec:
+        parts = _seed_parts(cs, rec, seeds, params)
+        neighbours = {}
+    short = short_interest([seeds[i] for i, _ in rec], [a for _, a in rec])
     if history is None and state.seen_filter and len(cs.cf_w):
         history = cs.history_sums(state.seen_filter)
     f = feature_matrix(
@@ -281,10 +361,31 @@ def score_candidates(
         now_ms=now_ms,
         params=params,
         history=history,
+        cf_parts=parts,
     )
     w = user_weights(params, state.weights)
     s = score(f, w, excluded_rows(cs, state.excluded(), state.seen_filter))
-    return Scored(f, w, s, rec, dict(neighbours), counts)
+    return Scored(f, w, s, rec, dict(neighbours or {}), counts, parts)
+
+
+def _seed_parts(
+    cs: CandidateSet, rec: Sequence[tuple[str, float]], seeds: Mapping[str, Seed], params
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``_cf_parts`` from the seeds' own rows (``cf_top``) through the set's seed table
+    (``CandidateSet.seed_neighbours``: each seed resolved once per set). The entries come in
+    the table's order, not the seeds': each row's cf sums the same terms, possibly in
+    another order (a last-bit difference at most)."""
+    at, k, rows, w = cs.seed_neighbours([(i, *seeds[i].cf_arrays) for i, _ in rec])
+    scale = np.zeros(len(at))
+    position = np.full(len(at), -1, dtype=np.intp)
+    for n, (i, a) in enumerate(rec):
+        scale[at[i]] = a / max(seeds[i].cf_count, 1.0) ** params.cf_alpha
+        position[at[i]] = n
+    sid = position[k]
+    keep = sid >= 0  # seeds of an earlier scoring that this one does not use
+    if not keep.any():
+        return None
+    return sid[keep], rows[keep], w[keep] * scale[k[keep]]
 
 
 def _anchor_sims(cs: CandidateSet, rows: np.ndarray, anchors: Sequence[Seed], mw) -> np.ndarray:
@@ -325,37 +426,48 @@ def reasons(
                 what you watch" (the neighbours it counted are only known by their Bloom bits)
     popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags).
     ``recent``: the state's (item, event weight) list; ``seeds``: as for score_candidates."""
-    rows_a = np.asarray(rows, dtype=np.int64)
+    rows_a = np.asarray(rows, dtype=np.intp)
     if len(rows_a) == 0:
         return []
     took = dict(recent)
     terms = scored.features[rows_a] * scored.weights
     top = np.argmax(terms, axis=1)
-    names = [FEATURES[t] if terms[n, t] > 0 else "" for n, t in enumerate(top)]
-    # Each seed's cf contribution to each row, as feature_matrix sums it.
+    best_term = terms[np.arange(len(rows_a)), top]
+    names = [
+        FEATURES[t] if b > 0 else "" for t, b in zip(top.tolist(), best_term.tolist(), strict=True)
+    ]
+    # Each seed's cf contribution to each row, as feature_matrix sums it (only when a row is
+    # explained by cf or history).
     seed_ids = [i for i, _ in scored.seeds]
     contrib = np.zeros((len(rows_a), len(seed_ids)))
-    if "cf" in names or "history" in names:
-        pos = np.full(len(cs), -1, dtype=np.int64)
-        pos[rows_a] = np.arange(len(rows_a))
-        for n, (i, a) in enumerate(scored.seeds):
-            nb = scored.neighbours.get(i)
-            if nb is None or len(nb[0]) == 0:
-                continue
-            p = pos[nb[0]]
+    if seed_ids and ("cf" in names or "history" in names):
+        parts = scored.cf_parts
+        if parts is None:
+            parts = _cf_parts(scored.seeds, scored.neighbours, scored.seed_counts, params)
+        if parts is not None:
+            sid, prow, term = parts
+            pos = np.full(len(cs), -1, dtype=np.intp)
+            pos[rows_a] = np.arange(len(rows_a))
+            p = pos[prow]
             hit = p >= 0
-            norm = max(scored.seed_counts.get(i, 1.0), 1.0) ** params.cf_alpha
-            np.add.at(contrib[:, n], p[hit], nb[1][hit] * (a / norm))
+            np.add.at(contrib, (p[hit], sid[hit]), term[hit])
     sims = None
-    if "content" in names or "recent" in names:
+    sim_at: dict[int, int] = {}
+    if seed_ids and ("content" in names or "recent" in names):
+        want = [n for n, nm in enumerate(names) if nm in ("content", "recent")]
+        sim_at = {n: j for j, n in enumerate(want)}
         anchors = [seeds[i] for i in seed_ids]
-        sims = _anchor_sims(cs, rows_a, anchors, params.modality_weights) if anchors else None
+        sims = _anchor_sims(cs, rows_a[want], anchors, params.modality_weights)
+    c_max = contrib.max(axis=1).tolist() if seed_ids else [0.0] * len(rows_a)
+    c_arg = contrib.argmax(axis=1).tolist() if seed_ids else []
+    s_max = sims.max(axis=1).tolist() if sims is not None else []
+    s_arg = sims.argmax(axis=1).tolist() if sims is not None else []
     out = []
     for n, row in enumerate(rows_a.tolist()):
         name = names[n]
         if name in ("cf", "history"):
-            if len(seed_ids) and contrib[n].max() > 0:
-                best = seeds[seed_ids[int(np.argmax(contrib[n]))]]
+            if c_max[n] > 0:
+                best = seeds[seed_ids[c_arg[n]]]
                 out.append(f"popular with people who watched \u201c{_title(best)}\u201d")
                 continue
             if name == "history":
@@ -363,8 +475,8 @@ def reasons(
                 continue
             name = "popularity"
         if name in ("content", "recent"):
-            if sims is not None and sims[n].max() > -1.0:
-                a = seeds[seed_ids[int(np.argmax(sims[n]))]]
+            if sims is not None and s_max[sim_at[n]] > -1.0:
+                a = seeds[seed_ids[s_arg[sim_at[n]]]]
                 liked = took.get(a.item_id, 0.0) >= params.liked_weight
                 verb = "because you liked" if liked else "similar to"
                 out.append(f"{verb} \u201c{_title(a)}\u201d")
@@ -420,7 +532,7 @@ def collab_candidates(
     """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf" ranks
     high), best first, ties by id: the collaborative source of the candidate set. ``recent``:
     the state's (item, event weight) list; ``seeds``: the fetched recent items."""
-    total: dict[str, float] = {}
+    parts = []
     for item_id, a in recency_weights(recent, params):
         seed = seeds.get(item_id)
         if seed is None or not seed.cf_top:
@@ -429,15 +541,28 @@ def collab_candidates(
         # cf_top is published best first: an id outside a seed's first ``limit`` entries adds
         # little, and reading fewer entries is most of this function's cost.
         ids, w = seed.cf_arrays
-        get = total.get
-        for nb, x in zip(ids[:limit], (w[:limit] * scale).tolist(), strict=True):
-            total[nb] = get(nb, 0.0) + x
-    for i in exclude:
-        total.pop(i, None)
-    if len(total) <= limit:
-        return sorted(total, key=lambda i: (-total[i], i))
-    ids = list(total)
-    vals = np.fromiter(total.values(), dtype=np.float64, count=len(ids))
-    cut = np.partition(vals, len(vals) - limit)[len(vals) - limit]  # the limit-th largest
-    best = [i for i, v in zip(ids, vals.tolist(), strict=True) if v >= cut]
-    return sorted(best, key=lambda i: (-total[i], i))[:limit]
+        parts.append((ids, w[:limit] * scale))
+    if not parts:
+        return []
+    # Ids as int codes, summed with one bincount in seed order (the same additions, in the
+    # same order, as a dict of running totals).
+    _IDS.reserve(sum(len(x) for _, x in parts))
+    codes = np.concatenate([_IDS.codes(ids, limit) for ids, _ in parts])
+    uniq, inv = np.unique(codes, return_inverse=True)
+    total = np.bincount(inv, weights=np.concatenate([x for _, x in parts]), minlength=len(uniq))
+    gone = [c for i in exclude if (c := _IDS.code.get(i)) is not None]
+    if gone:  # uniq is sorted: find the excluded codes in it
+        g = np.asarray(gone, dtype=np.intp)
+        at = np.minimum(np.searchsorted(uniq, g), len(uniq) - 1)
+        keep = np.ones(len(uniq), dtype=bool)
+        keep[at[uniq[at] == g]] = False
+        uniq, total = uniq[keep], total[keep]
+    if len(uniq) > limit:
+        cut = np.partition(total, len(total) - limit)[len(total) - limit]  # limit-th largest
+        best = total >= cut
+        uniq, total = uniq[best], total[best]
+    names = _IDS.names
+    ranked = sorted(
+        zip(total.tolist(), uniq.tolist(), strict=True), key=lambda t: (-t[0], names[t[1]])
+    )
+    return [names[c] for _, c in ranked[:limit]]
