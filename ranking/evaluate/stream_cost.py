@@ -15,8 +15,9 @@ calls on a candidate set built the way ranking/recommender.py builds it:
   the event's item (learning compares it with the list)
 
 Every candidate comes with its payload's packed row (``cf_pos``/``cf_w``, collab.pack_row:
-its own co-occurrence row as Bloom positions and weights); decoding it is timed, and the set
-computes the "history" feature from it against the user's seen filter.
+its own co-occurrence row as Bloom positions and "history" weights, the model's
+``hist_t``); decoding it is timed, and the set computes the "history" feature from it against
+the user's seen filter.
 
 with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
 StoredItem objects is the vector store's round trip and is not timed; everything from
