@@ -22,9 +22,10 @@ the user's seen filter.
 with ``limit = k * candidate_factor``. Finding similar/trending/fresh ids and building the
 StoredItem objects is the vector store's round trip and is not timed; everything from
 ``UserState.from_dict`` to the ranked list is, including ``recommender.seed_of`` on the seeds
-as fetched (whole payload, ``cf_top`` as JSON lists) and decoding every candidate's packed row
-(both memoised per published row version, as in the stream). Its results are thrown away:
-the replay's state stays the one the whole-catalog model learned, so the metrics are unchanged.
+as fetched (whole payload, ``cf_top`` as the JSON text the item side publishes) and decoding
+every candidate's packed row (both memoised per published row version, as in the stream). Its
+results are thrown away: the replay's state stays the one the whole-catalog model learned, so
+the metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ class StreamPath:
 
     def _seed_item(self, item_id: str) -> StoredItem:
         """A seed as the store returns it: the item with its whole payload (``cf_top`` as the
-        JSON lists the item side writes); ``recommender.seed_of`` parses it, timed."""
+        JSON text the item side writes); ``recommender.seed_of`` parses it, timed."""
         it = self._item(self.m.cs.index[item_id])
-        top = [[i, w] for i, w in self._top(self.m.cs.index[item_id])]
-        return dataclasses.replace(it, payload={**it.payload, "cf_top": top})
+        top = orjson.dumps([[i, w] for i, w in self._top(self.m.cs.index[item_id])])
+        return dataclasses.replace(it, payload={**it.payload, "cf_top": top.decode()})
 
     def _store_batch(self, st: UserState) -> list[int]:
         """Rows the store's batch query returns: similar, trending, fresh (exact exclusions)."""
