@@ -99,15 +99,16 @@ class StoredItem:
 
     def scored(self, score: float | None) -> StoredItem:
         """This item with a similarity score (a cached view reused for one query's answer)."""
-        new = object.__new__(StoredItem)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["score"] = score
-        return new
+        return self._with(score=score)
 
     def with_vectors(self, vectors: dict[str, np.ndarray]) -> StoredItem:
+        return self._with(vectors=vectors)
+
+    def _with(self, **changes: Any) -> StoredItem:
+        """A copy with ``changes``: dataclasses.replace re-runs __init__ (~3x the cost), and
+        cached views are copied for every candidate of every event."""
         new = object.__new__(StoredItem)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["vectors"] = vectors
+        new.__dict__.update(self.__dict__, **changes)
         return new
 
     @classmethod

@@ -142,10 +142,9 @@ class EdgeStore(ItemStore):
         # Whole items (with ``cf_top``, ~15 KB as Python objects), for seeds; same rule.
         self._full: OrderedDict[uuid.UUID, StoredItem] = OrderedDict()
         self.full_cache_items = max(cache_items // 10, 0)
-        # Trending and fresh lists (ids in order, longer than asked), valid until the next write;
-        # with how many the engine was asked for (a shorter answer is the whole catalog).
-        self._ordered: dict[str, list[uuid.UUID]] = {}
-        self._ordered_len: dict[str, int] = {}
+        # Trending and fresh lists (ids in order, longer than asked), valid until the next write,
+        # each with how many the engine was asked for (a shorter answer is the whole catalog).
+        self._ordered: dict[str, tuple[list[uuid.UUID], int]] = {}
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self._search_threads = search_threads
         self._lock = asyncio.Lock()  # writers vs the generation copy; reads never wait
@@ -358,17 +357,8 @@ class EdgeStore(ItemStore):
             return {it.item_id: _narrowed(it, fields) for it in got if it is not None}
         if fields is not None:  # other selections, rare: straight from the engine
             got = self.shard.retrieve(ids, list(fields), False)
-            records = [(r.id, r.payload) for r in got]
-            views = self._views([pid for pid, _ in records])
-            return {
-                it.item_id: it
-                for it in (
-                    StoredItem.from_parts(p, None).with_vectors(views[pid].vectors)
-                    if pid in views
-                    else StoredItem.from_parts(p, None)
-                    for pid, p in records
-                )
-            }
+            items = self._with_cached_vectors([(r.id, r.payload) for r in got])
+            return {it.item_id: it for _, it in items}
         full = self._full_items(ids)  # the seeds: whole payload (their cf_top rows) + vectors
         return {it.item_id: it for it in (full.get(pid) for pid in ids) if it is not None}
 
@@ -407,8 +397,8 @@ class EdgeStore(ItemStore):
         can be excluded from it), kept until the next write, and filtered here: the result is
         the engine's filtered answer, at one engine call per write instead of one per event."""
         need = limit + len(excluded)
-        top = self._ordered.get(key)
-        if top is None or (len(top) < need and len(top) >= self._ordered_len.get(key, 0)):
+        top, asked = self._ordered.get(key, (None, 0))
+        if top is None or (len(top) < need and len(top) >= asked):  # none, or cut short
             n = max(need, 2 * limit + 64)
             got = self.shard.query(
                 qe.QueryRequest(
@@ -418,8 +408,8 @@ class EdgeStore(ItemStore):
                     with_payload=False,
                 )
             )
-            top = self._ordered[key] = [p.id for p in got]
-            self._ordered_len[key] = n
+            top = [p.id for p in got]
+            self._ordered[key] = (top, n)
         out = []
         for pid in top:
             if pid not in excluded:
@@ -434,13 +424,22 @@ class EdgeStore(ItemStore):
         rows whose conversion from the engine cost more than the rest of the lookup."""
 
         def load(missing: list[Any]) -> Iterable[tuple[uuid.UUID, StoredItem]]:
-            records = [(r.id, r.payload) for r in self.shard.retrieve(missing, True, False)]
-            views = self._views([pid for pid, _ in records])
-            for pid, payload in records:
-                it = StoredItem.from_parts(payload, None)
-                yield pid, it.with_vectors(views[pid].vectors) if pid in views else it
+            got = self.shard.retrieve(missing, True, False)
+            return self._with_cached_vectors([(r.id, r.payload) for r in got])
 
         return _cached(self._full, self.full_cache_items, pids, load)
+
+    def _with_cached_vectors(
+        self, records: list[tuple[uuid.UUID, Any]]
+    ) -> list[tuple[uuid.UUID, StoredItem]]:
+        """(point id, payload) pairs read without vectors, as items whose vectors come from
+        the candidate views (one retrieve for the views missing)."""
+        views = self._views([pid for pid, _ in records])
+        out = []
+        for pid, payload in records:
+            it = StoredItem.from_parts(payload, None)
+            out.append((pid, it.with_vectors(views[pid].vectors) if pid in views else it))
+        return out
 
     def _views(self, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, StoredItem]:
         """Candidate views (CANDIDATE_FIELDS payload + vectors) by point id: from the cache, or

@@ -174,7 +174,7 @@ def build_app(
             log.exception("could not re-read messages Faust skipped; stopping the worker")
             await app.crash(exc)
             raise
-        return [*(_record_msg(r) for r in missed), _msg(event)]
+        return [*(_msg(r) for r in missed), _msg(event.message)]
 
     def bind(
         topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]
@@ -206,11 +206,7 @@ def build_app(
     return app, handlers
 
 
-def _msg(event: faust.EventT) -> Msg:
-    m = event.message
+def _msg(m: Any) -> Msg:
+    """A Faust message or an aiokafka ConsumerRecord (re-read by SkipGuard) as a handler
+    message: both carry these five attributes."""
     return Msg(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value)
-
-
-def _record_msg(r: Any) -> Msg:
-    """An aiokafka ConsumerRecord (re-read by SkipGuard) as a handler message."""
-    return Msg(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value)
