@@ -66,6 +66,8 @@ def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
         "web_enabled": settings.web_enabled,
         "web_port": settings.web_port,
         "stream_recovery_delay": 0.0,
+        # Faust's own folder (tables' local files), under data_dir rather than the cwd.
+        "datadir": str(settings.data_dir / "faust" / "{conf.id}"),
     }
     if k.security_protocol != "PLAINTEXT":
         import ssl
@@ -100,6 +102,7 @@ def build_app(
     content_encoder: ItemEncoder,
 ) -> tuple[faust.App, Handlers]:
     k = settings.kafka
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes one level
     app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
     app.fetch_max_wait_ms = k.fetch_max_wait_ms or (
         TANSU_FETCH_MAX_WAIT_MS if flavor == "tansu" else None

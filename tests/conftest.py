@@ -25,6 +25,8 @@ from aiokafka import AIOKafkaConsumer
 from streams.client import RecstreamClient, now_ms
 from streams.settings import EncoderSettings, Settings
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def docker_available() -> bool:
     if shutil.which("docker") is None:
@@ -71,9 +73,13 @@ class Worker:
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        cwd = self.log_path.parent / "cwd"  # whatever a worker leaves in its cwd stays here
+        cwd.mkdir(exist_ok=True)
+        pp = self.env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env=self.env,
+            env={**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), pp]))},
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
