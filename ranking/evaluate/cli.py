@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=2020, help="split protocol shuffle seed")
     p.add_argument(
+        "--split-order",
+        choices=("time", "random"),
+        default="time",
+        help="split protocol: the order the training part is learned in (time: as it "
+        "happened; random: RecBole's default ordering, the training timestamps handed out "
+        "in ascending order)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -128,15 +136,19 @@ def main(argv: list[str]) -> int:
     data = load(args.data, args.items)
     if args.limit:
         data = data.head(args.limit)
+    from ranking.evaluate.protocols import prequential, split, split_replay
+
+    part = None
+    if args.protocol == "split":
+        data, part = split_replay(data, args.seed, args.split_order)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = build_models(names, data, args)
-    from ranking.evaluate.protocols import prequential, split
 
     t0 = time.perf_counter()
     if args.protocol == "prequential":
         results = prequential(data, models, k=args.k, progress=not args.quiet)
     else:
-        results = split(data, models, k=args.k, progress=not args.quiet, seed=args.seed)
+        results = split(data, models, k=args.k, progress=not args.quiet, part=part)
     elapsed = time.perf_counter() - t0
     print(table(results))
     print(
@@ -148,6 +160,7 @@ def main(argv: list[str]) -> int:
             "data": args.data,
             "protocol": args.protocol,
             "k": args.k,
+            **({"split_order": args.split_order} if args.protocol == "split" else {}),
             "interactions": len(data),
             "users": data.n_users,
             "items": data.n_items,

@@ -55,6 +55,22 @@ class Interactions:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def take(self, rows: np.ndarray, ts: np.ndarray | None = None) -> Interactions:
+        """These interactions, in this order (items/users kept), with ``ts`` instead of
+        their own timestamps when given."""
+        return Interactions(
+            self.user[rows],
+            self.item[rows],
+            self.ts[rows] if ts is None else np.asarray(ts, dtype=np.int64),
+            [self.etype[j] for j in rows.tolist()],
+            self.value[rows],
+            self.user_ids,
+            self.item_ids,
+            self.item_text,
+            self.item_title,
+            self.item_tags,
+        )
+
     def head(self, n: int) -> Interactions:
         """The first n interactions in time order (items/users kept: the catalog stays)."""
         return Interactions(

@@ -4,8 +4,12 @@ prequential  for each interaction in timestamp order: rank every item the user h
              interacted with yet, score where the target falls, then learn from it.
 split        RecBole's default: each user's interactions shuffled (seeded) and cut 80/10/10
              (valid = test = floor(10%), train = the rest); the training part is learned as a
-             stream in timestamp order; then every user ranks all items outside their train
-             and valid parts, and the test part is the set of targets.
+             stream; then every user ranks all items outside their train and valid parts, and
+             the test part is the set of targets. The stream's order (``split_replay``):
+             ``time``, timestamp order (the default); or ``random``, RecBole's default
+             ordering (``order: RO``): the training interactions in a seeded random order,
+             carrying the training part's timestamps in ascending order, so time still moves
+             forward.
 """
 
 from __future__ import annotations
@@ -124,14 +128,43 @@ def split_indices(data: Interactions, seed: int = 2020) -> np.ndarray:
     return part
 
 
+SPLIT_ORDERS = ("time", "random")
+
+
+def split_replay(
+    data: Interactions, seed: int = 2020, order: str = "time"
+) -> tuple[Interactions, np.ndarray]:
+    """The split protocol's data and parts (``split_indices``), the training part first, in
+    the order the stream learns it (see the module doc); valid and test follow unchanged.
+
+    With ``random``, the i-th training interaction learned gets the i-th smallest training
+    timestamp: a random split has no order to learn from (a test interaction may be older
+    than most of the training ones), and time-decayed state still sees time go forward."""
+    if order not in SPLIT_ORDERS:
+        raise ValueError(f"split order must be one of {SPLIT_ORDERS}, not {order!r}")
+    part = split_indices(data, seed)
+    train, rest = np.flatnonzero(part == 0), np.flatnonzero(part > 0)
+    if order == "time":
+        rows = np.concatenate([train, rest])
+        return data.take(rows), part[rows]
+    shuffled = np.random.default_rng(seed).permutation(train)
+    rows = np.concatenate([shuffled, rest])
+    ts = np.concatenate([np.sort(data.ts[train]), data.ts[rest]])
+    return data.take(rows, ts), part[rows]
+
+
 def split(
     data: Interactions,
     models: Sequence[Model],
     k: int = 10,
     progress: bool = True,
     seed: int = 2020,
+    part: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | int]]:
-    part = split_indices(data, seed)
+    """``part``: 0/1/2 per interaction (train/valid/test), e.g. from ``split_replay``;
+    default ``split_indices(data, seed)``. Training interactions are learned in row order."""
+    if part is None:
+        part = split_indices(data, seed)
     accs = {m.name: Accumulator(k, data.n_items) for m in models}
     timers = {m.name: Timer() for m in models}
     train = np.flatnonzero(part == 0)

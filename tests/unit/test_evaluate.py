@@ -15,7 +15,7 @@ from ranking.evaluate.cli import main
 from ranking.evaluate.data import Interactions, build, load_interactions
 from ranking.evaluate.metrics import query_metrics, target_ranks
 from ranking.evaluate.models import RecstreamModel, ranking_settings
-from ranking.evaluate.protocols import prequential, split, split_indices
+from ranking.evaluate.protocols import prequential, split, split_indices, split_replay
 from ranking.state import UserState
 
 
@@ -117,6 +117,38 @@ def test_split_protocol() -> None:
     assert r["oracle"]["NDCG@10"] == 1.0 and r["oracle"]["Recall@10"] == 1.0
     assert r["oracle"]["Precision@10"] == pytest.approx(0.2)
     assert r["popularity"]["NDCG@10"] < 1.0
+
+
+def test_split_replay_orders_only_the_training_part() -> None:
+    """Both orders hold the same train/valid/test interactions as split_indices; ``random``
+    learns the training part in another order than time, with ascending timestamps."""
+    data = synthetic(per_user=20)
+    part0 = split_indices(data, 7)
+
+    def parts(d: Interactions, part: np.ndarray, p: int) -> list[tuple[int, int, str]]:
+        rows = np.flatnonzero(part == p).tolist()
+        return sorted((int(d.user[j]), int(d.item[j]), d.etype[j]) for j in rows)
+
+    by_time, part_t = split_replay(data, 7, "time")
+    shuffled, part_r = split_replay(data, 7, "random")
+    n_train = int((part0 == 0).sum())
+    for d, part in ((by_time, part_t), (shuffled, part_r)):
+        assert len(d) == len(data) and (part[:n_train] == 0).all() and (part[n_train:] > 0).all()
+        for p in (0, 1, 2):
+            assert parts(d, part, p) == parts(data, part0, p)
+        assert np.all(np.diff(d.ts[:n_train]) >= 0)  # time moves forward while learning
+    assert by_time.ts[:n_train].tolist() == shuffled.ts[:n_train].tolist()
+    assert by_time.ts[:n_train].tolist() == data.ts[part0 == 0].tolist()
+
+    def pairs(d: Interactions) -> list[tuple[int, int]]:
+        return [(int(d.user[j]), int(d.item[j])) for j in range(n_train)]
+
+    order_t, order_r = pairs(by_time), pairs(shuffled)
+    assert order_t != order_r and sorted(order_t) == sorted(order_r)
+    # the test part keeps its own timestamps
+    assert sorted(shuffled.ts[part_r == 2].tolist()) == sorted(data.ts[part0 == 2].tolist())
+    with pytest.raises(ValueError, match="split order"):
+        split_replay(data, 7, "backwards")
 
 
 def test_cli_on_a_csv_file_writes_the_report(tmp_path: Path) -> None:
