@@ -1,0 +1,35 @@
+"""`recstream bench` end to end at a tiny size: the interface scripts depend on (the report's
+keys, the relay beside recstream, the plot), not its figures, which belong to the benchmark
+runs themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_rate")
+
+
+def test_bench_reports_recstream_beside_the_relay(worker_env: dict[str, str], tmp_path: Path):
+    report = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "streams.cli", "bench", "--rate", "20", "--seconds", "4",
+           "--items", "2000", "--users", "50", "--report", str(report),
+           "--workdir", str(tmp_path / "work")]  # fmt: skip
+    run = subprocess.run(cmd, env=worker_env, cwd=tmp_path, capture_output=True, timeout=300)
+    out = (run.stdout + run.stderr).decode(errors="replace")
+    assert run.returncode == 0, out[-4000:]
+    rep = orjson.loads(report.read_bytes())
+    assert rep["rate"] == 20
+    for key in (*LATENCY_KEYS, "worker_peak_rss_mb", "sent", "answered"):
+        assert key in rep, key
+    for key in LATENCY_KEYS:
+        assert key in rep["relay"], key
+    # 20 events/s for 4 s: every event answered by both, each latency positive and ordered
+    for r in (rep, rep["relay"]):
+        assert r["sent"] >= 60 and r["answered"] == r["sent"], out[-2000:]
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert rep["worker_peak_rss_mb"] > 50
+    assert report.with_suffix(".png").stat().st_size > 0
