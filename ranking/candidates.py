@@ -22,7 +22,9 @@ from ranking.state import SEEN_FILTER_BITS
 @dataclass
 class CandidateSet:
     ids: list[str]
-    vectors: dict[str, np.ndarray]  # modality -> float32[n, d], unit rows (zeros where missing)
+    # modality -> float32[n, d], unit rows (zeros where missing); a modality that no candidate
+    # has may be absent (from_items leaves it out): scoring skips it.
+    vectors: dict[str, np.ndarray]
     present: dict[str, np.ndarray]  # modality -> bool[n]
     trend: np.ndarray  # float64[n], log-space decayed popularity (ranking.store)
     published_at: np.ndarray  # float64[n], epoch ms, nan when unknown
@@ -87,12 +89,15 @@ class CandidateSet:
             if n and all(v is not None and len(v) == d for v in vs):
                 mat = np.array(vs, dtype=np.float32)  # every item has it: one copy
             else:
-                mat = np.zeros((n, d), dtype=np.float32)
                 got = [(r, v) for r, v in enumerate(vs) if v is not None and len(v) == d]
-                if got:
-                    mat[[r for r, _ in got]] = np.stack([v for _, v in got])
+                if not got:
+                    # No candidate has it: left out (scoring skips a modality the set lacks,
+                    # as it skips rows without it), not an [n, d] block of zeros per request.
+                    continue
+                mat = np.zeros((n, d), dtype=np.float32)
+                mat[[r for r, _ in got]] = np.stack([v for _, v in got])
             # One vectorised normalisation: this runs per request on the stream's hot path.
-            norm = np.linalg.norm(mat, axis=1)
+            norm = np.sqrt(np.einsum("ij,ij->i", mat, mat))
             has = norm > 1e-9
             mat /= np.where(has, norm, np.float32(1.0))[:, None]  # rows without it stay as are
             vectors[m], present[m] = mat, has

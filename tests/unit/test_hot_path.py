@@ -6,6 +6,8 @@ reference code on random data."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,36 @@ def test_packed_rows_give_the_history_sums_of_the_plain_rows() -> None:
         want[cs.index[i]] = sum(w for nb, w in t if seen.contains(bits, nb))
     np.testing.assert_allclose(cs.history_sums(bits), want)
     assert want.max() > 0
+
+
+def test_a_modality_no_candidate_has_is_left_out_and_scores_alike() -> None:
+    """from_items leaves out a modality none of the candidates has (no [n, d] block of zeros
+    per request); scores with the user's image interest are then what a set with an all-zero
+    image block (present nowhere) gives: a modality the set lacks adds nothing."""
+    rng = np.random.default_rng(9)
+    items = [
+        StoredItem(f"i{n}", f"t{n}", (), None, 0.0, {"text": rng.normal(size=8)}) for n in range(30)
+    ]
+    dims = {"text": 8, "image": 5, "audio": 3}
+    cs = CandidateSet.from_items(items, dims)
+    assert set(cs.vectors) == {"text"} and set(cs.present) == {"text"}
+    np.testing.assert_allclose(np.linalg.norm(cs.vectors["text"], axis=1), 1.0, rtol=1e-6)
+    zeros = CandidateSet(
+        ids=cs.ids,
+        vectors={**cs.vectors, "image": np.zeros((30, 5), np.float32)},
+        present={**cs.present, "image": np.zeros(30, bool)},
+        trend=cs.trend, published_at=cs.published_at, cf_count=cs.cf_count,
+    )  # fmt: skip
+    st = UserState(interest={"text": rng.normal(size=8), "image": rng.normal(size=5)})
+    sp = dataclasses.replace(SP, modality_weights={"text": 1.0, "image": 2.0})
+    got = score_candidates(cs, st, sp, {}, NOW)
+    want = score_candidates(zeros, st, sp, {}, NOW)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+    # one item with an image: the block is there, present on that row only
+    items[4] = StoredItem(
+        "i4", "t4", (), None, 0.0, {"text": rng.normal(size=8), "image": np.ones(5)}
+    )
+    cs2 = CandidateSet.from_items(items, dims)
+    assert set(cs2.vectors) == {"text", "image"}
+    assert cs2.present["image"].tolist() == [n == 4 for n in range(30)]
+    np.testing.assert_allclose(cs2.vectors["image"][4], np.full(5, 1 / np.sqrt(5)), rtol=1e-6)
