@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from ranking import seen as bloom
 from ranking.memo import BoundedMemo
@@ -106,6 +107,14 @@ def row_after(
 def top_neighbours(row: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The row's n strongest neighbours (what goes into the item's payload), best first."""
     return sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def cf_top_text(top: Sequence[tuple[str, float]]) -> str:
+    """A row's published ``cf_top``: compact JSON text (the engine's binding converts nested
+    lists at ~1.2 ms an item), in columns, ``{"i": [ids], "w": [weights]}``, best first: ranking
+    reads it as a list and an array without building a pair per entry (recommender.seed_of:
+    ~7 us per 100-entry row, 25 us as [[id, w], ...] pairs)."""
+    return orjson.dumps({"i": [nb for nb, _ in top], "w": [round(x, 6) for _, x in top]}).decode()
 
 
 def count_after(count: float, w: float) -> float:

@@ -238,6 +238,34 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 # -- one entry point per request: score a candidate set, explain the top k ------------------
 
 
+class RowPairs(Sequence[tuple[str, float]]):
+    """A published row's (neighbour id, weight) pairs, read over its two columns: a pair is
+    built only when one is asked for (ranking reads the columns, ``Seed.cf_arrays``)."""
+
+    __slots__ = ("ids", "w")
+
+    def __init__(self, ids: list[str], w: np.ndarray) -> None:
+        self.ids, self.w = ids, w
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+        if isinstance(k, slice):
+            return list(zip(self.ids[k], self.w[k].tolist(), strict=True))
+        return self.ids[k], float(self.w[k])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RowPairs({list(self)!r})"
+
+
 @dataclass(frozen=True)
 class Seed:
     """One of the user's recent items as the stream retrieves it (with payload): a source of

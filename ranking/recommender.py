@@ -27,6 +27,7 @@ from ranking.collab import unpack_row
 from ranking.memo import BoundedMemo
 from ranking.ranker import (
     RankedItem,
+    RowPairs,
     Scored,
     ScoreParams,
     Seed,
@@ -45,11 +46,11 @@ def now_ms() -> int:
 
 
 def seed_of(item: StoredItem) -> Seed:
-    """A fetched recent item as a Seed. Its ``cf_top`` row (100 [id, weight] pairs) is parsed
-    once per published version. The item side publishes it as compact JSON text (converting
-    nested lists into the engine's payload cost ~1.2 ms an item; see flush_item_stats), and the
-    text identifies the version; rows published as lists (older payloads) are keyed by the
-    packed ``cf_pos``/``cf_w`` strings written with them."""
+    """A fetched recent item as a Seed. Its ``cf_top`` row (its 100 strongest neighbours) is
+    parsed once per published version. The item side publishes it as compact JSON text in
+    columns (collab.cf_top_text), and the text identifies the version; older payloads hold
+    [[id, weight], ...] pairs, as text or as lists (these keyed by the packed
+    ``cf_pos``/``cf_w`` strings written with them)."""
     p = item.payload
     raw = p.get("cf_top") or ()
     if isinstance(raw, str):
@@ -76,17 +77,25 @@ def seed_of(item: StoredItem) -> Seed:
     )
 
 
-def _parsed(raw: Any) -> tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]:
-    top = [(str(i), float(x)) for i, x in raw]
-    ids = [i for i, _ in top]
-    return top, (ids, np.fromiter((x for _, x in top), np.float64, len(top)))
+def _parsed(raw: Any) -> tuple[RowPairs, tuple[list[str], np.ndarray]]:
+    """A published row, as columns ({"i": ids, "w": weights}: collab.cf_top_text) or as
+    [[id, weight], ...] pairs (rows published before the columns)."""
+    if isinstance(raw, dict):
+        ids = [str(i) for i in raw.get("i") or ()]
+        w = np.asarray(raw.get("w") or (), dtype=np.float64)
+        if len(w) != len(ids):
+            raise ValueError(f"cf_top has {len(ids)} ids and {len(w)} weights")
+    else:
+        ids = [str(i) for i, _ in raw]
+        w = np.fromiter((float(x) for _, x in raw), np.float64, len(ids))
+    return RowPairs(ids, w), (ids, w)
 
 
 # (item id, cf_top text) or (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights));
 # ~10-13 KB each, emptied at 5,000.
-_TOPS: BoundedMemo[
-    tuple[str, ...], tuple[list[tuple[str, float]], tuple[list[str], np.ndarray]]
-] = BoundedMemo(5_000)
+_TOPS: BoundedMemo[tuple[str, ...], tuple[RowPairs, tuple[list[str], np.ndarray]]] = BoundedMemo(
+    5_000
+)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from ranking.collab import (
+    cf_top_text,
     cooc_records,
     count_after,
     history_weights,
@@ -429,8 +430,7 @@ class Handlers:
             payloads[i] = {
                 "trend": v["t"],
                 "cf_count": v["c"],
-                # compact JSON text: the engine converts nested lists at ~1.2 ms an item
-                "cf_top": orjson.dumps([[nb, round(x, 6)] for nb, x in top]).decode(),
+                "cf_top": cf_top_text(top),
                 **pack_row(top, bits, hw),
             }
         await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")

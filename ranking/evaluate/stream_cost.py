@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 from ranking.candidates import CandidateSet
-from ranking.collab import cooc_pairs, pack_row, unpack_row
+from ranking.collab import cf_top_text, cooc_pairs, pack_row, unpack_row
 from ranking.learner import bpr_step
 from ranking.ranker import collab_candidates, rank_candidates, score_candidates
 from ranking.recommender import seed_of
@@ -102,8 +102,8 @@ class StreamPath:
         """A seed as the store returns it: the item with its whole payload (``cf_top`` as the
         JSON text the item side writes); ``recommender.seed_of`` parses it, timed."""
         it = self._item(self.m.cs.index[item_id])
-        top = orjson.dumps([[i, w] for i, w in self._top(self.m.cs.index[item_id])])
-        return dataclasses.replace(it, payload={**it.payload, "cf_top": top.decode()})
+        top = cf_top_text(self._top(self.m.cs.index[item_id]))
+        return dataclasses.replace(it, payload={**it.payload, "cf_top": top})
 
     def _store_batch(self, st: UserState) -> list[int]:
         """Rows the store's batch query returns: similar, trending, fresh (exact exclusions)."""

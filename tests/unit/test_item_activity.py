@@ -80,7 +80,8 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
             await h.flush_item_stats()
             got = await store.get(["x"], with_vectors=False)
             p = got["x"].payload
-            assert orjson.loads(p["cf_top"]) == [["pop", 0.5], ["rare", 0.5]]  # raw (JSON text)
+            # raw weights, as JSON text in columns
+            assert orjson.loads(p["cf_top"]) == {"i": ["pop", "rare"], "w": [0.5, 0.5]}
             row = unpack_row(p)
             assert row is not None
             assert row[1].tolist() == [0.125, 0.5]  # 0.5 / 16 ** 0.5; rare: count unknown
@@ -90,7 +91,7 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
             await h.on_item_activity(_msg(new, 3))
             await h.flush_item_stats()
             p = (await store.get(["x"], with_vectors=False))["x"].payload
-            assert orjson.loads(p["cf_top"]) == [["rare", 1.0], ["pop", 0.5]]
+            assert orjson.loads(p["cf_top"]) == {"i": ["rare", "pop"], "w": [1.0, 0.5]}
             assert unpack_row(p)[1].tolist() == [0.5, 0.125]  # type: ignore[index]
 
             # a pair that is not [id, weight(, count)] is a bad record: dead-lettered
