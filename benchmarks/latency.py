@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -82,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "vectors), and its 100,000 ratings replayed in time order as the events",
     )
     p.add_argument("--no-relay", action="store_true", help="skip the bare relay runs")
-    p.add_argument("--workdir", type=Path, help="run folder (default: a temporary one)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="run folder, kept afterwards (default: a temporary one, removed as the runs end: "
+        "each rate's copy of the 100k catalog is ~1 GB)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--profile",
@@ -161,6 +167,8 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         if local is not None:
             local.stop()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
@@ -225,6 +233,8 @@ async def _worker_run(
         )  # fmt: skip
     finally:
         await stop(proc)
+        if args.workdir is None:  # a temporary run folder: its catalog copy goes now
+            shutil.rmtree(run_dir / "store", ignore_errors=True)
     return res.summary()
 
 

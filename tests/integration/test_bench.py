@@ -15,10 +15,12 @@ LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_rate")
 
 def test_bench_reports_recstream_beside_the_relay(worker_env: dict[str, str], tmp_path: Path):
     report = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"  # the default run folder goes under TMPDIR, removed at the end
+    scratch.mkdir()
     cmd = [sys.executable, "-m", "streams.cli", "bench", "--rate", "20", "--seconds", "4",
-           "--items", "2000", "--users", "50", "--report", str(report),
-           "--workdir", str(tmp_path / "work")]  # fmt: skip
-    run = subprocess.run(cmd, env=worker_env, cwd=tmp_path, capture_output=True, timeout=300)
+           "--items", "2000", "--users", "50", "--report", str(report)]  # fmt: skip
+    env = {**worker_env, "TMPDIR": str(scratch)}
+    run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, timeout=300)
     out = (run.stdout + run.stderr).decode(errors="replace")
     assert run.returncode == 0, out[-4000:]
     rep = orjson.loads(report.read_bytes())
@@ -33,3 +35,4 @@ def test_bench_reports_recstream_beside_the_relay(worker_env: dict[str, str], tm
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert rep["worker_peak_rss_mb"] > 50
     assert report.with_suffix(".png").stat().st_size > 0
+    assert not any(scratch.glob("recstream-bench-*")), "the temporary run folder was left behind"
