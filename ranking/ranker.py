@@ -275,16 +275,16 @@ class Seed:
     item_id: str
     title: str | None = None
     vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # (id, weight) pairs, best first: a RowPairs from recommender.seed_of (its columns are
+    # cf_arrays as they are, memoised per published row), or any sequence of pairs.
     cf_top: Sequence[tuple[str, float]] = ()
     cf_count: float = 0.0
-    # cf_top as (ids, float64 weights), when the caller already has it (recommender.seed_of
-    # memoises it per published row); else parsed once per Seed.
-    cf_parsed: tuple[list[str], np.ndarray] | None = field(default=None, compare=False)
 
     @cached_property
     def cf_arrays(self) -> tuple[list[str], np.ndarray]:
-        if self.cf_parsed is not None:
-            return self.cf_parsed
+        """cf_top as (ids, float64 weights)."""
+        if isinstance(self.cf_top, RowPairs):
+            return self.cf_top.ids, self.cf_top.w
         ids = [i for i, _ in self.cf_top]
         return ids, np.fromiter((w for _, w in self.cf_top), np.float64, len(ids))
 

@@ -63,7 +63,7 @@ def seed_of(item: StoredItem) -> Seed:
         pos, w = p.get("cf_pos"), p.get("cf_w")
         key = (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
         hit = _TOPS.get(key) if key is not None else None
-        if hit is None or len(hit[0]) != len(raw):
+        if hit is None or len(hit) != len(raw):
             hit = _parsed(raw)
             if key is not None:
                 _TOPS.put(key, hit)
@@ -71,13 +71,12 @@ def seed_of(item: StoredItem) -> Seed:
         item_id=item.item_id,
         title=item.title,
         vectors=item.vectors,
-        cf_top=hit[0],
+        cf_top=hit,
         cf_count=float(p.get("cf_count") or 0.0),
-        cf_parsed=hit[1],
     )
 
 
-def _parsed(raw: Any) -> tuple[RowPairs, tuple[list[str], np.ndarray]]:
+def _parsed(raw: Any) -> RowPairs:
     """A published row, as columns ({"i": ids, "w": weights}: collab.cf_top_text) or as
     [[id, weight], ...] pairs (rows published before the columns)."""
     if isinstance(raw, dict):
@@ -88,14 +87,12 @@ def _parsed(raw: Any) -> tuple[RowPairs, tuple[list[str], np.ndarray]]:
     else:
         ids = [str(i) for i, _ in raw]
         w = np.fromiter((float(x) for _, x in raw), np.float64, len(ids))
-    return RowPairs(ids, w), (ids, w)
+    return RowPairs(ids, w)
 
 
-# (item id, cf_top text) or (item id, cf_pos, cf_w) -> (cf_top pairs, (ids, weights));
-# ~10-13 KB each, emptied at 5,000.
-_TOPS: BoundedMemo[tuple[str, ...], tuple[RowPairs, tuple[list[str], np.ndarray]]] = BoundedMemo(
-    5_000
-)
+# (item id, cf_top text) or (item id, cf_pos, cf_w) -> the parsed row; ~10-13 KB each,
+# emptied at 5,000.
+_TOPS: BoundedMemo[tuple[str, ...], RowPairs] = BoundedMemo(5_000)
 
 
 @dataclass

@@ -75,10 +75,9 @@ class Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         cwd = self.log_path.parent / "cwd"  # whatever a worker leaves in its cwd stays here
         cwd.mkdir(exist_ok=True)
-        pp = self.env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env={**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), pp]))},
+            env=self.env,
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -137,6 +136,8 @@ def worker_env(broker: str, model_dir: Path, tmp_path: Path) -> dict[str, str]:
         "RECSTREAM_QDRANT_PATH": str(tmp_path / "qdrant"),
         "RECSTREAM_ENCODER_MODEL_DIR": str(model_dir),
         "RECSTREAM_LOG_LEVEL": "INFO",
+        # child processes run this tree's code whatever their working directory
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
 
 

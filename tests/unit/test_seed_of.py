@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from ranking.collab import cf_top_text
+from ranking.ranker import RowPairs
 from ranking.recommender import seed_of
 from ranking.store import StoredItem
 
@@ -29,8 +30,8 @@ def test_text_and_list_rows_give_the_same_seed() -> None:
     for s in (as_columns, as_text, as_list):
         assert s.cf_top == [("b", 2.5), ("c", 1.25), ("d", 0.5)]
         assert s.cf_top[1:] == [("c", 1.25), ("d", 0.5)] and len(s.cf_top) == 3
-        assert s.cf_parsed is not None
-        ids, w = s.cf_parsed
+        assert isinstance(s.cf_top, RowPairs)  # its columns are the arrays ranking reads
+        ids, w = s.cf_arrays
         assert ids == ["b", "c", "d"] and w.tolist() == [2.5, 1.25, 0.5]
         assert s.cf_count == 4.0 and s.title == "A"
 

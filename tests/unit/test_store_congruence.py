@@ -107,15 +107,21 @@ def run_all(tmp_path: Path, fn: Any) -> dict[str, Any]:
     return {b: asyncio.run(fn(b, str(tmp_path / b))) for b in BACKENDS}
 
 
-def test_same_operations_same_results(tmp_path: Path) -> None:
-    async def go(backend: str, location: str) -> list[Any]:
+def run_scenario(tmp_path: Path, scenario_fn: Any) -> dict[str, Any]:
+    """``scenario_fn(store)`` on a fresh store of every backend, each closed afterwards."""
+
+    async def go(backend: str, location: str) -> Any:
         store = open_store(backend, location)
         try:
-            return await scenario(store)
+            return await scenario_fn(store)
         finally:
             await store.close()
 
-    res = run_all(tmp_path, go)
+    return run_all(tmp_path, go)
+
+
+def test_same_operations_same_results(tmp_path: Path) -> None:
+    res = run_scenario(tmp_path, scenario)
     assert res["client"] == res["edge"]
     count, items, lean, picked, similar, cf_only, cold = res["edge"]
     assert count == 23
@@ -232,14 +238,7 @@ async def interleaved(store: ItemStore) -> list[Any]:
 
 
 def test_reads_between_writes_see_every_write(tmp_path: Path) -> None:
-    async def go(backend: str, location: str) -> list[Any]:
-        store = open_store(backend, location)
-        try:
-            return await interleaved(store)
-        finally:
-            await store.close()
-
-    res = run_all(tmp_path, go)
+    res = run_scenario(tmp_path, interleaved)
     assert res["client"] == res["edge"]
     views = res["edge"]
     trending = [[s[0] for s in cands[3:6]] for cands, _, _ in views]
