@@ -38,7 +38,7 @@ from ranking.ranker import (
     score_candidates,
 )
 from ranking.state import UserState
-from ranking.store import CANDIDATE_FIELDS, ItemStore, StoredItem
+from ranking.store import CANDIDATE_FIELDS, CandidateQuery, ItemStore, StoredItem
 
 
 def now_ms() -> int:
@@ -95,6 +95,17 @@ def _parsed(raw: Any) -> RowPairs:
 _TOPS: BoundedMemo[tuple[str, ...], RowPairs] = BoundedMemo(5_000)
 
 
+@dataclass(frozen=True)
+class CandidateAsk:
+    """One user's candidate-set question: their state, list length, fetched seeds, and items
+    to add (the item an event is about)."""
+
+    state: UserState
+    k: int
+    seeds: Mapping[str, Seed]
+    extra: Sequence[StoredItem] = ()
+
+
 @dataclass
 class Ranked:
     items: list[RankedItem]
@@ -134,26 +145,44 @@ class Recommender:
         """Candidates for ``state``: the store's batch (similar, trending, fresh) and the
         seeds' strongest co-occurrence neighbours, plus ``extra`` items (e.g. the item an event
         is about, so learning can compare it with the list)."""
-        limit = k * self.candidate_factor
-        exclude = state.excluded()
-        want = collab_candidates(state.recent, seeds, exclude, limit, self.params)
-        units = interest_units(state.interest)
-        similar = self.store.candidates(units, exclude=exclude, limit=limit)
-        neighbours = self.store.get(want, fields=CANDIDATE_FIELDS) if want else _no_items()
+        return (await self.candidate_sets([CandidateAsk(state, k, seeds, extra)]))[0]
+
+    async def candidate_sets(self, asks: Sequence[CandidateAsk]) -> list[CandidateSet]:
+        """``candidate_set`` for several users (one stream batch's events) with two store
+        reads in all: one ``candidates_many`` and one ``get`` of every user's co-occurrence
+        neighbours (overlapped where the store is a server)."""
+        queries, wants = [], []
+        for a in asks:
+            limit = a.k * self.candidate_factor
+            exclude = a.state.excluded()
+            wants.append(collab_candidates(a.state.recent, a.seeds, exclude, limit, self.params))
+            queries.append(CandidateQuery(interest_units(a.state.interest), exclude, limit))
+        want_all = list(dict.fromkeys(i for want in wants for i in want))
+        similar = self.store.candidates_many(queries)
+        neighbours = self.store.get(want_all, fields=CANDIDATE_FIELDS) if want_all else _no_items()
         if self.store.concurrent_reads:
-            batch, nbrs = await asyncio.gather(similar, neighbours)
+            batches, nbrs = await asyncio.gather(similar, neighbours)
         else:
-            batch, nbrs = await similar, await neighbours
-        items = [*extra, *batch, *nbrs.values()]
-        counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}
-        rows = {}  # each candidate's own published row, for the "history" feature
-        for it in items:
-            row = unpack_row(it.payload)
-            if row is not None:
-                rows[it.item_id] = row
-        return CandidateSet.from_items(
-            items, self.dims, cf_counts=counts, seen_bits=self.seen_filter_bits, cf_rows=rows
-        )
+            batches, nbrs = await similar, await neighbours
+        out = []
+        for a, batch, want in zip(asks, batches, wants, strict=True):
+            items = [*a.extra, *batch, *(nbrs[i] for i in want if i in nbrs)]
+            counts = {it.item_id: float(it.payload.get("cf_count") or 0.0) for it in items}
+            rows = {}  # each candidate's own published row, for the "history" feature
+            for it in items:
+                row = unpack_row(it.payload)
+                if row is not None:
+                    rows[it.item_id] = row
+            out.append(
+                CandidateSet.from_items(
+                    items,
+                    self.dims,
+                    cf_counts=counts,
+                    seen_bits=self.seen_filter_bits,
+                    cf_rows=rows,
+                )
+            )
+        return out
 
     def rank(
         self, cs: CandidateSet, state: UserState, seeds: Mapping[str, Seed], k: int, now: int

@@ -169,6 +169,15 @@ def content_vectors(
     return out
 
 
+@dataclass(frozen=True)
+class CandidateQuery:
+    """One user's ``ItemStore.candidates`` question (see there), for ``candidates_many``."""
+
+    units: Mapping[str, np.ndarray]
+    exclude: Iterable[str]
+    limit: int
+
+
 class ItemStore(abc.ABC):
     """Async access to the item catalog. ``dims`` maps vector name -> size (cosine)."""
 
@@ -245,6 +254,12 @@ class ItemStore(abc.ABC):
         newest items, all minus ``exclude`` (applied by the engine, so a deleted or excluded
         item never comes back). Items come with payload and vectors; ``score`` is the
         similarity for vector results and None for the trending and fresh ones."""
+
+    async def candidates_many(self, queries: Sequence[CandidateQuery]) -> list[list[StoredItem]]:
+        """``candidates`` for several users at once (the events of one stream batch), answers
+        in the same order. Backends override it to ask the engine once (one query batch, one
+        server round trip) instead of once per user; the answers are the same."""
+        return [await self.candidates(q.units, exclude=q.exclude, limit=q.limit) for q in queries]
 
     @abc.abstractmethod
     async def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:

@@ -16,6 +16,7 @@ from qdrant_client import AsyncQdrantClient, models
 from ranking.store import (
     CANDIDATE_FIELDS,
     ORDER_KEYS,
+    CandidateQuery,
     ItemRecord,
     ItemStore,
     StoredItem,
@@ -144,39 +145,54 @@ class QdrantStore(ItemStore):
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
     ) -> list[StoredItem]:
-        flt = _exclude_filter(exclude)
-        requests = [
-            models.QueryRequest(
-                query=np.asarray(vec, dtype=np.float32).tolist(),
-                using=m,
-                filter=flt,
-                limit=limit,
-                with_payload=list(CANDIDATE_FIELDS),
-                with_vector=True,
+        return (await self.candidates_many([CandidateQuery(units, exclude, limit)]))[0]
+
+    async def candidates_many(self, queries: Sequence[CandidateQuery]) -> list[list[StoredItem]]:
+        """Every user's vector, trending and fresh queries in one ``query_batch_points`` call:
+        one round trip to the server for a whole stream batch."""
+        requests: list[models.QueryRequest] = []
+        spans: list[tuple[int, int, int]] = []  # (first request, first order-by, end)
+        for q in queries:
+            flt = _exclude_filter(q.exclude)
+            start = len(requests)
+            requests.extend(
+                models.QueryRequest(
+                    query=np.asarray(vec, dtype=np.float32).tolist(),
+                    using=m,
+                    filter=flt,
+                    limit=q.limit,
+                    with_payload=list(CANDIDATE_FIELDS),
+                    with_vector=True,
+                )
+                for m, vec in q.units.items()
+                if m in self.dims
             )
-            for m, vec in units.items()
-            if m in self.dims
-        ]
-        for key in ORDER_KEYS:
-            requests.append(
+            n_vec = len(requests)
+            requests.extend(
                 models.QueryRequest(
                     query=models.OrderByQuery(
                         order_by=models.OrderBy(key=key, direction=models.Direction.DESC)
                     ),
                     filter=flt,
-                    limit=limit,
+                    limit=q.limit,
                     with_payload=list(CANDIDATE_FIELDS),
                     with_vector=True,
                 )
+                for key in ORDER_KEYS
             )
+            spans.append((start, n_vec, len(requests)))
+        if not requests:
+            return []
         responses = await self.client.query_batch_points(self.collection, requests=requests)
-        n_vec = len(requests) - len(ORDER_KEYS)
         out = []
-        for i, resp in enumerate(responses):
-            for p in resp.points:
-                # Order-by queries put the ordered value in ``score``: not a similarity.
-                score = p.score if i < n_vec else None
-                out.append(StoredItem.from_parts(p.payload, p.vector, score))
+        for start, n_vec, end in spans:
+            got = []
+            for i in range(start, end):
+                for p in responses[i].points:
+                    # Order-by queries put the ordered value in ``score``: not a similarity.
+                    score = p.score if i < n_vec else None
+                    got.append(StoredItem.from_parts(p.payload, p.vector, score))
+            out.append(got)
         return out
 
     async def update_vectors(self, vectors: Mapping[str, Mapping[str, np.ndarray]]) -> None:

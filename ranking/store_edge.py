@@ -34,6 +34,7 @@ import qdrant_edge as qe
 from ranking.store import (
     CANDIDATE_FIELDS,
     ORDER_KEYS,
+    CandidateQuery,
     ItemRecord,
     ItemStore,
     StoredItem,
@@ -365,28 +366,53 @@ class EdgeStore(ItemStore):
     async def candidates(
         self, units: Mapping[str, np.ndarray], *, exclude: Iterable[str], limit: int
     ) -> list[StoredItem]:
+        return (await self.candidates_many([CandidateQuery(units, exclude, limit)]))[0]
+
+    async def candidates_many(self, queries: Sequence[CandidateQuery]) -> list[list[StoredItem]]:
         """Nearest items per modality (the engine, exclusions in its filter), then trending and
-        fresh: the first ``limit`` of a shared list not in ``exclude`` (see :meth:`_top`)."""
-        ids = {point_uuid(i) for i in exclude}
-        flt = qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None  # type: ignore[arg-type]
-        queries = [
-            qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=m),
-                filter=flt,
-                params=self._params,
-                with_vector=False,
-                with_payload=False,
+        fresh: the first ``limit`` of a shared list not in ``exclude`` (see :meth:`_top`).
+        Every user's vector queries go to the engine in one batch, and the candidate views of
+        all the answers come from one cache lookup (one retrieve for the misses)."""
+        requests: list[qe.QueryRequest] = []
+        spans: list[tuple[int, int]] = []  # each query's requests within ``requests``
+        excluded: list[set[uuid.UUID]] = []
+        for q in queries:
+            ids = {point_uuid(i) for i in q.exclude}
+            excluded.append(ids)
+            flt = qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None  # type: ignore[arg-type]
+            start = len(requests)
+            requests.extend(
+                qe.QueryRequest(
+                    limit=q.limit,
+                    query=qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=m),
+                    filter=flt,
+                    params=self._params,
+                    with_vector=False,
+                    with_payload=False,
+                )
+                for m, v in q.units.items()
+                if m in self.dims
             )
-            for m, v in units.items()
-            if m in self.dims
+            spans.append((start, len(requests)))
+        results = self.shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
+        # .id builds a UUID per access: read each once
+        found = [[(p.id, p.score) for p in points] for points in results]
+        nearest = [[hit for r in range(a, b) for hit in found[r]] for a, b in spans]
+        ordered = [
+            [pid for key in ORDER_KEYS for pid in self._top(key, q.limit, ids)]
+            for q, ids in zip(queries, excluded, strict=True)
         ]
-        results = self.shard.query_batch(qe.QueryBatchRequest(queries)) if queries else []
-        nearest = [(p.id, p.score) for points in results for p in points]  # .id builds a UUID
-        ordered = [pid for key in ORDER_KEYS for pid in self._top(key, limit, ids)]
-        views = self._views({*(pid for pid, _ in nearest), *ordered})
-        out = [views[pid].scored(score) for pid, score in nearest if pid in views]
-        out.extend(views[pid] for pid in ordered if pid in views)
+        views = self._views(
+            {
+                *(pid for hits in nearest for pid, _ in hits),
+                *(pid for top in ordered for pid in top),
+            }
+        )
+        out = []
+        for hits, top in zip(nearest, ordered, strict=True):
+            got = [views[pid].scored(score) for pid, score in hits if pid in views]
+            got.extend(views[pid] for pid in top if pid in views)
+            out.append(got)
         return out
 
     def _top(self, key: str, limit: int, excluded: set[uuid.UUID]) -> list[uuid.UUID]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
+from aiokafka.partitioner import murmur2
 
 from ranking.collab import (
     cf_top_text,
@@ -41,7 +42,7 @@ from ranking.collab import (
 from ranking.learner import bpr_step
 from ranking.params import cooc_params
 from ranking.ranker import RankedItem, Seed
-from ranking.recommender import Recommender, now_ms, rows_above, seed_of
+from ranking.recommender import CandidateAsk, Recommender, now_ms, rows_above, seed_of
 from ranking.state import UserState, apply_event, event_weight
 from ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
 from streams import schemas
@@ -55,7 +56,9 @@ T = TypeVar("T")
 class Sink(Protocol):
     """Where output goes: a Faust topic in the worker, a list in unit tests."""
 
-    async def send(self, *, key: bytes | None, value: bytes) -> Any: ...
+    async def send(
+        self, *, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,13 @@ class Msg:
     offset: int
     key: bytes | None
     value: bytes | None
+    # The Faust event the message came with (or, for a record SkipGuard re-read, the event
+    # after it, of the same partition): what a table write on its behalf is made under.
+    origin: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+
+# Item-activity updates per record at most (a grouped record stays far below Kafka's 1 MB).
+ACTIVITY_RECORD_UPDATES = 256
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...]
@@ -108,6 +118,23 @@ class ItemEncoder(Protocol):
     def close(self) -> None: ...
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the Kafka default partitioner (murmur2; Java, aiokafka, Faust) gives a
+    keyed record: where the item-stats Table keeps the item."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _activity_update(a: Mapping[str, Any]) -> tuple[str, float, int, list]:
+    """One item-activity update: (item id, interaction weight, ts, pairs), each pair
+    (neighbour, weight, neighbour's count or None: older records carry no count, and the row
+    keeps the one it knew)."""
+    pairs = [
+        (str(p[0]), float(p[1]), float(p[2]) if len(p) > 2 and p[2] is not None else None)
+        for p in a.get("pairs") or ()
+    ]
+    return str(a["item_id"]), float(a["w"]), int(a["ts"]), pairs
+
+
 def _record(item: schemas.ContentItem, vectors: Mapping[str, np.ndarray]) -> ItemRecord:
     kind = (item.attributes or {}).get("kind")
     return ItemRecord(
@@ -134,6 +161,8 @@ class Handlers:
         dead_letters: Sink,
         item_activity: Sink,
         indexed: Sink | None = None,
+        activity_partitions: int | None = None,
+        table_scope: Callable[[Msg], None] | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -150,6 +179,14 @@ class Handlers:
         self.trend_half_life_ms = r.trending_half_life_hours * 3_600_000
         self._pending_items: dict[str, dict[str, Any]] = {}
         self.cooc = cooc_params(r)
+        # item-activity is keyed by item id (the item-stats Table's partitioning): the updates
+        # of one stream batch go out as one record per destination partition (murmur2 of the
+        # item id, as the producer's default partitioner), not one record per item.
+        self.activity_partitions = activity_partitions or settings.kafka.partitions
+        self._activity: dict[int, list[dict[str, Any]]] = {}
+        # Faust writes a table change to the changelog partition of the *current* event; in a
+        # batch the handler says which message a write is for (streams/app.py sets it).
+        self.table_scope = table_scope or (lambda msg: None)
 
     async def dead_letter(self, msg: Msg, error: str, *, part: str | None = None) -> None:
         log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
@@ -224,81 +261,145 @@ class Handlers:
         return UserState.from_dict(raw) if raw is not None else UserState()
 
     async def on_event(self, msg: Msg) -> None:
-        """Learn from one event and answer it with a fresh list.
+        """One event: :meth:`on_events` of a batch of one."""
+        await self.on_events([msg])
 
-        One store ``get`` (the event's item and the user's seed items), then one candidate
-        batch for the post-event state (the event's item added back for learning). The scorer
-        learns from where the taken item stood under the pre-event state; the item side gets
-        the interaction and the co-occurrence pairs through ``item-activity``, keyed by item."""
-        try:
-            event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
-        except BadInput as exc:
-            await self.dead_letter(msg, str(exc))
-            return
-        state = self.load_state(event.user_id)
+    async def on_events(self, batch: Sequence[Msg]) -> None:
+        """Learn from each event and answer it with a fresh list, a stream batch at a time.
+
+        The events are taken in rounds (a user's first event of the batch in the first round,
+        their second in the next, ...) so each user's events apply in order, each on the state
+        the previous one left. Per round: one store ``get`` (every event's item and its user's
+        seed items), then one candidate batch for all the round's users (the event's item
+        added back for learning). The scorer learns from where the taken item stood under the
+        pre-event state; the item side gets the interactions and co-occurrence pairs through
+        ``item-activity`` (keyed by item), one record per destination partition per batch."""
+        rounds: list[list[tuple[Msg, schemas.UserEvent]]] = []
+        taken: dict[str, int] = {}
+        for msg in batch:
+            try:
+                event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
+            except BadInput as exc:
+                await self.dead_letter(msg, str(exc))
+                continue
+            n = taken.get(event.user_id, 0)
+            taken[event.user_id] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append((msg, event))
+        for events in rounds:
+            await self._event_round(events)
+        await self._flush_activity()
+
+    async def _event_round(self, events: Sequence[tuple[Msg, schemas.UserEvent]]) -> None:
+        """Events of distinct users (see :meth:`on_events`)."""
         r = self.settings.ranking
         rec = self.recommender
-        duplicate = state.is_duplicate(msg.partition, msg.offset, event.event_id)
-        wanted = [event.item_id, *rec.seed_ids(state)]
+        states = [self.load_state(e.user_id) for _, e in events]
+        wanted = list(
+            dict.fromkeys(
+                i for (_, e), st in zip(events, states, strict=True)
+                for i in (e.item_id, *rec.seed_ids(st))
+            )
+        )  # fmt: skip
         got = await retrying(lambda: self.store.get(wanted), "Qdrant retrieve")
-        item = got.get(event.item_id)
-        if duplicate:  # already learned (redelivery): answer again, change nothing
-            seeds = {i: seed_of(it) for i, it in got.items() if i != event.item_id}
-            await self._emit(
-                event.user_id, state, r.k, seeds=seeds, trigger=event.event_id, source_ts=event.ts
+        seeds_of = {i: seed_of(it) for i, it in got.items()}
+        # (msg, event, state before, state after or None for a redelivery, seeds, the item)
+        todo: list[tuple[Msg, schemas.UserEvent, UserState, UserState | None, dict, Any]] = []
+        asks = []
+        for (msg, event), state in zip(events, states, strict=True):
+            mine = [i for i in rec.seed_ids(state) if i in seeds_of]
+            if state.is_duplicate(msg.partition, msg.offset, event.event_id):
+                # already learned (redelivery): answer again from the state, change nothing
+                seeds = {i: seeds_of[i] for i in mine if i != event.item_id}
+                todo.append((msg, event, state, None, seeds, None))
+                asks.append(CandidateAsk(state, r.k, seeds))
+                continue
+            item = got.get(event.item_id)
+            if item is None:
+                await self.dead_letter(
+                    msg,
+                    f"unknown item: no item {event.item_id!r} in the catalog (never "
+                    "published, deleted, or not indexed yet)",
+                )
+                continue
+            after = apply_event(
+                state,
+                item_id=event.item_id,
+                item_title=item.title,
+                item_vectors=item.vectors,
+                event_type=event.type,
+                ts=event.ts,
+                value=event.value,
+                weights=r.event_weights,
+                half_life_ms=self.half_life_ms,
+                partition=msg.partition,
+                offset=msg.offset,
+                event_id=event.event_id,
+                dedupe_window=r.dedupe_window,
+                recent_positive=r.recent_positive,
+                recent_items=r.recent_items,
+                seen_filter_bits=r.seen_filter_bits,
             )
+            seeds = {i: seeds_of[i] for i in (event.item_id, *mine) if i in seeds_of}
+            todo.append((msg, event, state, after, seeds, item))
+            asks.append(CandidateAsk(after, r.k, seeds, (item,)))
+        if not todo:
             return
-        if item is None:
-            await self.dead_letter(
-                msg,
-                f"unknown item: no item {event.item_id!r} in the catalog (never "
-                "published, deleted, or not indexed yet)",
-            )
-            return
-        w = event_weight(event.type, event.value, r.event_weights)
-        after = apply_event(
-            state,
-            item_id=event.item_id,
-            item_title=item.title,
-            item_vectors=item.vectors,
-            event_type=event.type,
-            ts=event.ts,
-            value=event.value,
-            weights=r.event_weights,
-            half_life_ms=self.half_life_ms,
-            partition=msg.partition,
-            offset=msg.offset,
-            event_id=event.event_id,
-            dedupe_window=r.dedupe_window,
-            recent_positive=r.recent_positive,
-            recent_items=r.recent_items,
-            seen_filter_bits=r.seen_filter_bits,
-        )
-        seeds = {i: seed_of(it) for i, it in got.items()}
-        cs = await retrying(
-            lambda: rec.candidate_set(after, r.k, seeds, extra=[item]), "Qdrant query"
-        )
+        sets = await retrying(lambda: rec.candidate_sets(asks), "Qdrant query")
         now = now_ms()
-        if w > 0 and r.learning_rate > 0 and state.n_events:
-            before = rec.score(cs, state, seeds, now)
-            row = cs.index[event.item_id]
-            above = rows_above(before.scores, row, r.learning_negatives)
-            deltas = bpr_step(
-                state.weights,
-                rec.params.prior,
-                before.features[row],
-                before.features[above],
-                r.learning_rate,
-                r.learning_l2,
+        for (msg, event, state, after, seeds, _), cs in zip(todo, sets, strict=True):
+            if after is None:
+                ranked = rec.rank(cs, state, seeds, r.k, now)
+                await self._send_recommendation(
+                    event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
+                )
+                continue
+            w = event_weight(event.type, event.value, r.event_weights)
+            if w > 0 and r.learning_rate > 0 and state.n_events:
+                before = rec.score(cs, state, seeds, now)
+                row = cs.index[event.item_id]
+                above = rows_above(before.scores, row, r.learning_negatives)
+                deltas = bpr_step(
+                    state.weights,
+                    rec.params.prior,
+                    before.features[row],
+                    before.features[above],
+                    r.learning_rate,
+                    r.learning_l2,
+                )
+                after = dataclasses.replace(after, weights=deltas)
+            self.table_scope(msg)
+            self.users[event.user_id] = after.to_dict()
+            if w > 0:
+                self._add_item_activity(state, event.item_id, w, event.ts, seeds)
+            ranked = rec.rank(cs, after, seeds, r.k, now)
+            await self._send_recommendation(
+                event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
             )
-            after = dataclasses.replace(after, weights=deltas)
-        self.users[event.user_id] = after.to_dict()
-        if w > 0:
-            await self._send_item_activity(state, event.item_id, w, event.ts, seeds)
-        ranked = rec.rank(cs, after, seeds, r.k, now)
-        await self._send_recommendation(
-            event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
-        )
+
+    def _add_item_activity(
+        self,
+        before: UserState,
+        item_id: str,
+        w: float,
+        ts: int,
+        seeds: Mapping[str, Seed] | None = None,
+    ) -> None:
+        """One update per item whose side changes: the event's item (its trend and count, and
+        its row's pairs) and each recent item whose co-occurrence row gains this item. Each
+        pair is ``[neighbour, weight, neighbour's count]`` (the count as fetched with
+        ``seeds``: the event's item and the user's seeds; left out when not fetched). Sent by
+        :meth:`_flush_activity`, grouped by destination partition."""
+        counts = {i: s.cf_count for i, s in (seeds or {}).items()}
+        rows = cooc_records(before.recent, item_id, w, self.cooc, counts)
+        n = self.activity_partitions
+        for row, pairs in rows.items():
+            wire = [
+                [nb, round(pw, 6)] if c is None else [nb, round(pw, 6), c] for nb, pw, c in pairs
+            ]
+            update = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": wire}
+            self._activity.setdefault(key_partition(row.encode(), n), []).append(update)
 
     async def _send_item_activity(
         self,
@@ -308,18 +409,22 @@ class Handlers:
         ts: int,
         seeds: Mapping[str, Seed] | None = None,
     ) -> None:
-        """One record per item whose side changes: the event's item (its trend and count, and
-        its row's pairs) and each recent item whose co-occurrence row gains this item. Each
-        pair is ``[neighbour, weight, neighbour's count]`` (the count as fetched with
-        ``seeds``: the event's item and the user's seeds; left out when not fetched)."""
-        counts = {i: s.cf_count for i, s in (seeds or {}).items()}
-        rows = cooc_records(before.recent, item_id, w, self.cooc, counts)
-        for row, pairs in rows.items():
-            wire = [
-                [nb, round(pw, 6)] if c is None else [nb, round(pw, 6), c] for nb, pw, c in pairs
-            ]
-            value = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": wire}
-            await self.item_activity.send(key=row.encode(), value=orjson.dumps(value))
+        self._add_item_activity(before, item_id, w, ts, seeds)
+        await self._flush_activity()
+
+    async def _flush_activity(self) -> None:
+        """The pending item-activity updates: per destination partition, records of up to
+        ACTIVITY_RECORD_UPDATES updates in the order they were made, ``{"updates": [...]}``,
+        keyed by their first update's item id and sent to that partition explicitly."""
+        pending, self._activity = self._activity, {}
+        for partition, updates in sorted(pending.items()):
+            for at in range(0, len(updates), ACTIVITY_RECORD_UPDATES):
+                part = updates[at : at + ACTIVITY_RECORD_UPDATES]
+                await self.item_activity.send(
+                    key=part[0]["item_id"].encode(),
+                    value=orjson.dumps({"updates": part}),
+                    partition=partition,
+                )
 
     # -- requests ----------------------------------------------------------------------------
     async def on_request(self, msg: Msg) -> None:
@@ -382,35 +487,37 @@ class Handlers:
 
     # -- item activity (internal, keyed by item id) -------------------------------------------
     async def on_item_activity(self, msg: Msg) -> None:
-        """Fold one record into the item's side (Table, exact): its decayed popularity
-        (trend), interaction count and co-occurrence row. The store's copy (payload ``trend``,
-        ``cf_count``, ``cf_top``) is written in batches by :meth:`flush_item_stats`."""
+        """Fold a record's updates into the items' sides (Table, exact): each item's decayed
+        popularity (trend), interaction count and co-occurrence row, in the order the updates
+        were made; each item changed is written to the Table once. A record is
+        ``{"updates": [update, ...]}`` or one update (as written before updates were grouped):
+        ``{"item_id", "w", "ts", "pairs"}``. The store's copy (payload ``trend``, ``cf_count``,
+        ``cf_top``) is written in batches by :meth:`flush_item_stats`."""
         try:
             a = orjson.loads(msg.value or b"")
-            item_id, w, ts = str(a["item_id"]), float(a["w"]), int(a["ts"])
-            # [neighbour, weight] or [neighbour, weight, neighbour's count] (older records
-            # carry no count: the row keeps the one it knew)
-            pairs = [
-                (str(p[0]), float(p[1]), float(p[2]) if len(p) > 2 and p[2] is not None else None)
-                for p in a.get("pairs") or ()
-            ]
+            updates = [_activity_update(u) for u in (a["updates"] if "updates" in a else [a])]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
             await self.dead_letter(msg, f"invalid item-activity record: {exc}")
             return
-        old = self.item_stats.get(item_id) or {"t": NO_TREND, "c": 0.0, "r": {}}
-        new = dict(old)
-        if w > 0:
-            new["t"] = trend_after(old["t"], w, ts, self.trend_half_life_ms)
-            new["c"] = count_after(old["c"], w)
-        if pairs:
-            new["r"] = row_after(old["r"], [(nb, pw) for nb, pw, _ in pairs], self.cooc.max_row)
-            # "n": the neighbours' counts as last carried ("history" weights); absent in
-            # values written before counts were carried
-            new["n"] = known_counts_after(
-                old.get("n") or {}, [(nb, c) for nb, _, c in pairs], new["r"]
-            )
-        self.item_stats[item_id] = new
-        self._pending_items[item_id] = new
+        changed: dict[str, dict[str, Any]] = {}
+        for item_id, w, ts, pairs in updates:
+            old = changed.get(item_id) or self.item_stats.get(item_id)
+            old = old or {"t": NO_TREND, "c": 0.0, "r": {}}
+            new = dict(old)
+            if w > 0:
+                new["t"] = trend_after(old["t"], w, ts, self.trend_half_life_ms)
+                new["c"] = count_after(old["c"], w)
+            if pairs:
+                new["r"] = row_after(old["r"], [(nb, pw) for nb, pw, _ in pairs], self.cooc.max_row)
+                # "n": the neighbours' counts as last carried ("history" weights); absent in
+                # values written before counts were carried
+                new["n"] = known_counts_after(
+                    old.get("n") or {}, [(nb, c) for nb, _, c in pairs], new["r"]
+                )
+            changed[item_id] = new
+        for item_id, new in changed.items():
+            self.item_stats[item_id] = new
+            self._pending_items[item_id] = new
         if len(self._pending_items) >= 500:
             await self.flush_item_stats()
 

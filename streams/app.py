@@ -7,11 +7,13 @@ and several workers in one test run each get their own.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from ranking.params import score_params
 from ranking.recommender import Recommender
@@ -155,6 +157,8 @@ def build_app(
         dead_letters=raw_topic(names.dead_letters),
         indexed=raw_topic(names.indexed),
         item_activity=raw_topic(names.item_activity),
+        activity_partitions=k.partitions,
+        table_scope=_table_scope,
     )
 
     async def guarded(work: Awaitable[None]) -> None:
@@ -177,16 +181,20 @@ def build_app(
             log.exception("could not re-read messages Faust skipped; stopping the worker")
             await app.crash(exc)
             raise
-        return [*(_msg(r) for r in missed), _msg(event.message)]
+        return [*(_msg(r, event) for r in missed), _msg(event.message, event)]
 
     def bind(
-        topic: faust.TopicT, name: str, batch: bool, fn: Callable[[Any], Awaitable[None]]
+        topic: faust.TopicT,
+        name: str,
+        batch: tuple[int, int] | None,
+        fn: Callable[[Any], Awaitable[None]],
     ) -> None:
+        """``batch``: (most messages, longest wait in ms) for a handler of message lists
+        (Faust's take_events: the batch is acked once handled); None: one message at a time."""
+
         async def agent(stream: faust.StreamT) -> None:
-            if batch:
-                async for evs in stream.take_events(
-                    settings.encoder.batch_size, within=max(settings.encoder.batch_ms, 1) / 1000
-                ):
+            if batch is not None:
+                async for evs in stream.take_events(batch[0], within=max(batch[1], 1) / 1000):
                     msgs = [m for e in evs for m in await with_missed(e)]
                     await guarded(fn(msgs))
             else:
@@ -197,10 +205,15 @@ def build_app(
         agent.__name__ = agent.__qualname__ = name.replace("-", "_")
         app.agent(topic, name=name)(agent)
 
-    bind(content, "content", True, handlers.on_content)
-    bind(events, "user-events", False, handlers.on_event)
-    bind(requests, "recommendation-requests", False, handlers.on_request)
-    bind(item_activity, "item-activity", False, handlers.on_item_activity)
+    e = settings.encoder
+    bind(content, "content", (e.batch_size, e.batch_ms), handlers.on_content)
+    if settings.events_batch_size > 1:
+        batch = (settings.events_batch_size, settings.events_batch_ms)
+        bind(events, "user-events", batch, handlers.on_events)
+    else:
+        bind(events, "user-events", None, handlers.on_event)
+    bind(requests, "recommendation-requests", None, handlers.on_request)
+    bind(item_activity, "item-activity", None, handlers.on_item_activity)
 
     @app.timer(ITEM_STATS_FLUSH_INTERVAL_S)
     async def flush_item_stats() -> None:
@@ -209,7 +222,17 @@ def build_app(
     return app, handlers
 
 
-def _msg(m: Any) -> Msg:
-    """A Faust message or an aiokafka ConsumerRecord (re-read by SkipGuard) as a handler
-    message: both carry these five attributes."""
-    return Msg(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value)
+def _msg(m: Any, event: faust.EventT) -> Msg:
+    """A Faust message or an aiokafka ConsumerRecord (re-read by SkipGuard: ``event`` is the
+    one after it, of the same partition) as a handler message: both carry these five
+    attributes."""
+    return Msg(m.topic, m.partition, m.offset, m.key, m.value, origin=event)
+
+
+def _table_scope(msg: Msg) -> None:
+    """Make ``msg``'s event Faust's current event before a table write made for it: a Table
+    sends each change to the changelog partition of the current event (the input partition
+    the key lives in). A stream batch (take_events) holds events of several partitions, and
+    its handler runs outside the stream's own iteration, where no current event is set."""
+    if msg.origin is not None:
+        _current_event.set(weakref.ref(msg.origin))

@@ -13,13 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.collab import unpack_row
+from ranking.collab import count_after, unpack_row
 from ranking.params import score_params
 from ranking.ranker import Seed
 from ranking.recommender import Recommender
 from ranking.state import UserState
 from ranking.store import ItemRecord, ItemStore
-from streams.agents import Handlers, Msg
+from streams.agents import Handlers, Msg, key_partition
 from streams.settings import RankingSettings, Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -28,13 +28,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:U
 class ListSink:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes | None, bytes]] = []
+        self.partitions: list[int | None] = []
 
-    async def send(self, *, key: bytes | None, value: bytes) -> None:
+    async def send(self, *, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         self.sent.append((key, value))
+        self.partitions.append(partition)
 
 
 def _msg(value: dict[str, Any], offset: int) -> Msg:
-    return Msg("item-activity", 0, offset, value["item_id"].encode(), orjson.dumps(value))
+    key = (value["updates"][0] if "updates" in value else value)["item_id"].encode()
+    return Msg("item-activity", 0, offset, key, orjson.dumps(value))
 
 
 def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> None:
@@ -66,14 +69,20 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
             before = UserState(recent=[("pop", 1.0)])
             seeds = {"x": Seed("x", cf_count=3.0), "pop": Seed("pop", cf_count=16.0)}
             await h._send_item_activity(before, "x", 1.0, 1_000, seeds)
-            records = {k: orjson.loads(v) for k, v in activity.sent}
-            assert records[b"pop"]["pairs"] == [["x", 1.0, 3.0]]
-            assert records[b"x"]["pairs"] == [["pop", 0.5, 16.0]]
-            assert records[b"x"]["w"] == 1.0 and records[b"pop"]["w"] == 0.0
+            # one record per destination partition (the item's, by the default partitioner)
+            sent = [orjson.loads(v) for _, v in activity.sent]
+            records = {u["item_id"]: u for rec in sent for u in rec["updates"]}
+            for (key, _), rec, p in zip(activity.sent, sent, activity.partitions, strict=True):
+                assert key == rec["updates"][0]["item_id"].encode()
+                assert {key_partition(u["item_id"].encode(), 4) for u in rec["updates"]} == {p}
+            assert records["pop"]["pairs"] == [["x", 1.0, 3.0]]
+            assert records["x"]["pairs"] == [["pop", 0.5, 16.0]]
+            assert records["x"]["w"] == 1.0 and records["pop"]["w"] == 0.0
 
-            # item side: those records, and one written before counts were carried
+            # item side: those records, and one written before updates were grouped and
+            # counts carried
             old = {"item_id": "x", "w": 0.0, "ts": 1_000, "pairs": [["rare", 0.5]]}
-            for n, rec in enumerate([records[b"x"], records[b"pop"], old]):
+            for n, rec in enumerate([*sent, old]):
                 await h.on_item_activity(_msg(rec, n))
             assert not dead.sent
             assert h.item_stats["x"]["n"] == {"pop": 16.0}  # rare's count is not known
@@ -98,6 +107,19 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
             bad = {"item_id": "x", "w": 0.0, "ts": 3_000, "pairs": [["rare"]]}
             await h.on_item_activity(_msg(bad, 4))
             assert len(dead.sent) == 1
+
+            # a grouped record applies its updates in order, each item written once
+            grouped = {"updates": [
+                {"item_id": "pop", "w": 1.0, "ts": 4_000, "pairs": []},
+                {"item_id": "rare", "w": 1.0, "ts": 4_000, "pairs": [["pop", 1.0, 16.0]]},
+                {"item_id": "pop", "w": 2.0, "ts": 5_000, "pairs": [["rare", 0.25, 1.0]]},
+            ]}  # fmt: skip
+            c_pop = h.item_stats["pop"]["c"]
+            await h.on_item_activity(_msg(grouped, 5))
+            assert len(dead.sent) == 1
+            assert h.item_stats["pop"]["c"] == count_after(count_after(c_pop, 1.0), 2.0)
+            assert h.item_stats["pop"]["r"]["rare"] == 0.25
+            assert h.item_stats["rare"]["r"] == {"pop": 1.0}
         finally:
             await store.close()
 

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ranking.store import CANDIDATE_FIELDS, NO_TREND, ItemRecord, ItemStore, StoredItem
+from ranking.store import (
+    CANDIDATE_FIELDS,
+    NO_TREND,
+    CandidateQuery,
+    ItemRecord,
+    ItemStore,
+    StoredItem,
+)
 from ranking.store_edge import EdgeStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -93,13 +100,17 @@ async def scenario(store: ItemStore) -> list[Any]:
     picked = await store.get(["i06", "i07"], fields=CANDIDATE_FIELDS)
     seen.append(sorted(snap(it) for it in picked.values()))
     q = {"text": VEC["i09"]["text"], "image": VEC["i10"]["image"], "audio": np.ones(3)}
-    for units, exclude in (
-        (q, {"i09", "i10", "i12"}),
-        ({"cf": np.ones(4)}, set()),
-        ({}, {"i03", "i11"}),
-    ):
-        out = await store.candidates(units, exclude=exclude, limit=5)
+    asks = [
+        CandidateQuery(q, {"i09", "i10", "i12"}, 5),
+        CandidateQuery({"cf": np.ones(4)}, set(), 5),
+        CandidateQuery({}, {"i03", "i11"}, 5),
+    ]
+    for a in asks:
+        out = await store.candidates(a.units, exclude=a.exclude, limit=a.limit)
         seen.append([snap(it) for it in out])
+    # the same questions asked at once (one stream batch's users): the same answers
+    many = await store.candidates_many([*asks, CandidateQuery(q, set(), 2)])
+    seen.append([[snap(it) for it in out] for out in many])
     return seen
 
 
@@ -123,7 +134,9 @@ def run_scenario(tmp_path: Path, scenario_fn: Any) -> dict[str, Any]:
 def test_same_operations_same_results(tmp_path: Path) -> None:
     res = run_scenario(tmp_path, scenario)
     assert res["client"] == res["edge"]
-    count, items, lean, picked, similar, cf_only, cold = res["edge"]
+    count, items, lean, picked, similar, cf_only, cold, many = res["edge"]
+    assert many[:3] == [similar, cf_only, cold]
+    assert len(many[3]) == 2 * 2 + 2 * 2  # 2 nearest per modality present, 2 trending, 2 fresh
     assert count == 23
     by_id = {s[0]: s for s in items}
     assert "i04" not in by_id and "gone" not in by_id  # deleted / never there
