@@ -25,6 +25,7 @@ import asyncio
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -156,6 +157,8 @@ async def _run(args: argparse.Namespace) -> int:
             tag = uuid.uuid4().hex[:6]
             if not args.no_relay:
                 run["relay"] = await _relay_run(settings, flavor, rate, args, tag)
+                run["faust_relay"] = await _faust_relay_run(settings, flavor, rate, args, tag,
+                                                            work)  # fmt: skip
             rec = await _worker_run(settings, flavor, rate, args, tag, work, cache, backend)
             run.update(rec)
             runs.append(run)
@@ -197,6 +200,30 @@ async def _relay_run(
     proc = await start_relay(k.bootstrap_servers, events, recs, 10 if flavor == "tansu" else 100)
     try:
         res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor, "relay")
+    finally:
+        await stop(proc)
+    return res.summary()
+
+
+async def _faust_relay_run(
+    settings: Settings, flavor: str, rate: int, args: argparse.Namespace, tag: str, work: Path
+) -> dict[str, Any]:
+    """benchmarks/relay_faust.py: Faust configured as the worker, answering a trivial list."""
+    k = settings.kafka
+    prefix = f"frelay{tag}."
+    events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
+    await brokers.ensure_topics(k.bootstrap_servers, [events, recs], partitions=k.partitions,
+                                replication_factor=k.replication_factor)  # fmt: skip
+    env = _env(settings, prefix, work / f"faust-relay-{rate}")
+    log_path = work / f"faust-relay-{rate}.log"
+    with log_path.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.relay_faust", events, recs, env=env, stdout=log,
+            stderr=log,
+        )  # fmt: skip
+    try:
+        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor,
+                          "faust relay")  # fmt: skip
     finally:
         await stop(proc)
     return res.summary()
@@ -261,6 +288,8 @@ def _print_run(run: dict[str, Any]) -> None:
 
     if "relay" in run:
         print(line("relay", run["relay"]))
+    if "faust_relay" in run:
+        print(line("faust", run["faust_relay"]))
     print(line("recstream", run))
     print(
         f"  worker CPU {run['worker_cpu_percent']:.0f}%  "
@@ -291,12 +320,15 @@ def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
         if all("relay" in r for r in runs):
             ax.plot(rates, [r["relay"][key] for r in runs], style[0] + "--", alpha=0.4,
                     label=f"relay {key[:-3]}")  # fmt: skip
+        if all("faust_relay" in r for r in runs):
+            ax.plot(rates, [r["faust_relay"][key] for r in runs], style[0] + ":", alpha=0.6,
+                    label=f"Faust relay {key[:-3]}")  # fmt: skip
     ax.set_xlabel("events/s")
     ax.set_ylabel("event -> recommendation latency (ms)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("recstream vs bare relay (same broker, same load generator)")
+    ax.set_title("recstream vs bare and Faust relays (same broker, same load generator)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

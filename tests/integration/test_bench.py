@@ -1,6 +1,6 @@
 """`recstream bench` end to end at a tiny size: the interface scripts depend on (the report's
-keys, the relay beside recstream, the plot), not its figures, which belong to the benchmark
-runs themselves."""
+keys, the bare and Faust relays beside recstream, the plot), not its figures, which belong to
+the benchmark runs themselves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import orjson
 LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "achieved_rate")
 
 
-def test_bench_reports_recstream_beside_the_relay(worker_env: dict[str, str], tmp_path: Path):
+def test_bench_reports_recstream_beside_the_relays(worker_env: dict[str, str], tmp_path: Path):
     report = tmp_path / "bench.json"
     scratch = tmp_path / "tmp"  # the default run folder goes under TMPDIR, removed at the end
     scratch.mkdir()
@@ -29,8 +29,9 @@ def test_bench_reports_recstream_beside_the_relay(worker_env: dict[str, str], tm
         assert key in rep, key
     for key in LATENCY_KEYS:
         assert key in rep["relay"], key
-    # 20 events/s for 4 s: every event answered by both, each latency positive and ordered
-    for r in (rep, rep["relay"]):
+        assert key in rep["faust_relay"], key
+    # 20 events/s for 4 s: every event answered by all three, each latency positive, ordered
+    for r in (rep, rep["relay"], rep["faust_relay"]):
         assert r["sent"] >= 60 and r["answered"] == r["sent"], out[-2000:]
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert rep["worker_peak_rss_mb"] > 50

@@ -1,0 +1,90 @@
+"""The Faust relay: the floor Faust itself sets. A Faust app configured like the worker
+(streams/app.py's faust_config: the same broker settings and Tansu workarounds, events taken
+in batches as RECSTREAM_EVENTS_BATCH_SIZE/_MS say), whose one agent answers each event with the
+bare relay's trivial list: no state, no table, no vector store.
+
+    python -m benchmarks.relay_faust EVENTS_TOPIC RECOMMENDATIONS_TOPIC
+
+Settings come from the environment (RECSTREAM_KAFKA_BOOTSTRAP_SERVERS, RECSTREAM_APP_ID,
+RECSTREAM_DATA_DIR, ...), as for the worker. benchmarks/latency.py runs it beside the bare
+aiokafka relay and the worker: recstream's latency minus this one's is recstream's own cost,
+this one's minus the bare relay's is Faust's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import faust
+import orjson
+
+from benchmarks.relay import ITEMS
+from streams import broker as brokers
+from streams.app import TANSU_FETCH_MAX_WAIT_MS, faust_config
+from streams.settings import Settings
+from streams.transport import RecstreamApp
+
+
+def build(settings: Settings, flavor: str, events: str, recommendations: str) -> faust.App:
+    k = settings.kafka
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
+    app.fetch_max_wait_ms = k.fetch_max_wait_ms or (
+        TANSU_FETCH_MAX_WAIT_MS if flavor == "tansu" else None
+    )
+    if flavor == "tansu":
+        app.tansu_bootstrap = k.bootstrap_servers
+
+    def raw(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=k.partitions)  # fmt: skip
+
+    source, sink = raw(events), raw(recommendations)
+
+    async def answer(msg: faust.types.Message) -> None:
+        ev = orjson.loads(msg.value)
+        out = {
+            "schema_version": 1,
+            "user_id": ev["user_id"],
+            "items": ITEMS,
+            "trigger": ev.get("event_id"),
+            "source_ts": ev.get("ts"),
+            "generated_at": time.time_ns() // 1_000_000,
+        }
+        await sink.send(key=msg.key, value=orjson.dumps(out))
+
+    size, wait_ms = settings.events_batch_size, settings.events_batch_ms
+
+    @app.agent(source, name="relay")
+    async def relay(stream: faust.StreamT) -> None:
+        if size > 1:
+            async for evs in stream.take_events(size, within=wait_ms / 1000):
+                for e in evs:
+                    await answer(e.message)
+        else:
+            async for e in stream.events():
+                await answer(e.message)
+
+    return app
+
+
+def main(argv: list[str]) -> None:
+    events, recommendations = argv
+    settings = Settings()
+    k = settings.kafka
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    flavor = (
+        k.flavor
+        if k.flavor != "auto"
+        else loop.run_until_complete(brokers.detect_flavor(k.bootstrap_servers))
+    )
+    app = build(settings, flavor, events, recommendations)
+    worker = faust.Worker(app, loop=loop, loglevel="WARNING", quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
