@@ -273,7 +273,7 @@ class Handlers:
         seed items), then one candidate batch for all the round's users (the event's item
         added back for learning). The scorer learns from where the taken item stood under the
         pre-event state; the item side gets the interactions and co-occurrence pairs through
-        ``item-activity`` (keyed by item), one record per destination partition per batch."""
+        ``item-activity`` (keyed by item), one record per destination partition per round."""
         rounds: list[list[tuple[Msg, schemas.UserEvent]]] = []
         taken: dict[str, int] = {}
         for msg in batch:
@@ -289,7 +289,6 @@ class Handlers:
             rounds[n].append((msg, event))
         for events in rounds:
             await self._event_round(events)
-        await self._flush_activity()
 
     async def _event_round(self, events: Sequence[tuple[Msg, schemas.UserEvent]]) -> None:
         """Events of distinct users (see :meth:`on_events`)."""
@@ -347,13 +346,12 @@ class Handlers:
         if not todo:
             return
         sets = await retrying(lambda: rec.candidate_sets(asks), "Qdrant query")
-        now = now_ms()
+        now = rec.clock()  # ranking time (the recommender's clock: tests fix it)
+        writes: list[tuple[Msg, str, UserState]] = []
+        answers: list[tuple[schemas.UserEvent, list[RankedItem]]] = []
         for (msg, event, state, after, seeds, _), cs in zip(todo, sets, strict=True):
             if after is None:
-                ranked = rec.rank(cs, state, seeds, r.k, now)
-                await self._send_recommendation(
-                    event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
-                )
+                answers.append((event, rec.rank(cs, state, seeds, r.k, now).items))
                 continue
             w = event_weight(event.type, event.value, r.event_weights)
             if w > 0 and r.learning_rate > 0 and state.n_events:
@@ -369,13 +367,20 @@ class Handlers:
                     r.learning_l2,
                 )
                 after = dataclasses.replace(after, weights=deltas)
-            self.table_scope(msg)
-            self.users[event.user_id] = after.to_dict()
             if w > 0:
                 self._add_item_activity(state, event.item_id, w, event.ts, seeds)
-            ranked = rec.rank(cs, after, seeds, r.k, now)
+            writes.append((msg, event.user_id, after))
+            answers.append((event, rec.rank(cs, after, seeds, r.k, now).items))
+        # The item side's updates go out before the states that record these events as
+        # applied: a crash in between replays the events (not yet applied) rather than leaving
+        # them applied to users but never counted by the items.
+        await self._flush_activity()
+        for msg, user_id, after in writes:
+            self.table_scope(msg)
+            self.users[user_id] = after.to_dict()
+        for event, items in answers:
             await self._send_recommendation(
-                event.user_id, ranked.items, trigger=event.event_id, source_ts=event.ts
+                event.user_id, items, trigger=event.event_id, source_ts=event.ts
             )
 
     def _add_item_activity(

@@ -196,6 +196,14 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
             )
             await asyncio.sleep(0.5)
         worker.stop()
+        # Each state change went to the changelog partition of its user's events (the table
+        # partition a worker that owns those events recovers), also from batches of events of
+        # several partitions (streams/app.py::_table_scope).
+        sent = await read_events(k.bootstrap_servers, k.topic(k.events_topic))
+        home = {ev["user_id"]: p for p, _, ev in sent}
+        for p, _, key, value in await read_topic(k.bootstrap_servers, changelog):
+            if value is not None:
+                assert p == home[orjson.loads(key)], (orjson.loads(key), p)
 
         # The uninterrupted reference: the same events, in partition order, same update code.
         store = ItemStore.connect(
