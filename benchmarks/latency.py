@@ -156,9 +156,9 @@ async def _run(args: argparse.Namespace) -> int:
             run: dict[str, Any] = {"rate": rate}
             tag = uuid.uuid4().hex[:6]
             if not args.no_relay:
-                run["relay"] = await _relay_run(settings, flavor, rate, args, tag)
-                run["faust_relay"] = await _faust_relay_run(settings, flavor, rate, args, tag,
-                                                            work)  # fmt: skip
+                for key, faust in (("relay", False), ("faust_relay", True)):
+                    run[key] = await _relay_run(settings, flavor, rate, args, tag, work,
+                                                faust=faust)  # fmt: skip
             rec = await _worker_run(settings, flavor, rate, args, tag, work, cache, backend)
             run.update(rec)
             runs.append(run)
@@ -190,40 +190,35 @@ def _env(settings: Settings, prefix: str, work: Path) -> dict[str, str]:
 
 
 async def _relay_run(
-    settings: Settings, flavor: str, rate: int, args: argparse.Namespace, tag: str
+    settings: Settings,
+    flavor: str,
+    rate: int,
+    args: argparse.Namespace,
+    tag: str,
+    work: Path,
+    *,
+    faust: bool,
 ) -> dict[str, Any]:
+    """The bare relay (benchmarks/relay.py) or, ``faust``, the Faust relay
+    (benchmarks/relay_faust.py: Faust configured as the worker), driven like the worker."""
     k = settings.kafka
-    prefix = f"relay{tag}."
+    prefix = f"{'frelay' if faust else 'relay'}{tag}."
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
     await brokers.ensure_topics(k.bootstrap_servers, [events, recs], partitions=k.partitions,
                                 replication_factor=k.replication_factor)  # fmt: skip
-    proc = await start_relay(k.bootstrap_servers, events, recs, 10 if flavor == "tansu" else 100)
+    if faust:
+        env = _env(settings, prefix, work / f"faust-relay-{rate}")
+        with (work / f"faust-relay-{rate}.log").open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "benchmarks.relay_faust", events, recs, env=env,
+                stdout=log, stderr=log,
+            )  # fmt: skip
+    else:
+        wait_ms = 10 if flavor == "tansu" else 100
+        proc = await start_relay(k.bootstrap_servers, events, recs, wait_ms)
+    name = "faust relay" if faust else "relay"
     try:
-        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor, "relay")
-    finally:
-        await stop(proc)
-    return res.summary()
-
-
-async def _faust_relay_run(
-    settings: Settings, flavor: str, rate: int, args: argparse.Namespace, tag: str, work: Path
-) -> dict[str, Any]:
-    """benchmarks/relay_faust.py: Faust configured as the worker, answering a trivial list."""
-    k = settings.kafka
-    prefix = f"frelay{tag}."
-    events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
-    await brokers.ensure_topics(k.bootstrap_servers, [events, recs], partitions=k.partitions,
-                                replication_factor=k.replication_factor)  # fmt: skip
-    env = _env(settings, prefix, work / f"faust-relay-{rate}")
-    log_path = work / f"faust-relay-{rate}.log"
-    with log_path.open("ab") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "benchmarks.relay_faust", events, recs, env=env, stdout=log,
-            stderr=log,
-        )  # fmt: skip
-    try:
-        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor,
-                          "faust relay")  # fmt: skip
+        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor, name)
     finally:
         await stop(proc)
     return res.summary()

@@ -20,6 +20,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ITEMS = [{"item_id": f"relay-{n}", "score": 1.0 - n / 10, "reason": "relay"} for n in range(10)]
 
 
+def answer(event: bytes) -> bytes:
+    """The relays' answer to an event: the fixed list, in recstream's wire format."""
+    ev = orjson.loads(event)
+    out = {
+        "schema_version": 1,
+        "user_id": ev["user_id"],
+        "items": ITEMS,
+        "trigger": ev.get("event_id"),
+        "source_ts": ev.get("ts"),
+        "generated_at": time.time_ns() // 1_000_000,
+    }
+    return orjson.dumps(out)
+
+
 async def relay(bootstrap: str, events: str, recommendations: str, fetch_max_wait_ms: int) -> None:
     consumer = AIOKafkaConsumer(
         events,
@@ -39,16 +53,7 @@ async def relay(bootstrap: str, events: str, recommendations: str, fetch_max_wai
             batches = await consumer.getmany(timeout_ms=100)
             for msgs in batches.values():
                 for m in msgs:
-                    ev = orjson.loads(m.value)
-                    out = {
-                        "schema_version": 1,
-                        "user_id": ev["user_id"],
-                        "items": ITEMS,
-                        "trigger": ev.get("event_id"),
-                        "source_ts": ev.get("ts"),
-                        "generated_at": time.time_ns() // 1_000_000,
-                    }
-                    await producer.send(recommendations, orjson.dumps(out), key=m.key)
+                    await producer.send(recommendations, answer(m.value), key=m.key)
     finally:
         await consumer.stop()
         await producer.stop()

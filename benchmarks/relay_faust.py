@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 import faust
-import orjson
 
-from benchmarks.relay import ITEMS
+from benchmarks.relay import answer
 from streams import broker as brokers
 from streams.app import TANSU_FETCH_MAX_WAIT_MS, faust_config
 from streams.settings import Settings
@@ -43,17 +41,8 @@ def build(settings: Settings, flavor: str, events: str, recommendations: str) ->
 
     source, sink = raw(events), raw(recommendations)
 
-    async def answer(msg: faust.types.Message) -> None:
-        ev = orjson.loads(msg.value)
-        out = {
-            "schema_version": 1,
-            "user_id": ev["user_id"],
-            "items": ITEMS,
-            "trigger": ev.get("event_id"),
-            "source_ts": ev.get("ts"),
-            "generated_at": time.time_ns() // 1_000_000,
-        }
-        await sink.send(key=msg.key, value=orjson.dumps(out))
+    async def send(msg: faust.types.Message) -> None:
+        await sink.send(key=msg.key, value=answer(msg.value))
 
     size, wait_ms = settings.events_batch_size, settings.events_batch_ms
 
@@ -62,10 +51,10 @@ def build(settings: Settings, flavor: str, events: str, recommendations: str) ->
         if size > 1:
             async for evs in stream.take_events(size, within=wait_ms / 1000):
                 for e in evs:
-                    await answer(e.message)
+                    await send(e.message)
         else:
             async for e in stream.events():
-                await answer(e.message)
+                await send(e.message)
 
     return app
 

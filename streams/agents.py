@@ -295,23 +295,23 @@ class Handlers:
         r = self.settings.ranking
         rec = self.recommender
         states = [self.load_state(e.user_id) for _, e in events]
+        seed_ids = [rec.seed_ids(st) for st in states]
         wanted = list(
             dict.fromkeys(
-                i for (_, e), st in zip(events, states, strict=True)
-                for i in (e.item_id, *rec.seed_ids(st))
+                i for (_, e), ids in zip(events, seed_ids, strict=True) for i in (e.item_id, *ids)
             )
-        )  # fmt: skip
+        )
         got = await retrying(lambda: self.store.get(wanted), "Qdrant retrieve")
         seeds_of = {i: seed_of(it) for i, it in got.items()}
-        # (msg, event, state before, state after or None for a redelivery, seeds, the item)
-        todo: list[tuple[Msg, schemas.UserEvent, UserState, UserState | None, dict, Any]] = []
+        # (msg, event, state before, state after or None for a redelivery, seeds)
+        todo: list[tuple[Msg, schemas.UserEvent, UserState, UserState | None, dict]] = []
         asks = []
-        for (msg, event), state in zip(events, states, strict=True):
-            mine = [i for i in rec.seed_ids(state) if i in seeds_of]
+        for (msg, event), state, ids in zip(events, states, seed_ids, strict=True):
+            mine = [i for i in ids if i in seeds_of]
             if state.is_duplicate(msg.partition, msg.offset, event.event_id):
                 # already learned (redelivery): answer again from the state, change nothing
                 seeds = {i: seeds_of[i] for i in mine if i != event.item_id}
-                todo.append((msg, event, state, None, seeds, None))
+                todo.append((msg, event, state, None, seeds))
                 asks.append(CandidateAsk(state, r.k, seeds))
                 continue
             item = got.get(event.item_id)
@@ -341,7 +341,7 @@ class Handlers:
                 seen_filter_bits=r.seen_filter_bits,
             )
             seeds = {i: seeds_of[i] for i in (event.item_id, *mine) if i in seeds_of}
-            todo.append((msg, event, state, after, seeds, item))
+            todo.append((msg, event, state, after, seeds))
             asks.append(CandidateAsk(after, r.k, seeds, (item,)))
         if not todo:
             return
@@ -349,7 +349,7 @@ class Handlers:
         now = rec.clock()  # ranking time (the recommender's clock: tests fix it)
         writes: list[tuple[Msg, str, UserState]] = []
         answers: list[tuple[schemas.UserEvent, list[RankedItem]]] = []
-        for (msg, event, state, after, seeds, _), cs in zip(todo, sets, strict=True):
+        for (msg, event, state, after, seeds), cs in zip(todo, sets, strict=True):
             if after is None:
                 answers.append((event, rec.rank(cs, state, seeds, r.k, now).items))
                 continue
@@ -405,17 +405,6 @@ class Handlers:
             ]
             update = {"item_id": row, "w": w if row == item_id else 0.0, "ts": ts, "pairs": wire}
             self._activity.setdefault(key_partition(row.encode(), n), []).append(update)
-
-    async def _send_item_activity(
-        self,
-        before: UserState,
-        item_id: str,
-        w: float,
-        ts: int,
-        seeds: Mapping[str, Seed] | None = None,
-    ) -> None:
-        self._add_item_activity(before, item_id, w, ts, seeds)
-        await self._flush_activity()
 
     async def _flush_activity(self) -> None:
         """The pending item-activity updates: per destination partition, records of up to

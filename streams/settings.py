@@ -268,7 +268,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     # User events are handled in stream batches of up to events_batch_size events, an event
     # waiting at most events_batch_ms for others to join (Faust's take_events): one store read
-    # per batch round for all its users, one item-activity record per partition per batch.
+    # per batch round for all its users, one item-activity record per partition per round.
     # 1: one event at a time.
     events_batch_size: int = Field(default=64, ge=1)
     events_batch_ms: int = Field(default=2, ge=1)

@@ -68,7 +68,8 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
             # user side: a user who took pop now takes x; the store said pop's count is 16
             before = UserState(recent=[("pop", 1.0)])
             seeds = {"x": Seed("x", cf_count=3.0), "pop": Seed("pop", cf_count=16.0)}
-            await h._send_item_activity(before, "x", 1.0, 1_000, seeds)
+            h._add_item_activity(before, "x", 1.0, 1_000, seeds)
+            await h._flush_activity()
             # one record per destination partition (the item's, by the default partitioner)
             sent = [orjson.loads(v) for _, v in activity.sent]
             records = {u["item_id"]: u for rec in sent for u in rec["updates"]}
