@@ -44,7 +44,8 @@ class CoocParams:
     decay: float = 0.9  # per step back in the user's history
     backward: float = 0.5  # weight of j -> r relative to r -> j
     max_row: int = 400  # entries kept per item row on the item side
-    top_n: int = 100  # neighbours published per item (vector store payload)
+    top_n: int = 100  # neighbours published per item (vector store payload: cf_top)
+    history_top_n: int = 100  # entries of its published "history" row (cf_pos / cf_w)
     # published history weight of an entry: w / count(neighbour) ** history_alpha
     history_alpha: float = 0.0
 
@@ -107,6 +108,16 @@ def row_after(
 def top_neighbours(row: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The row's n strongest neighbours (what goes into the item's payload), best first."""
     return sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def published_rows(
+    row: Mapping[str, float], params: CoocParams
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Item side: what a row publishes, both best first (ties by id): its ``top_n`` strongest
+    neighbours (``cf_top``: collaborative candidates, reasons) and its ``history_top_n``
+    strongest (the packed "history" row, ``pack_row``)."""
+    top = top_neighbours(row, max(params.top_n, params.history_top_n))
+    return top[: params.top_n], top[: params.history_top_n]
 
 
 def cf_top_text(top: Sequence[tuple[str, float]]) -> str:
@@ -198,8 +209,9 @@ class CoocTable:
         return top_neighbours(self.rows.get(item_id, {}), self.params.top_n)
 
     def history_row(self, item_id: str) -> list[tuple[str, float]]:
-        """The published row with its "history" weights (``history_weights``)."""
-        top = self.neighbours(item_id)
+        """The published "history" row (``published_rows``) with its weights
+        (``history_weights``)."""
+        _, top = published_rows(self.rows.get(item_id, {}), self.params)
         hw = history_weights(top, self.known.get(item_id, {}), self.params.history_alpha)
         return [(nb, x) for (nb, _), x in zip(top, hw, strict=True)]
 

@@ -32,5 +32,6 @@ def cooc_params(s: RankingSettings) -> CoocParams:
         backward=s.cooc_backward,
         max_row=s.cooc_max_row,
         top_n=s.cooc_top_n,
+        history_top_n=s.cooc_history_top_n,
         history_alpha=s.history_alpha,
     )

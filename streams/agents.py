@@ -36,8 +36,8 @@ from ranking.collab import (
     history_weights,
     known_counts_after,
     pack_row,
+    published_rows,
     row_after,
-    top_neighbours,
 )
 from ranking.learner import bpr_step
 from ranking.params import cooc_params
@@ -520,19 +520,19 @@ class Handlers:
         may lose the last interval's copy, not the data: the Table holds it, and the item's
         next record writes it again."""
         pending, self._pending_items = self._pending_items, {}
-        top_n, bits = self.cooc.top_n, self.settings.ranking.seen_filter_bits
+        bits = self.settings.ranking.seen_filter_bits
         payloads = {}
         alpha = self.cooc.history_alpha
         for i, v in pending.items():
-            top = top_neighbours(v["r"], top_n)
-            # cf_pos/cf_w: the same row as Bloom positions with its "history" weights
-            # (w / count(neighbour) ** history_alpha)
-            hw = history_weights(top, v.get("n") or {}, alpha)
+            top, hist = published_rows(v["r"], self.cooc)
+            # cf_pos/cf_w: the row's strongest history_top_n entries as Bloom positions with
+            # their "history" weights (w / count(neighbour) ** history_alpha)
+            hw = history_weights(hist, v.get("n") or {}, alpha)
             payloads[i] = {
                 "trend": v["t"],
                 "cf_count": v["c"],
                 "cf_top": cf_top_text(top),
-                **pack_row(top, bits, hw),
+                **pack_row(hist, bits, hw),
             }
         await retrying(lambda: self.store.set_payload(payloads), "Qdrant set_payload")
 

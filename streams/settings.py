@@ -243,6 +243,9 @@ class RankingSettings(BaseSettings):
     cooc_backward: float = Field(default=0.5, ge=0)
     cooc_max_row: int = Field(default=1000, ge=10)
     cooc_top_n: int = Field(default=100, ge=1)
+    # entries of each item's published "history" row (cf_pos/cf_w), its strongest first; the
+    # RecBole split protocol wants ~400 (docs/evaluation.md), each costs the per-event path
+    cooc_history_top_n: int = Field(default=100, ge=1)
     # Online learning of the user's weight deltas from what they took of earlier lists.
     learning_rate: float = Field(default=0.01, ge=0)
     learning_l2: float = Field(default=0.01, ge=0)

@@ -114,6 +114,11 @@ class RecstreamModel:
         # "history" reads the taken items' columns.
         self.known = np.zeros((n, n), dtype=np.float32)
         self.hist_t = np.zeros((n, n), dtype=np.float32)
+        # Which entries each row publishes for "history" (collab.published_rows: its
+        # history_top_n strongest, ties by id), transposed like hist_t: the stream's user side
+        # only ever sees those.
+        self.hist_pub_t = np.zeros((n, n), dtype=bool)
+        self._id_rank = np.argsort(np.argsort(np.asarray(data.item_ids, dtype=str), kind="stable"))
         self.states: dict[int, UserState] = {}
         self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
         self.trend_half_life_ms = settings.trending_half_life_hours * HOUR_MS
@@ -147,6 +152,26 @@ class RecstreamModel:
             nz = nz[np.argpartition(-r[nz], n - 1)[:n]]
         return nz, r[nz].astype(np.float64)
 
+    def history_entries(self, row: int) -> np.ndarray:
+        """The entries row ``row`` publishes for "history", best first, ties by id: the item
+        side's collab.published_rows."""
+        r, n = self.co[row], self.cooc.history_top_n
+        nz = np.flatnonzero(r)
+        if len(nz) > n:  # the n-th strongest and everything tied with it
+            nz = nz[r[nz] >= np.partition(r[nz], len(nz) - n)[len(nz) - n]]
+        return nz[np.lexsort((self._id_rank[nz], -r[nz]))[:n]]
+
+    def _publish_history(self, row: int, updated: list[int]) -> None:
+        """Keep ``hist_pub_t``'s column ``row`` equal to ``history_entries(row)`` after its
+        ``updated`` entries grew (weights only grow: while the row has no more entries than
+        it publishes, every entry is published)."""
+        col = self.hist_pub_t[:, row]
+        if np.count_nonzero(self.co[row]) <= self.cooc.history_top_n:
+            col[updated] = True
+        else:
+            col[:] = False
+            col[self.history_entries(row)] = True
+
     def features(self, st: UserState, now_ms: int) -> np.ndarray:
         seeds = recency_weights(st.recent, self.params)
         idx = self.cs.index
@@ -157,12 +182,14 @@ class RecstreamModel:
             neighbours[item_id] = self._neighbours(r)
             counts[item_id] = float(self.cs.cf_count[r])
             short += np.float32(a) * self.cs.vectors["text"][r]
-        # Whole-history signal: each item's full row (the stream reads its top cooc_top_n).
+        # Whole-history signal: each item's published history row (its cooc_history_top_n
+        # strongest entries), summed over the items the user took.
         history = None
         if st.seen_filter:
             taken = np.flatnonzero(seen.contains_many(st.seen_filter, self.cs.seen_pos))
             # The taken columns only (rows of the transpose): tens of items, not the catalog.
-            history = self.hist_t[taken].sum(axis=0, dtype=np.float64)
+            pub = np.where(self.hist_pub_t[taken], self.hist_t[taken], np.float32(0))
+            history = pub.sum(axis=0, dtype=np.float64)
         return feature_matrix(
             self.cs,
             interest=st.interest,
@@ -227,6 +254,7 @@ class RecstreamModel:
                 self.hist_t[ni, ri] = history_weight(float(self.co[ri, ni]), known, alpha)
             if pairs:
                 self.row_version[ri] += 1
+                self._publish_history(ri, [idx[nb] for nb, _, _ in pairs])
         self.cs.cf_count[i] = count_after(float(self.cs.cf_count[i]), w)
         if w > 0:
             self.cs.trend[i] = trend_after(float(self.cs.trend[i]), w, ts, self.trend_half_life_ms)

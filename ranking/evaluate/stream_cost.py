@@ -91,9 +91,9 @@ class StreamPath:
         ver = int(self.m.row_version[r])
         hit = self._packs.get(r)
         if hit is None or hit[0] != ver:
-            top = self._top(r)
-            idx, hist_t = self.m.cs.index, self.m.hist_t
-            hw = [float(hist_t[idx[i], r]) for i, _ in top]  # its "history" weights
+            nbrs = self.m.history_entries(r).tolist()  # its published "history" entries
+            top = [(self.m.cs.ids[n], float(self.m.co[r, n])) for n in nbrs]
+            hw = [float(self.m.hist_t[n, r]) for n in nbrs]  # their "history" weights
             hit = (ver, pack_row(top, self.m.s.seen_filter_bits, hw))
             self._packs[r] = hit
         return hit[1]

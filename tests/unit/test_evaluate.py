@@ -10,12 +10,14 @@ import numpy as np
 import orjson
 import pytest
 
+from ranking import seen
 from ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
 from ranking.evaluate.cli import main
 from ranking.evaluate.data import Interactions, build, load_interactions
 from ranking.evaluate.metrics import query_metrics, target_ranks
 from ranking.evaluate.models import RecstreamModel, ranking_settings
 from ranking.evaluate.protocols import prequential, split, split_indices, split_replay
+from ranking.ranker import FEATURES
 from ranking.state import UserState
 
 
@@ -230,3 +232,42 @@ def test_harness_history_weights_equal_the_item_sides() -> None:
             assert model.co[r, n] == pytest.approx(raw.get(nb, 0.0), rel=1e-5)
         normalised += sum(want[nb] < raw[nb] for nb in want)
     assert normalised > 0  # the rule did something: counts above 1 shrink entries
+
+
+def test_harness_history_reads_only_the_published_entries() -> None:
+    """The harness's "history" sums only what the item side publishes per row
+    (collab.published_rows: its cooc_history_top_n strongest entries, ties by id), as the
+    stream's user side only sees that: rows that outgrow it lose their weakest entries."""
+    from ranking.collab import CoocTable
+    from ranking.params import cooc_params
+
+    data = synthetic(n_users=30, per_user=10)
+    settings = ranking_settings(["learning_rate=0", "cooc_history_top_n=3"])
+    model = RecstreamModel(data, settings, None)
+    table = CoocTable.empty(cooc_params(settings))
+    for j in range(len(data)):
+        user = int(data.user[j])
+        st = model.states.get(user) or UserState()
+        table.record(st.recent, data.item_ids[int(data.item[j])], 1.0)
+        model.learn(j)
+    ids = data.item_ids
+    cut = 0
+    for r, row_id in enumerate(ids):
+        want = {nb for nb, _ in table.history_row(row_id)}
+        assert {ids[n] for n in np.flatnonzero(model.hist_pub_t[:, r])} == want
+        assert [ids[n] for n in model.history_entries(r)] == [
+            nb for nb, _ in table.history_row(row_id)
+        ]
+        cut += len(table.rows.get(row_id, {})) > len(want)
+    assert cut > 0  # some rows had more entries than they publish
+    # and "history" sums only those: one user's feature from the published entries by hand
+    user = int(data.user[0])
+    st = model.states[user]
+    f = model.features(st, int(data.ts[-1]))
+    taken = {ids[t] for t in np.flatnonzero(seen.contains_many(st.seen_filter, model.cs.seen_pos))}
+    h = np.zeros(len(ids))
+    for r, row_id in enumerate(ids):
+        h[r] = sum(w for nb, w in table.history_row(row_id) if nb in taken)
+    h /= np.maximum(model.cs.cf_count, 1.0) ** settings.history_beta
+    assert h.max() > 0
+    np.testing.assert_allclose(f[:, FEATURES.index("history")], h / h.max(), rtol=1e-4, atol=1e-6)

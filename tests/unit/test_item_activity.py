@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.collab import count_after, unpack_row
+from ranking.collab import count_after, pack_row, unpack_row
 from ranking.params import score_params
 from ranking.ranker import Seed
 from ranking.recommender import Recommender
@@ -40,6 +40,56 @@ def _msg(value: dict[str, Any], offset: int) -> Msg:
     return Msg("item-activity", 0, offset, key, orjson.dumps(value))
 
 
+def _handlers(settings: Settings, store: ItemStore, activity: ListSink, dead: ListSink) -> Handlers:
+    return Handlers(
+        settings,
+        store=store,
+        content_encoder=None,  # type: ignore[arg-type]  # no content in these tests
+        recommender=Recommender(
+            store, score_params(settings.ranking), dims={"text": 4}, seen_filter_bits=6144
+        ),
+        users={},
+        item_stats={},
+        recommendations=ListSink(),
+        dead_letters=dead,
+        item_activity=activity,
+    )
+
+
+def test_the_history_row_publishes_its_own_number_of_entries() -> None:
+    """cf_top holds cooc_top_n entries, the packed "history" row cooc_history_top_n (the
+    strongest first, ties by id), either one the longer."""
+    for top_n, hist_n in ((1, 3), (3, 2)):
+        ranking = RankingSettings(history_alpha=0.0, cooc_top_n=top_n, cooc_history_top_n=hist_n)
+
+        async def main(ranking: RankingSettings) -> dict[str, Any]:
+            store = ItemStore.connect(
+                url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
+            )
+            await store.ensure_collection()
+            vec = np.array([1, 0, 0, 0], dtype=np.float32)
+            await store.upsert([ItemRecord(i, {"text": vec}) for i in ("x", "a", "b", "c")])
+            h = _handlers(Settings(ranking=ranking), store, ListSink(), ListSink())
+            try:
+                pairs = [["b", 2.0], ["c", 1.0], ["a", 2.0]]
+                rec = {"item_id": "x", "w": 1.0, "ts": 1_000, "pairs": pairs}
+                await h.on_item_activity(_msg(rec, 0))
+                await h.flush_item_stats()
+                return (await store.get(["x"], with_vectors=False))["x"].payload
+            finally:
+                await store.close()
+
+        p = asyncio.run(main(ranking))
+        best = [("a", 2.0), ("b", 2.0), ("c", 1.0)]
+        assert orjson.loads(p["cf_top"]) == {
+            "i": [i for i, _ in best[:top_n]], "w": [w for _, w in best[:top_n]]
+        }  # fmt: skip
+        row = unpack_row(p)
+        assert row is not None
+        assert row[1].tolist() == [w for _, w in best[:hist_n]]
+        assert (row[0] == unpack_row(pack_row(best[:hist_n], 6144))[0]).all()  # type: ignore[index]
+
+
 def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> None:
     settings = Settings(ranking=RankingSettings(history_alpha=0.5, cooc_backward=0.5))
 
@@ -51,19 +101,7 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
         vec = np.array([1, 0, 0, 0], dtype=np.float32)
         await store.upsert([ItemRecord(i, {"text": vec}) for i in ("pop", "rare", "x")])
         activity, dead = ListSink(), ListSink()
-        h = Handlers(
-            settings,
-            store=store,
-            content_encoder=None,  # type: ignore[arg-type]  # no content in this test
-            recommender=Recommender(
-                store, score_params(settings.ranking), dims={"text": 4}, seen_filter_bits=6144
-            ),
-            users={},
-            item_stats={},
-            recommendations=ListSink(),
-            dead_letters=dead,
-            item_activity=activity,
-        )
+        h = _handlers(settings, store, activity, dead)
         try:
             # user side: a user who took pop now takes x; the store said pop's count is 16
             before = UserState(recent=[("pop", 1.0)])
