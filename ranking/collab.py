@@ -45,7 +45,7 @@ class CoocParams:
     backward: float = 0.5  # weight of j -> r relative to r -> j
     max_row: int = 400  # entries kept per item row on the item side
     top_n: int = 100  # neighbours published per item (vector store payload: cf_top)
-    history_top_n: int = 100  # entries of its published "history" row (cf_pos / cf_w)
+    history_top_n: int = 400  # entries of its published "history" row (cf_pos / cf_w)
     # published history weight of an entry: w / count(neighbour) ** history_alpha
     history_alpha: float = 0.0
 
@@ -258,6 +258,7 @@ def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] |
     return _ROWS.put(key, out)
 
 
-# (cf_pos, cf_w) -> decoded row; ~1.6 KB each at top_n 100, emptied at 20,000 (~32 MB).
+# (cf_pos, cf_w) -> decoded row; 16 B an entry (~6.4 KB at the default 400 entries, the
+# most a row publishes), emptied at 20,000 (at most ~128 MB).
 _ROWS: BoundedMemo[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = BoundedMemo(20_000)
 _MISSING = object()

@@ -245,7 +245,7 @@ class RankingSettings(BaseSettings):
     cooc_top_n: int = Field(default=100, ge=1)
     # entries of each item's published "history" row (cf_pos/cf_w), its strongest first; the
     # RecBole split protocol wants ~400 (docs/evaluation.md), each costs the per-event path
-    cooc_history_top_n: int = Field(default=100, ge=1)
+    cooc_history_top_n: int = Field(default=400, ge=1)
     # Online learning of the user's weight deltas from what they took of earlier lists.
     learning_rate: float = Field(default=0.01, ge=0)
     learning_l2: float = Field(default=0.01, ge=0)

@@ -114,10 +114,12 @@ class RecstreamModel:
         # "history" reads the taken items' columns.
         self.known = np.zeros((n, n), dtype=np.float32)
         self.hist_t = np.zeros((n, n), dtype=np.float32)
-        # Which entries each row publishes for "history" (collab.published_rows: its
-        # history_top_n strongest, ties by id), transposed like hist_t: the stream's user side
-        # only ever sees those.
-        self.hist_pub_t = np.zeros((n, n), dtype=bool)
+        # The entries each row publishes for "history" (collab.published_rows: its
+        # history_top_n strongest, ties by id) with their hist_t weights, 0 elsewhere,
+        # transposed like hist_t: the stream's user side only ever sees those.
+        self.hist_pub_t = np.zeros((n, n), dtype=np.float32)
+        self._nnz = np.zeros(n, dtype=np.int64)  # entries per row
+        self._pub_min = np.zeros(n, dtype=np.float32)  # <= a row's weakest published weight
         self._id_rank = np.argsort(np.argsort(np.asarray(data.item_ids, dtype=str), kind="stable"))
         self.states: dict[int, UserState] = {}
         self.half_life_ms = settings.interest_half_life_hours * HOUR_MS
@@ -161,16 +163,14 @@ class RecstreamModel:
             nz = nz[r[nz] >= np.partition(r[nz], len(nz) - n)[len(nz) - n]]
         return nz[np.lexsort((self._id_rank[nz], -r[nz]))[:n]]
 
-    def _publish_history(self, row: int, updated: list[int]) -> None:
-        """Keep ``hist_pub_t``'s column ``row`` equal to ``history_entries(row)`` after its
-        ``updated`` entries grew (weights only grow: while the row has no more entries than
-        it publishes, every entry is published)."""
+    def _republish(self, row: int) -> None:
+        """Column ``row`` of ``hist_pub_t`` from scratch: ``history_entries(row)`` with their
+        ``hist_t`` weights; ``_pub_min[row]`` the weakest of them."""
+        top = self.history_entries(row)
         col = self.hist_pub_t[:, row]
-        if np.count_nonzero(self.co[row]) <= self.cooc.history_top_n:
-            col[updated] = True
-        else:
-            col[:] = False
-            col[self.history_entries(row)] = True
+        col[:] = 0.0
+        col[top] = self.hist_t[top, row]
+        self._pub_min[row] = self.co[row, top].min() if len(top) else 0.0
 
     def features(self, st: UserState, now_ms: int) -> np.ndarray:
         seeds = recency_weights(st.recent, self.params)
@@ -188,8 +188,7 @@ class RecstreamModel:
         if st.seen_filter:
             taken = np.flatnonzero(seen.contains_many(st.seen_filter, self.cs.seen_pos))
             # The taken columns only (rows of the transpose): tens of items, not the catalog.
-            pub = np.where(self.hist_pub_t[taken], self.hist_t[taken], np.float32(0))
-            history = pub.sum(axis=0, dtype=np.float64)
+            history = self.hist_pub_t[taken].sum(axis=0, dtype=np.float64)
         return feature_matrix(
             self.cs,
             interest=st.interest,
@@ -243,18 +242,30 @@ class RecstreamModel:
         idx, alpha = self.cs.index, self.cooc.history_alpha
         fetched = [item_id, *(s for s, _ in recency_weights(st.recent, self.params))]
         counts = {s: float(self.cs.cf_count[idx[s]]) for s in fetched}
+        top_n = self.cooc.history_top_n
         for r, pairs in cooc_records(st.recent, item_id, w, self.cooc, counts).items():
             ri = idx[r]
+            stale = False
             for nb, pw, c in pairs:
                 ni = idx[nb]
+                self._nnz[ri] += self.co[ri, ni] == 0
                 self.co[ri, ni] += np.float32(pw)
                 if c is not None:
                     self.known[ri, ni] = c
                 known = float(self.known[ri, ni]) or None
-                self.hist_t[ni, ri] = history_weight(float(self.co[ri, ni]), known, alpha)
+                hw = self.hist_t[ni, ri] = history_weight(float(self.co[ri, ni]), known, alpha)
+                # what the row publishes for "history" (hist_pub_t): every entry while it
+                # has at most top_n; past that a published entry keeps its place (weights
+                # only grow), another one can only enter by reaching the weakest published
+                # weight, which _pub_min bounds from below
+                if self._nnz[ri] <= top_n or self.hist_pub_t[ni, ri] != 0:
+                    self.hist_pub_t[ni, ri] = hw
+                elif self.co[ri, ni] >= self._pub_min[ri]:
+                    stale = True
+            if stale:
+                self._republish(ri)
             if pairs:
                 self.row_version[ri] += 1
-                self._publish_history(ri, [idx[nb] for nb, _, _ in pairs])
         self.cs.cf_count[i] = count_after(float(self.cs.cf_count[i]), w)
         if w > 0:
             self.cs.trend[i] = trend_after(float(self.cs.trend[i]), w, ts, self.trend_half_life_ms)

@@ -253,12 +253,13 @@ def test_harness_history_reads_only_the_published_entries() -> None:
     ids = data.item_ids
     cut = 0
     for r, row_id in enumerate(ids):
-        want = {nb for nb, _ in table.history_row(row_id)}
-        assert {ids[n] for n in np.flatnonzero(model.hist_pub_t[:, r])} == want
-        assert [ids[n] for n in model.history_entries(r)] == [
-            nb for nb, _ in table.history_row(row_id)
-        ]
-        cut += len(table.rows.get(row_id, {})) > len(want)
+        published = table.history_row(row_id)  # (neighbour, "history" weight), best first
+        assert [ids[n] for n in model.history_entries(r)] == [nb for nb, _ in published]
+        got = {
+            ids[n]: float(model.hist_pub_t[n, r]) for n in np.flatnonzero(model.hist_pub_t[:, r])
+        }
+        assert got == pytest.approx(dict(published), rel=1e-5)
+        cut += len(table.rows.get(row_id, {})) > len(published)
     assert cut > 0  # some rows had more entries than they publish
     # and "history" sums only those: one user's feature from the published entries by hand
     user = int(data.user[0])
