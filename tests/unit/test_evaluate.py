@@ -206,22 +206,29 @@ def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
     assert 1 < t["stream_candidates_mean"] <= 21 and t["stream_candidates_max"] <= data.n_items
 
 
-def test_harness_history_weights_equal_the_item_sides() -> None:
-    """The harness's dense item side (ranking/evaluate/models.py) publishes the same "history"
-    weights as the item side's own rule (collab.CoocTable: records with the neighbours'
-    counts, known_counts_after, history_weights) fed with the same events."""
+def _replayed_with_item_side(sets: list[str]):  # type: ignore[no-untyped-def]
+    """A synthetic replay learned by the harness's model and, event by event, by the item
+    side's own rules (collab.CoocTable fed as the stream feeds it)."""
     from ranking.collab import CoocTable
     from ranking.params import cooc_params
 
     data = synthetic(n_users=30, per_user=10)
-    settings = ranking_settings(["history_alpha=0.5", "learning_rate=0", "cooc_top_n=1000"])
+    settings = ranking_settings(sets)
     model = RecstreamModel(data, settings, None)
     table = CoocTable.empty(cooc_params(settings))
     for j in range(len(data)):
-        user = int(data.user[j])
-        st = model.states.get(user) or UserState()
+        st = model.states.get(int(data.user[j])) or UserState()
         table.record(st.recent, data.item_ids[int(data.item[j])], 1.0)
         model.learn(j)
+    return data, settings, model, table
+
+
+def test_harness_history_weights_equal_the_item_sides() -> None:
+    """The harness's dense item side (ranking/evaluate/models.py) publishes the same "history"
+    weights as the item side's own rule (collab.CoocTable: records with the neighbours'
+    counts, known_counts_after, history_weights) fed with the same events."""
+    sets = ["history_alpha=0.5", "learning_rate=0", "cooc_top_n=1000", "cooc_history_top_n=1000"]
+    data, _, model, table = _replayed_with_item_side(sets)
     ids = data.item_ids
     normalised = 0
     for r, row_id in enumerate(ids):
@@ -238,18 +245,9 @@ def test_harness_history_reads_only_the_published_entries() -> None:
     """The harness's "history" sums only what the item side publishes per row
     (collab.published_rows: its cooc_history_top_n strongest entries, ties by id), as the
     stream's user side only sees that: rows that outgrow it lose their weakest entries."""
-    from ranking.collab import CoocTable
-    from ranking.params import cooc_params
-
-    data = synthetic(n_users=30, per_user=10)
-    settings = ranking_settings(["learning_rate=0", "cooc_history_top_n=3"])
-    model = RecstreamModel(data, settings, None)
-    table = CoocTable.empty(cooc_params(settings))
-    for j in range(len(data)):
-        user = int(data.user[j])
-        st = model.states.get(user) or UserState()
-        table.record(st.recent, data.item_ids[int(data.item[j])], 1.0)
-        model.learn(j)
+    data, settings, model, table = _replayed_with_item_side(
+        ["learning_rate=0", "cooc_history_top_n=3"]
+    )
     ids = data.item_ids
     cut = 0
     for r, row_id in enumerate(ids):
