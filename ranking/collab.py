@@ -43,11 +43,11 @@ class CoocParams:
     window: int = 16  # recent items paired with each new one
     decay: float = 0.9  # per step back in the user's history
     backward: float = 0.5  # weight of j -> r relative to r -> j
-    max_row: int = 400  # entries kept per item row on the item side
+    max_row: int = 1000  # entries kept per item row on the item side (settings: cooc_max_row)
     top_n: int = 100  # neighbours published per item (vector store payload: cf_top)
     history_top_n: int = 400  # entries of its published "history" row (cf_pos / cf_w)
     # published history weight of an entry: w / count(neighbour) ** history_alpha
-    history_alpha: float = 0.0
+    history_alpha: float = 0.25
 
 
 def cooc_pairs(
