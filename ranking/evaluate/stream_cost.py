@@ -31,6 +31,7 @@ the metrics are unchanged.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,25 @@ if TYPE_CHECKING:
     from ranking.evaluate.models import RecstreamModel
 
 
+# The timed path's parts, in order (summary(): p50 / p99 of each, ms):
+#   state_read      UserState.from_dict of the state's JSON
+#   seeds           recommender.seed_of on the fetched recent items
+#   collab          ranking.ranker.collab_candidates (the co-occurrence source)
+#   candidate_set   the candidates' counts and packed rows, CandidateSet.from_items
+#   score_before    scoring the set with the pre-event state and the learning step
+#   state_update    the event's co-occurrence pairs, apply_event, the state's JSON
+#   rank_after      rank_candidates with the post-event state (the published list)
+PHASES = (
+    "state_read",
+    "seeds",
+    "collab",
+    "candidate_set",
+    "score_before",
+    "state_update",
+    "rank_after",
+)
+
+
 class StreamPath:
     def __init__(self, model: RecstreamModel, repeats: int = 1) -> None:
         self.m = model
@@ -56,6 +76,9 @@ class StreamPath:
         self.ns: list[int] = []  # first run of each event
         self.best_ns: list[int] = []  # fastest of ``repeats`` runs: other processes filtered
         self.sizes: list[int] = []
+        # per event, ns in each of PHASES (first run, and the fastest run's)
+        self.phase_ns: list[list[int]] = []
+        self.best_phase_ns: list[list[int]] = []
         self.limit = model.s.k * model.s.candidate_factor
         self._tops: dict[int, tuple[int, list[tuple[str, float]]]] = {}
         self._packs: dict[int, tuple[int, dict[str, str]]] = {}
@@ -132,12 +155,15 @@ class StreamPath:
         seeds = {s: self._seed_item(s) for s in seed_ids}
         batch = [self._item(r) for r in self._store_batch(st)]
         item = self._item(i)
-        times = []
+        runs = []
         for _ in range(self.repeats):
-            ns, n = self._timed(raw, seeds, batch, item, ts, etype, value)
-            times.append(ns)
-        self.ns.append(times[0])
-        self.best_ns.append(min(times))
+            phases, n = self._timed(raw, seeds, batch, item, ts, etype, value)
+            runs.append(phases)
+        self.ns.append(sum(runs[0]))
+        best = min(runs, key=sum)
+        self.best_ns.append(sum(best))
+        self.phase_ns.append(runs[0])
+        self.best_phase_ns.append(best)
         self.sizes.append(n)
 
     def _timed(
@@ -149,15 +175,19 @@ class StreamPath:
         ts: int,
         etype: str,
         value: float | None,
-    ) -> tuple[int, int]:
+    ) -> tuple[list[int], int]:
+        """ns spent in each of PHASES, and the candidate set's size."""
         m = self.m
-        t0 = time.perf_counter_ns()
+        clock = time.perf_counter_ns
+        t = [clock()]
         state = UserState.from_dict(orjson.loads(raw))
+        t.append(clock())
         seeds = {i: seed_of(it) for i, it in seed_items.items()}
+        t.append(clock())
         want = collab_candidates(state.recent, seeds, state.excluded(), self.limit, m.params)
-        t1 = time.perf_counter_ns()
+        t.append(clock())
         nbrs = [self._item(m.cs.index[x]) for x in want]  # store.get(want): not timed
-        t2 = time.perf_counter_ns()
+        t.append(clock())
         items = [item, *batch, *nbrs]
         counts = {it.item_id: float(it.payload["cf_count"]) for it in items}
         rows = {it.item_id: unpack_row(it.payload) for it in items}
@@ -165,6 +195,7 @@ class StreamPath:
             items, {"text": m.cs.vectors["text"].shape[1]}, cf_counts=counts,
             seen_bits=m.s.seen_filter_bits, cf_rows={i: r for i, r in rows.items() if r},
         )  # fmt: skip
+        t.append(clock())
         w = event_weight(etype, value, m.s.event_weights)
         deltas = state.weights
         if w > 0 and m.s.learning_rate > 0 and state.n_events:
@@ -177,6 +208,7 @@ class StreamPath:
                     state.weights, m.params.prior, before.features[0], before.features[above],
                     m.s.learning_rate, m.s.learning_l2,
                 )  # fmt: skip
+        t.append(clock())
         cooc_pairs(state.recent, item.item_id, w, m.cooc)
         after = apply_event(
             state, item_id=item.item_id, item_title=item.title, item_vectors=item.vectors,
@@ -186,9 +218,12 @@ class StreamPath:
             user_weights=deltas,
         )  # fmt: skip
         orjson.dumps(after.to_dict())
+        t.append(clock())
         rank_candidates(cs, after, m.params, seeds, ts, m.s.k)
-        t3 = time.perf_counter_ns()
-        return (t1 - t0) + (t3 - t2), len(cs)
+        t.append(clock())
+        d = [b - a for a, b in itertools.pairwise(t)]
+        del d[3]  # the neighbours' store.get
+        return d, len(cs)
 
     def summary(self) -> dict[str, float]:
         if not self.ns:
@@ -201,6 +236,16 @@ class StreamPath:
                 f"stream_best_of_{self.repeats}_ms_p50": float(np.percentile(best, 50)),
                 f"stream_best_of_{self.repeats}_ms_p99": float(np.percentile(best, 99)),
             }
+        for name, runs in (
+            ("stream", self.phase_ns),
+            (f"stream_best_of_{self.repeats}", self.best_phase_ns),
+        ):
+            if name != "stream" and self.repeats == 1:
+                continue
+            ph = np.asarray(runs, dtype=np.float64) / 1e6
+            for k, phase in enumerate(PHASES):
+                extra[f"{name}_{phase}_ms_p50"] = float(np.percentile(ph[:, k], 50))
+                extra[f"{name}_{phase}_ms_p99"] = float(np.percentile(ph[:, k], 99))
         return {
             **extra,
             "stream_ms_p50": float(np.percentile(a, 50)),

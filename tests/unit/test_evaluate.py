@@ -17,6 +17,7 @@ from ranking.evaluate.data import Interactions, build, load_interactions
 from ranking.evaluate.metrics import query_metrics, target_ranks
 from ranking.evaluate.models import RecstreamModel, ranking_settings
 from ranking.evaluate.protocols import prequential, split, split_indices, split_replay
+from ranking.evaluate.stream_cost import PHASES
 from ranking.ranker import FEATURES
 from ranking.state import UserState
 
@@ -201,6 +202,10 @@ def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
     assert t["HR@10"] == r["HR@10"] and t["NDCG@10"] == r["NDCG@10"]
     assert "stream_ms_p50" not in r
     assert 0 < t["stream_best_of_2_ms_p50"] and 0 < t["stream_ms_p99"]
+    # each part of the path is reported, for the first runs and the best
+    for phase in PHASES:
+        assert t[f"stream_{phase}_ms_p99"] >= t[f"stream_{phase}_ms_p50"] > 0, phase
+        assert t[f"stream_best_of_2_{phase}_ms_p50"] > 0, phase
     # k * candidate_factor = 10 per source: trending + co-occurrence neighbours + the event's
     # item (no texts, no publish times here), never more than the catalog.
     assert 1 < t["stream_candidates_mean"] <= 21 and t["stream_candidates_max"] <= data.n_items
