@@ -276,11 +276,21 @@ class Handlers:
         ``item-activity`` (keyed by item), one record per destination partition per round."""
         rounds: list[list[tuple[Msg, schemas.UserEvent]]] = []
         taken: dict[str, int] = {}
+        ahead = self.settings.max_event_ahead_ms
+        now = self.recommender.clock()
         for msg in batch:
             try:
                 event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
             except BadInput as exc:
                 await self.dead_letter(msg, str(exc))
+                continue
+            if event.ts - now > ahead:
+                await self.dead_letter(
+                    msg,
+                    f"event ts {event.ts} is {event.ts - now} ms ahead of this "
+                    f"worker's clock (at most {ahead} ms: RECSTREAM_MAX_EVENT_AHEAD_MS); ts is "
+                    "epoch milliseconds",
+                )
                 continue
             n = taken.get(event.user_id, 0)
             taken[event.user_id] = n + 1

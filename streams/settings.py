@@ -266,6 +266,10 @@ class Settings(BaseSettings):
     # Values larger than this (bytes) go to the dead-letter topic unparsed.
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     model_version: str = "recstream-0.1"
+    # A user event whose ts is more than this many ms ahead of the worker's clock goes to
+    # dead-letters: applied, it would become the user's last_ts and freeze their interest's
+    # time decay until real time caught up (a producer's clock or a seconds/ms mix-up).
+    max_event_ahead_ms: int = Field(default=3_600_000, ge=0)
     # Faust's web server (health, stats); off by default so several workers share a host.
     web_enabled: bool = False
     web_port: int = 6066

@@ -20,6 +20,7 @@ from streams.agents import Handlers, Msg, key_partition
 from streams.settings import Settings
 
 NOW = 1_795_000_000_000
+FAR = NOW + 3 * 3_600_000
 PARTITIONS = Settings().kafka.partitions
 
 
@@ -42,12 +43,14 @@ def _events() -> list[Msg]:
         {"user_id": "u3", "item_id": "no-such-item", "type": "view", "event_id": "e5"},
         {"user_id": "u1", "item_id": "b1", "type": "share", "event_id": "e6"},
         {"user_id": "u3", "item_id": "b1", "type": "like", "event_id": "e7"},
+        # 3 hours ahead of the worker's clock (at most 1 hour by default): dead-lettered
+        {"user_id": "u2", "item_id": "b2", "type": "like", "event_id": "e8", "ts": FAR},
     ]
     out, offsets = [], [0] * PARTITIONS
     for n, e in enumerate(evs):
         if isinstance(e, dict):
             key = e["user_id"].encode()
-            e = orjson.dumps({**e, "ts": NOW + n * 1000})
+            e = orjson.dumps({"ts": NOW + n * 1000, **e})
         else:
             key = b"u9"
         p = key_partition(key, PARTITIONS)  # a user's events share a partition, in order
@@ -121,9 +124,15 @@ def test_a_batch_is_the_same_as_its_events_one_at_a_time() -> None:
     # does across input partitions, and the item side's sums do not depend on it
     same = lambda a: {i: sorted(u, key=orjson.dumps) for i, u in a["updates"].items()}  # noqa: E731
     assert same(batch) == same(one)
-    assert batch["dead"] == one["dead"]
-    assert len(batch["dead"]) == 2  # the bad JSON and the unknown item
+    # the same dead letters; a batch rejects what fails parsing or the clock check first
+    assert sorted(batch["dead"]) == sorted(one["dead"])
+    assert len(batch["dead"]) == 3  # the bad JSON, the unknown item, the far-future ts
     assert any("unknown item" in e for e in batch["dead"])
+    ahead = FAR - (NOW + 60_000)  # the recommender's clock here
+    assert any(
+        f"event ts {FAR} is {ahead} ms ahead of this worker's clock" in e for e in batch["dead"]
+    )
+    assert batch["users"]["u2"]["n"] == 2 and batch["users"]["u2"]["last_ts"] < NOW + 60_000
     # every good event answered (the redelivery too), each user's answers in event order
     for a in (one, batch):
         assert [t for u, t, _ in a["answers"] if u == "u1"] == ["e1", "e3", "e1", "e6"]
