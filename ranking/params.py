@@ -22,6 +22,8 @@ def score_params(s: RankingSettings) -> ScoreParams:
         recent_window=s.seed_items,
         liked_weight=s.reason_liked_weight,
         history_beta=s.history_beta,
+        diversity=s.diversity,
+        diversity_pool=s.diversity_pool,
     )
 
 

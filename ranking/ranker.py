@@ -75,6 +75,11 @@ class ScoreParams:
     # An anchor was "liked" (reasons) when taken with at least this event weight: like 2,
     # share 3, complete >= 1, click 1, a view watched >= 90% 0.7 (RankingSettings weights).
     liked_weight: float = 0.7
+    # Diversity (``diversify``: maximal marginal relevance): 0 ranks by score alone; lambda
+    # in (0, 1) trades score against likeness to the items already in the list, over the
+    # k * diversity_pool best candidates.
+    diversity: float = 0.0
+    diversity_pool: int = 3
 
 
 def recency_weights(
@@ -536,18 +541,74 @@ def rank_candidates(
     the k best (ties by item id), explain each. Returns the list and what scoring produced
     (for ranking.learner)."""
     sc = score_candidates(cs, state, params, seeds, now_ms, neighbours=neighbours, history=history)
-    s = sc.scores
-    best = top_rows(s, k)
-    if len(best):
-        # Everything tied with the k-th score competes, ordered by item id, so the list does
-        # not depend on the candidates' order.
-        tied = np.flatnonzero(s >= s[best[-1]])
-        rows = sorted((int(r) for r in tied), key=lambda r: (-s[r], cs.ids[r]))[:k]
-    else:
-        rows = []
+    rows = ranked_rows(cs, sc.scores, k, params)
     why = reasons(cs, rows, sc, seeds, state.recent, params)
     items = [RankedItem(cs.ids[r], float(sc.scores[r]), why[n]) for n, r in enumerate(rows)]
     return items, sc
+
+
+def best_rows(cs: CandidateSet, scores: np.ndarray, m: int) -> list[int]:
+    """The m best rows by score, best first, ties by item id (everything tied with the m-th
+    score competes), so the order does not depend on the candidates' order; -inf never."""
+    best = top_rows(scores, m)
+    if not len(best):
+        return []
+    tied = np.flatnonzero(scores >= scores[best[-1]])
+    return sorted((int(r) for r in tied), key=lambda r: (-scores[r], cs.ids[r]))[:m]
+
+
+def ranked_rows(cs: CandidateSet, scores: np.ndarray, k: int, params: ScoreParams) -> list[int]:
+    """The list's rows: the k best by score (``best_rows``), or with ``params.diversity`` > 0
+    the k that ``diversify`` picks among the k * diversity_pool best."""
+    if params.diversity <= 0:
+        return best_rows(cs, scores, k)
+    pool = best_rows(cs, scores, k * max(params.diversity_pool, 1))
+    return diversify(cs, pool, scores, k, params)
+
+
+def item_sims(cs: CandidateSet, rows: np.ndarray, mw: Mapping[str, float]) -> np.ndarray:
+    """float[len(rows), len(rows)]: weighted mean cosine of each pair of rows over the
+    modalities both have (0 where they share none)."""
+    num = np.zeros((len(rows), len(rows)))
+    den = np.zeros((len(rows), len(rows)))
+    for m, mat in cs.vectors.items():
+        has = cs.present[m][rows]
+        if not has.any():
+            continue
+        v = mat[rows]
+        both = has[:, None] & has[None, :]
+        wm = mw.get(m, 1.0)
+        num += np.where(both, wm * (v @ v.T), 0.0)
+        den += np.where(both, wm, 0.0)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def diversify(
+    cs: CandidateSet, rows: Sequence[int], scores: np.ndarray, k: int, params: ScoreParams
+) -> list[int]:
+    """Maximal marginal relevance (Carbonell & Goldstein, 1998) over ``rows``, best first:
+    the first pick is the best row; each next one maximises (1 - lambda) * relevance - lambda *
+    (its largest cosine with a row already picked), relevance the score min-max scaled over
+    ``rows`` (lambda = params.diversity; ties go to the better-ranked row)."""
+    lam = params.diversity
+    r = np.asarray(rows, dtype=np.intp)
+    if lam <= 0 or len(r) <= 1:
+        return [int(x) for x in r[:k]]
+    s = scores[r]
+    lo, hi = float(s.min()), float(s.max())
+    rel = (s - lo) / (hi - lo) if hi > lo else np.ones(len(r))
+    sim = item_sims(cs, r, params.modality_weights)
+    picked = [0]
+    free = np.ones(len(r), dtype=bool)
+    free[0] = False
+    closest = sim[0].copy()
+    while len(picked) < min(k, len(r)):
+        gain = np.where(free, (1.0 - lam) * rel - lam * closest, -np.inf)
+        j = int(np.argmax(gain))
+        picked.append(j)
+        free[j] = False
+        closest = np.maximum(closest, sim[j])
+    return [int(x) for x in r[picked]]
 
 
 def collab_candidates(

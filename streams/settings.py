@@ -200,6 +200,11 @@ class RankingSettings(BaseSettings):
     modality_weights: dict[str, float] = Field(
         default_factory=lambda: {"text": 1.0, "image": 0.6, "audio": 0.4}
     )
+    # Diversity of each list (ranking.ranker.diversify: maximal marginal relevance): 0 ranks
+    # by score alone; lambda in (0, 1) trades score against likeness (content cosine) to the
+    # items already picked, choosing k among the k * diversity_pool best-scored candidates.
+    diversity: float = Field(default=0.0, ge=0, lt=1)
+    diversity_pool: int = Field(default=3, ge=1)
     # Candidates fetched per source = k * candidate_factor.
     candidate_factor: int = Field(default=4, ge=1)
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).

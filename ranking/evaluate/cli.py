@@ -26,6 +26,7 @@ TABLE_COLUMNS = (
     "Precision@10",
     "MRR@10",
     "Coverage@10",
+    "ILD@10",
     "first_HR@10",
     "cold_HR@10",
     "ms_p50",
@@ -144,11 +145,18 @@ def main(argv: list[str]) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = build_models(names, data, args)
 
+    # the item texts' vectors (when recstream encoded them): every model's lists' ILD@k
+    texts = [
+        m.cs.vectors["text"] for m in models if hasattr(m, "cs") and m.cs.present["text"].any()
+    ]
+    vectors = texts[0] if texts else None
     t0 = time.perf_counter()
     if args.protocol == "prequential":
-        results = prequential(data, models, k=args.k, progress=not args.quiet)
+        results = prequential(data, models, k=args.k, progress=not args.quiet, item_vectors=vectors)
     else:
-        results = split(data, models, k=args.k, progress=not args.quiet, part=part)
+        results = split(
+            data, models, k=args.k, progress=not args.quiet, part=part, item_vectors=vectors
+        )
     elapsed = time.perf_counter() - t0
     print(table(results))
     print(

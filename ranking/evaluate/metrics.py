@@ -41,6 +41,18 @@ def target_ranks(scores: np.ndarray, candidates: np.ndarray, targets: Sequence[i
     return out
 
 
+def list_ranks(
+    listed: Sequence[int], scores: np.ndarray, candidates: np.ndarray, targets: Sequence[int]
+) -> list[int]:
+    """Ranks of ``targets`` when the model gives its own top-k list (e.g. diversified): a
+    listed target's position in it; any other one can never be a hit (its ``target_ranks``
+    rank, at least ``len(listed)``)."""
+    at = {int(r): n for n, r in enumerate(listed)}
+    ordered = sorted(targets) if len(targets) > 1 else list(targets)  # target_ranks' order
+    base = dict(zip(ordered, target_ranks(scores, candidates, ordered), strict=True))
+    return [at[t] if t in at else max(len(listed), base[t]) for t in targets]
+
+
 def query_metrics(ranks: Sequence[int], k: int) -> dict[str, float]:
     """Metrics of one query with ``len(ranks)`` relevant items (RecBole's definitions)."""
     hits = sorted(r for r in ranks if r < k)
@@ -63,9 +75,13 @@ class Accumulator:
 
     k: int
     n_items: int
+    # unit item vectors (e.g. the item texts'): when given, each list's intra-list diversity
+    # (ILD@k: the mean of 1 - cosine over its pairs of items) is averaged as well
+    vectors: np.ndarray | None = None
     sums: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     shown: set[int] = field(default_factory=set)
+    ild: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sum, lists
 
     def add(self, ranks: Sequence[int], segments: Iterable[str], topk: Iterable[int]) -> None:
         m = query_metrics(ranks, self.k)
@@ -74,7 +90,14 @@ class Accumulator:
             for name, v in m.items():
                 acc[name] += v
             self.counts[seg] = self.counts.get(seg, 0) + 1
-        self.shown.update(int(i) for i in topk)
+        listed = [int(i) for i in topk]
+        self.shown.update(listed)
+        if self.vectors is not None and len(listed) > 1:
+            v = self.vectors[listed]
+            g = v @ v.T
+            n = len(listed)
+            self.ild[0] += 1.0 - float(g.sum() - np.trace(g)) / (n * (n - 1))
+            self.ild[1] += 1
 
     def result(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {}
@@ -85,6 +108,8 @@ class Accumulator:
                 out[f"{prefix}{name}@{self.k}"] = v / n
             out[f"{prefix}n"] = n
         out[f"Coverage@{self.k}"] = len(self.shown) / self.n_items if self.n_items else 0.0
+        if self.ild[1]:
+            out[f"ILD@{self.k}"] = self.ild[0] / self.ild[1]
         return out
 
 

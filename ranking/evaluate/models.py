@@ -26,6 +26,7 @@ from ranking.params import HOUR_MS, cooc_params, score_params
 from ranking.ranker import (
     excluded_rows,
     feature_matrix,
+    ranked_rows,
     recency_weights,
     score,
     user_weights,
@@ -140,6 +141,15 @@ class RecstreamModel:
         ``stream_every``-th interaction)."""
         if self.stream is not None and j % self.stream_every == 0:
             self.stream.run(j, self.states.get(int(self.data.user[j])) or UserState())
+
+    def listed(self, s: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray | None:
+        """The k items the stream would list from scores ``s`` among ``cand`` when the lists
+        are diversified (ranker.ranked_rows over the catalog, as rank_candidates does over a
+        candidate set), else None: the protocols then rank by score alone."""
+        if self.params.diversity <= 0:
+            return None
+        rows = ranked_rows(self.cs, np.where(cand, s, -np.inf), k, self.params)
+        return np.asarray(rows, dtype=np.intp)
 
     def report(self) -> dict[str, float]:
         """Extra figures for the JSON report: the stream path's cost (stream_cost.py)."""

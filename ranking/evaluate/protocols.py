@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ranking.evaluate.data import Interactions
-from ranking.evaluate.metrics import Accumulator, target_ranks, top_k
+from ranking.evaluate.metrics import Accumulator, list_ranks, target_ranks, top_k
 
 COLD_ITEM_EVENTS = 10  # an item is "cold" while it has had fewer interactions than this
 
@@ -65,10 +65,27 @@ def _extra(m: Model) -> dict[str, float]:
     return report() if report else {}
 
 
+def _ranked(
+    m: Model, s: np.ndarray, cand: np.ndarray, targets: Sequence[int], k: int
+) -> tuple[list[int], np.ndarray]:
+    """The targets' ranks and the top-k list: from the model's own list where it makes one
+    (``listed``: diversified lists), else by score."""
+    listed = getattr(m, "listed", None)
+    lst = listed(s, cand, k) if listed is not None else None
+    if lst is None:
+        return target_ranks(s, cand, targets), top_k(s, cand, k)
+    return list_ranks(lst, s, cand, targets), lst
+
+
 def prequential(
-    data: Interactions, models: Sequence[Model], k: int = 10, progress: bool = True
+    data: Interactions,
+    models: Sequence[Model],
+    k: int = 10,
+    progress: bool = True,
+    item_vectors: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | int]]:
-    accs = {m.name: Accumulator(k, data.n_items) for m in models}
+    """``item_vectors``: unit vectors per item, for every model's ILD@k (metrics.Accumulator)."""
+    accs = {m.name: Accumulator(k, data.n_items, item_vectors) for m in models}
     timers = {m.name: Timer() for m in models}
     seen: dict[int, list[int]] = {}
     seen_set: dict[int, set[int]] = {}
@@ -90,8 +107,8 @@ def prequential(
             s = m.scores(u, ts)
             if not repeat:  # a re-interaction is learned from, not scored: it is not "new"
                 t1 = time.perf_counter_ns()
-                ranks = target_ranks(s, cand, [i])
-                accs[m.name].add(ranks, segments, top_k(s, cand, k))
+                ranks, top = _ranked(m, s, cand, [i], k)
+                accs[m.name].add(ranks, segments, top)
                 t2 = time.perf_counter_ns()
             else:
                 t1 = t2 = time.perf_counter_ns()
@@ -160,12 +177,14 @@ def split(
     progress: bool = True,
     seed: int = 2020,
     part: np.ndarray | None = None,
+    item_vectors: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | int]]:
     """``part``: 0/1/2 per interaction (train/valid/test), e.g. from ``split_replay``;
-    default ``split_indices(data, seed)``. Training interactions are learned in row order."""
+    default ``split_indices(data, seed)``. Training interactions are learned in row order.
+    ``item_vectors``: as for ``prequential``."""
     if part is None:
         part = split_indices(data, seed)
-    accs = {m.name: Accumulator(k, data.n_items) for m in models}
+    accs = {m.name: Accumulator(k, data.n_items, item_vectors) for m in models}
     timers = {m.name: Timer() for m in models}
     train = np.flatnonzero(part == 0)
     for j in tqdm(train, desc="split: learn", disable=not progress, mininterval=1.0):
@@ -188,7 +207,8 @@ def split(
         cold = ["cold"] if all(item_train[t] < COLD_ITEM_EVENTS for t in targets) else []
         for m in models:
             s = m.scores(u, now)
-            accs[m.name].add(target_ranks(s, cand, targets), cold, top_k(s, cand, k))
+            ranks, top = _ranked(m, s, cand, targets, k)
+            accs[m.name].add(ranks, cold, top)
     return {
         m.name: {**accs[m.name].result(), **timers[m.name].summary(), **_extra(m)} for m in models
     }
