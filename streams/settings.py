@@ -273,7 +273,7 @@ class Settings(BaseSettings):
     model_version: str = "recstream-0.1"
     # A user event whose ts is more than this many ms ahead of the worker's clock goes to
     # dead-letters: applied, it would become the user's last_ts and freeze their interest's
-    # time decay until real time caught up (a producer's clock or a seconds/ms mix-up).
+    # time decay until real time caught up (a producer's clock, or microseconds sent as ms).
     max_event_ahead_ms: int = Field(default=3_600_000, ge=0)
     # Faust's web server (health, stats); off by default so several workers share a host.
     web_enabled: bool = False
