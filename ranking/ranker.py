@@ -421,11 +421,35 @@ def _seed_parts(
     return sid[keep], rows[keep], w[keep] * scale[k[keep]]
 
 
+def _modal_cosines(
+    cs: CandidateSet,
+    rows: np.ndarray,
+    others: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    n_others: int,
+    mw: Mapping[str, float],
+    none: float,
+) -> np.ndarray:
+    """float[len(rows), n_others]: weighted mean cosine of each candidate row with each of
+    n_others vectors over the modalities both have, ``none`` where they share none.
+    ``others``: modality -> (their unit vectors [n_others, d], bool[n_others] whether each
+    has the modality)."""
+    num = np.zeros((len(rows), n_others))
+    den = np.zeros((len(rows), n_others))
+    for m, (units, has) in others.items():
+        mat = cs.vectors.get(m)
+        if mat is None or not has.any():
+            continue
+        wm = mw.get(m, 1.0)
+        both = cs.present[m][rows][:, None] & has[None, :]
+        num += np.where(both, wm * (mat[rows] @ units.T), 0.0)
+        den += np.where(both, wm, 0.0)
+    return np.divide(num, den, out=np.full_like(num, none), where=den > 0)
+
+
 def _anchor_sims(cs: CandidateSet, rows: np.ndarray, anchors: Sequence[Seed], mw) -> np.ndarray:
     """float[len(rows), len(anchors)]: weighted mean cosine of each row with each anchor over
     the modalities both have (-1 where they share none)."""
-    num = np.zeros((len(rows), len(anchors)))
-    den = np.zeros((len(rows), len(anchors)))
+    others = {}
     for m, mat in cs.vectors.items():
         units = np.zeros((len(anchors), mat.shape[1]), dtype=np.float32)
         has = np.zeros(len(anchors), dtype=bool)
@@ -433,13 +457,8 @@ def _anchor_sims(cs: CandidateSet, rows: np.ndarray, anchors: Sequence[Seed], mw
             u = a.units.get(m)
             if u is not None and u.shape[0] == mat.shape[1]:
                 units[n], has[n] = u, True
-        if not has.any():
-            continue
-        wm = mw.get(m, 1.0)
-        both = cs.present[m][rows][:, None] & has[None, :]
-        num += np.where(both, wm * (mat[rows] @ units.T), 0.0)
-        den += np.where(both, wm, 0.0)
-    return np.divide(num, den, out=np.full_like(num, -1.0), where=den > 0)
+        others[m] = (units, has)
+    return _modal_cosines(cs, rows, others, len(anchors), mw, -1.0)
 
 
 def reasons(
@@ -569,18 +588,8 @@ def ranked_rows(cs: CandidateSet, scores: np.ndarray, k: int, params: ScoreParam
 def item_sims(cs: CandidateSet, rows: np.ndarray, mw: Mapping[str, float]) -> np.ndarray:
     """float[len(rows), len(rows)]: weighted mean cosine of each pair of rows over the
     modalities both have (0 where they share none)."""
-    num = np.zeros((len(rows), len(rows)))
-    den = np.zeros((len(rows), len(rows)))
-    for m, mat in cs.vectors.items():
-        has = cs.present[m][rows]
-        if not has.any():
-            continue
-        v = mat[rows]
-        both = has[:, None] & has[None, :]
-        wm = mw.get(m, 1.0)
-        num += np.where(both, wm * (v @ v.T), 0.0)
-        den += np.where(both, wm, 0.0)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    others = {m: (mat[rows], cs.present[m][rows]) for m, mat in cs.vectors.items()}
+    return _modal_cosines(cs, rows, others, len(rows), mw, 0.0)
 
 
 def diversify(

@@ -81,7 +81,8 @@ class Accumulator:
     sums: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     shown: set[int] = field(default_factory=set)
-    ild: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sum, lists
+    ild_sum: float = 0.0  # ILD@k summed over the lists measured
+    ild_lists: int = 0
 
     def add(self, ranks: Sequence[int], segments: Iterable[str], topk: Iterable[int]) -> None:
         m = query_metrics(ranks, self.k)
@@ -96,8 +97,8 @@ class Accumulator:
             v = self.vectors[listed]
             g = v @ v.T
             n = len(listed)
-            self.ild[0] += 1.0 - float(g.sum() - np.trace(g)) / (n * (n - 1))
-            self.ild[1] += 1
+            self.ild_sum += 1.0 - float(g.sum() - np.trace(g)) / (n * (n - 1))
+            self.ild_lists += 1
 
     def result(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {}
@@ -108,8 +109,8 @@ class Accumulator:
                 out[f"{prefix}{name}@{self.k}"] = v / n
             out[f"{prefix}n"] = n
         out[f"Coverage@{self.k}"] = len(self.shown) / self.n_items if self.n_items else 0.0
-        if self.ild[1]:
-            out[f"ILD@{self.k}"] = self.ild[0] / self.ild[1]
+        if self.ild_lists:
+            out[f"ILD@{self.k}"] = self.ild_sum / self.ild_lists
         return out
 
 
