@@ -21,7 +21,6 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from benchmarks.load import _consumer, start_worker, stop
-from streams import broker as brokers
 from streams.demo import load_catalog
 from streams.settings import Settings
 
@@ -69,9 +68,8 @@ async def ingest_run(
     if media == "image":
         images = write_images(work / "media", min(n, 256))
         env["RECSTREAM_MEDIA_FILE_ROOTS"] = orjson.dumps([str(work / "media")]).decode()
-    flavor = await brokers.detect_flavor(k.bootstrap_servers)
     proc = await start_worker(env, work / "worker.log")
-    consumer = await _consumer(k.bootstrap_servers, prefix + k.indexed_topic, flavor, proc)
+    consumer = await _consumer(k.bootstrap_servers, prefix + k.indexed_topic, proc)
     producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5)
     await producer.start()
     base = load_catalog()

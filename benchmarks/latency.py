@@ -122,9 +122,9 @@ async def _run(args: argparse.Namespace) -> int:
     k = settings.kafka
     local = None
     if "bootstrap_servers" not in k.model_fields_set:
-        local = brokers.LocalBroker(port=brokers.free_port()).start()
+        local = brokers.LocalKafka(port=brokers.free_port_run(2), heap_mb=k.local_heap_mb)
+        local.start()
         k.bootstrap_servers = local.bootstrap_servers
-    flavor = k.flavor if k.flavor != "auto" else await brokers.detect_flavor(k.bootstrap_servers)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="recstream-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cache = settings.data_dir.parent / "bench"
@@ -132,7 +132,11 @@ async def _run(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "machine": machine(),
-        "broker": f"{flavor} at {k.bootstrap_servers}",
+        "broker": (
+            f"local Apache Kafka {brokers.KAFKA_VERSION} at {k.bootstrap_servers}"
+            if local is not None
+            else k.bootstrap_servers
+        ),
         "store": settings.qdrant.url or f"embedded ({backend})",
         "catalog": f"{args.items} synthetic items (random 384-d text vectors around 64 topics)",
         "users": args.users,
@@ -157,9 +161,9 @@ async def _run(args: argparse.Namespace) -> int:
             tag = uuid.uuid4().hex[:6]
             if not args.no_relay:
                 for key, faust in (("relay", False), ("faust_relay", True)):
-                    run[key] = await _relay_run(settings, flavor, rate, args, tag, work,
+                    run[key] = await _relay_run(settings, rate, args, tag, work,
                                                 faust=faust)  # fmt: skip
-            rec = await _worker_run(settings, flavor, rate, args, tag, work, cache, backend)
+            rec = await _worker_run(settings, rate, args, tag, work, cache, backend)
             run.update(rec)
             runs.append(run)
             _print_run(run)
@@ -191,7 +195,6 @@ def _env(settings: Settings, prefix: str, work: Path) -> dict[str, str]:
 
 async def _relay_run(
     settings: Settings,
-    flavor: str,
     rate: int,
     args: argparse.Namespace,
     tag: str,
@@ -214,11 +217,10 @@ async def _relay_run(
                 stdout=log, stderr=log,
             )  # fmt: skip
     else:
-        wait_ms = 10 if flavor == "tansu" else 100
-        proc = await start_relay(k.bootstrap_servers, events, recs, wait_ms)
+        proc = await start_relay(k.bootstrap_servers, events, recs, k.fetch_max_wait_ms)
     name = "faust relay" if faust else "relay"
     try:
-        res = await drive(settings, Procs(proc, None), events, recs, rate, args, flavor, name)
+        res = await drive(settings, Procs(proc, None), events, recs, rate, args, name)
     finally:
         await stop(proc)
     return res.summary()
@@ -226,7 +228,6 @@ async def _relay_run(
 
 async def _worker_run(
     settings: Settings,
-    flavor: str,
     rate: int,
     args: argparse.Namespace,
     tag: str,
@@ -248,9 +249,9 @@ async def _worker_run(
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
     try:
         if args.replay is not None:
-            await publish_items(settings, flavor, proc, prefix, args.replay)
+            await publish_items(settings, proc, prefix, args.replay)
         res: LoadResult = await drive(
-            settings, Procs(proc, env), events, recs, rate, args, flavor, "recstream",
+            settings, Procs(proc, env), events, recs, rate, args, "recstream",
             requests_topic=prefix + k.requests_topic, spy_svg=args.profile,
         )  # fmt: skip
     finally:

@@ -100,7 +100,7 @@ async def stop(proc: asyncio.subprocess.Process, timeout_s: float = 20.0) -> Non
             await proc.wait()
 
 
-async def _consumer(bootstrap: str, topic: str, flavor: str, proc: Any) -> AIOKafkaConsumer:
+async def _consumer(bootstrap: str, topic: str, proc: Any) -> AIOKafkaConsumer:
     deadline = time.monotonic() + 180
     while True:  # the worker creates its topics when it starts
         c = AIOKafkaConsumer(
@@ -108,7 +108,7 @@ async def _consumer(bootstrap: str, topic: str, flavor: str, proc: Any) -> AIOKa
             bootstrap_servers=bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
-            fetch_max_wait_ms=10 if flavor == "tansu" else 100,
+            fetch_max_wait_ms=100,
         )
         await c.start()
         if topic in await c.topics():
@@ -126,7 +126,6 @@ async def drive(
     recs: str,
     rate: int,
     args: argparse.Namespace,
-    flavor: str,
     name: str,
     *,
     requests_topic: str | None = None,
@@ -134,7 +133,7 @@ async def drive(
 ) -> LoadResult:
     bootstrap = settings.kafka.bootstrap_servers
     rng = np.random.default_rng(args.seed + rate)
-    consumer = await _consumer(bootstrap, recs, flavor, procs.proc)
+    consumer = await _consumer(bootstrap, recs, procs.proc)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
     sent_at: dict[str, float] = {}
@@ -242,14 +241,14 @@ async def drive(
 
 
 async def publish_items(
-    settings: Settings, flavor: str, proc: asyncio.subprocess.Process, prefix: str, data: Any
+    settings: Settings, proc: asyncio.subprocess.Process, prefix: str, data: Any
 ) -> None:
     """Publish a dataset's items (``ranking.evaluate.data.Interactions``: title, tags) to the
     worker's content topic and wait until every one is indexed: a catalog of real encoded
     items, built by the worker's own content path."""
     k = settings.kafka
     bootstrap = settings.kafka.bootstrap_servers
-    consumer = await _consumer(bootstrap, prefix + k.indexed_topic, flavor, proc)
+    consumer = await _consumer(bootstrap, prefix + k.indexed_topic, proc)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     t0 = time.perf_counter()

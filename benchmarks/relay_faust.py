@@ -1,5 +1,5 @@
 """The Faust relay: the floor Faust itself sets. A Faust app configured like the worker
-(streams/app.py's faust_config: the same broker settings and Tansu workarounds, events taken
+(streams/app.py's faust_config: the same broker, consumer and producer settings, events taken
 in batches as RECSTREAM_EVENTS_BATCH_SIZE/_MS say), whose one agent answers each event with the
 bare relay's trivial list: no state, no table, no vector store.
 
@@ -19,21 +19,16 @@ import sys
 import faust
 
 from benchmarks.relay import answer
-from streams import broker as brokers
-from streams.app import TANSU_FETCH_MAX_WAIT_MS, faust_config
+from streams.app import faust_config
 from streams.settings import Settings
 from streams.transport import RecstreamApp
 
 
-def build(settings: Settings, flavor: str, events: str, recommendations: str) -> faust.App:
+def build(settings: Settings, events: str, recommendations: str) -> faust.App:
     k = settings.kafka
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
-    app.fetch_max_wait_ms = k.fetch_max_wait_ms or (
-        TANSU_FETCH_MAX_WAIT_MS if flavor == "tansu" else None
-    )
-    if flavor == "tansu":
-        app.tansu_bootstrap = k.bootstrap_servers
+    app = RecstreamApp(settings.app_id, **faust_config(settings))
+    app.fetch_max_wait_ms = k.fetch_max_wait_ms
 
     def raw(name: str) -> faust.TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -62,15 +57,9 @@ def build(settings: Settings, flavor: str, events: str, recommendations: str) ->
 def main(argv: list[str]) -> None:
     events, recommendations = argv
     settings = Settings()
-    k = settings.kafka
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    flavor = (
-        k.flavor
-        if k.flavor != "auto"
-        else loop.run_until_complete(brokers.detect_flavor(k.bootstrap_servers))
-    )
-    app = build(settings, flavor, events, recommendations)
+    app = build(settings, events, recommendations)
     worker = faust.Worker(app, loop=loop, loglevel="WARNING", quiet=True, override_logging=False)
     worker.execute_from_commandline()
 

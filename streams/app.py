@@ -19,12 +19,12 @@ from ranking.params import score_params
 from ranking.recommender import Recommender
 from ranking.store import ItemStore
 from streams.agents import Handlers, ItemEncoder, Msg
+from streams.broker import TopicSpec
 from streams.settings import Settings
 from streams.transport import RecstreamApp, SkipGuard, client_kwargs
 
 log = logging.getLogger(__name__)
 
-TANSU_FETCH_MAX_WAIT_MS = 10
 ITEM_STATS_FLUSH_INTERVAL_S = 1.0
 
 
@@ -55,8 +55,27 @@ class TopicNames:
         return list(vars(self).values())
 
 
-def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
-    """Faust settings; the Tansu workarounds (see README) apply only when flavor == 'tansu'."""
+TABLES = ("users", "item-stats")
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic the worker uses, as it should be created: the wire topics and item-activity
+    with RECSTREAM_KAFKA_PARTITIONS partitions, the tables' changelogs (compacted: only each
+    key's latest value matters) and Faust's leader topic, all with the configured replication
+    factor. Created before Faust starts (streams/worker.py), so every consumer sees them."""
+    k = settings.kafka
+    rf = k.replication_factor
+    compact = {"cleanup.policy": "compact"}
+    return [
+        *(TopicSpec(t, k.partitions, rf) for t in TopicNames.from_settings(settings).all()),
+        *(TopicSpec(f"{settings.app_id}-{t}-changelog", k.partitions, rf, compact) for t in TABLES),
+        TopicSpec(f"{settings.app_id}-__assignor-__leader", 1, rf),
+    ]
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Faust settings from recstream's (streams/settings.py; values chosen on Apache Kafka,
+    docs/kafka.md)."""
     k = settings.kafka
     conf: dict[str, Any] = {
         "broker": f"kafka://{k.bootstrap_servers}",
@@ -68,6 +87,15 @@ def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
         "web_enabled": settings.web_enabled,
         "web_port": settings.web_port,
         "stream_recovery_delay": 0.0,
+        "stream_buffer_maxsize": k.stream_buffer_maxsize,
+        "broker_session_timeout": k.session_timeout_s,
+        "broker_heartbeat_interval": k.heartbeat_interval_s,
+        "broker_rebalance_timeout": k.rebalance_timeout_s,
+        "broker_commit_interval": k.commit_interval_s,
+        "producer_linger": k.producer_linger_ms / 1000,
+        "producer_max_batch_size": k.producer_max_batch_bytes,
+        # every record written is on min.insync.replicas brokers before it counts as sent
+        "producer_acks": -1,
         # Faust's own folder (tables' local files), under data_dir rather than the cwd.
         "datadir": str(settings.data_dir / "faust" / "{conf.id}"),
     }
@@ -84,31 +112,19 @@ def faust_config(settings: Settings, flavor: str) -> dict[str, Any]:
             )
         elif ssl_ctx is not None:
             conf["broker_credentials"] = ssl_ctx
-    if flavor == "tansu":
-        if k.processing_guarantee == "exactly_once":
-            raise ValueError("exactly_once needs idempotent producers, which Tansu lacks")
-        conf.update(
-            # Tansu joins groups slowly; short timeouts make a worker ready in ~3 s.
-            broker_session_timeout=2.0,
-            broker_rebalance_timeout=2.0,
-            broker_heartbeat_interval=0.5,
-        )
     return conf
 
 
 def build_app(
     settings: Settings,
     *,
-    flavor: str,
     store: ItemStore,
     content_encoder: ItemEncoder,
 ) -> tuple[faust.App, Handlers]:
     k = settings.kafka
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes one level
-    app = RecstreamApp(settings.app_id, **faust_config(settings, flavor))
-    app.fetch_max_wait_ms = k.fetch_max_wait_ms or (
-        TANSU_FETCH_MAX_WAIT_MS if flavor == "tansu" else None
-    )
+    app = RecstreamApp(settings.app_id, **faust_config(settings))
+    app.fetch_max_wait_ms = k.fetch_max_wait_ms
     names = TopicNames.from_settings(settings)
 
     def raw_topic(name: str) -> faust.TopicT:
@@ -121,11 +137,6 @@ def build_app(
             partitions=k.partitions,
         )
 
-    if flavor == "tansu":
-        # Tansu under-reports a partition's end offset after a multi-record batch; table
-        # recovery reads changelogs up to it, so the transport corrects it (true_end_offsets).
-        app.tansu_bootstrap = k.bootstrap_servers
-
     content, events, requests = (
         raw_topic(names.content),
         raw_topic(names.events),
@@ -134,10 +145,10 @@ def build_app(
     item_activity = raw_topic(names.item_activity)
     # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
     # string; value: UserState.to_dict() / the item-stats dict below).
-    users = app.Table("users", key_type=str, partitions=k.partitions)
+    users = app.Table(TABLES[0], key_type=str, partitions=k.partitions)
     # Item side, keyed by item id: {"t": trend, "c": interaction count, "r": co-occurrence
     # row {neighbour: weight}} (ranking/collab.py), copied to the store's payload each second.
-    item_stats = app.Table("item-stats", key_type=str, partitions=k.partitions)
+    item_stats = app.Table(TABLES[1], key_type=str, partitions=k.partitions)
     r = settings.ranking
     recommender = Recommender(
         store,

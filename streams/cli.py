@@ -1,7 +1,7 @@
 """The ``recstream`` command.
 
 recstream demo                 the whole system on one machine, no configuration
-recstream broker [--port N]    the local development broker (Tansu)
+recstream broker [--nodes 3]   a local Apache Kafka broker (KRaft) or three-node cluster
 recstream worker               the stream worker (settings from RECSTREAM_* variables)
 recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
 recstream tail TOPIC           print a topic's messages as they arrive
@@ -32,8 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
 
-    b = sub.add_parser("broker", help="run the local Tansu broker in the foreground")
-    b.add_argument("--port", type=int, default=9092)
+    b = sub.add_parser(
+        "broker", help="run a local Apache Kafka broker (KRaft) in the foreground"
+    )
+    b.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
+    b.add_argument(
+        "--nodes", type=int, default=1, choices=(1, 3), help="1 broker, or a 3-broker cluster"
+    )
+    b.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep the data in a temporary folder (default: <RECSTREAM_DATA_DIR>/kafka)",
+    )
+    b.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only resolve Kafka's jars with Maven (and check Java), then exit",
+    )
 
     sub.add_parser("worker", help="run the stream worker")
 
@@ -89,10 +104,23 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(settings)
         return 0
     if args.command == "broker":
-        from streams.broker import run_forever
+        from streams import broker
 
-        run_forever(args.port)
-        return 0
+        if args.prepare:
+            try:
+                libs = broker.check_requirements()
+            except broker.BrokerUnavailable as exc:
+                print(f"recstream broker: {exc}", file=sys.stderr)
+                return 1
+            print(f"Apache Kafka {broker.KAFKA_VERSION}'s jars are in {libs}")
+            return 0
+        folder = "kafka" if args.nodes == 1 else f"kafka-{args.nodes}-nodes"
+        return broker.run_forever(
+            port=args.port,
+            nodes=args.nodes,
+            data_dir=None if args.ephemeral else settings.data_dir / folder,
+            heap_mb=settings.kafka.local_heap_mb,
+        )
     if args.command == "demo":
         from streams.demo import run_demo
 

@@ -94,15 +94,24 @@ async def _demo(
 ) -> int:
     say = (lambda *a: None) if quiet else print  # noqa: E731
     k = settings.kafka
-    local: brokers.LocalBroker | None = None
+    local: brokers.LocalKafka | None = None
     explicit = "bootstrap_servers" in k.model_fields_set
     if not explicit and not brokers.is_listening(k.bootstrap_servers):
         port = brokers.split_host_port(DEFAULT_BOOTSTRAP)[1]
         if brokers.is_listening(f"127.0.0.1:{port}"):
-            port = brokers.free_port()
-        local = brokers.LocalBroker(port=port).start()
+            port = brokers.free_port_run(2)
+        if brokers.is_listening(f"127.0.0.1:{port + 1}"):
+            port = brokers.free_port_run(2)
+        try:
+            local = brokers.LocalKafka(port=port, heap_mb=k.local_heap_mb).start()
+        except brokers.BrokerUnavailable as exc:
+            print(f"recstream demo: {exc}")
+            return 1
         k.bootstrap_servers = local.bootstrap_servers
-        print(f"broker   Tansu (local, in-memory) on {k.bootstrap_servers}")
+        print(
+            f"broker   Apache Kafka {brokers.KAFKA_VERSION} (local, KRaft, temporary folder) "
+            f"on {k.bootstrap_servers}"
+        )
     else:
         # Someone else's broker: keep this run's topics apart.
         k.topic_prefix = k.topic_prefix or f"demo-{uuid.uuid4().hex[:6]}."

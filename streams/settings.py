@@ -26,11 +26,11 @@ class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_KAFKA_", extra="ignore")
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    # auto: ask the broker (Tansu answers cluster id "tansu_*"); Tansu workarounds apply only there.
-    flavor: Literal["auto", "tansu", "kafka"] = "auto"
-    # Start the bundled Tansu broker when nothing listens at the default address and
-    # bootstrap_servers was not set explicitly.
+    # Start the local Apache Kafka broker (streams/broker.py) when nothing listens at the
+    # default address and bootstrap_servers was not set explicitly. Its data lives in
+    # <RECSTREAM_DATA_DIR>/kafka; its heap is local_heap_mb.
     start_local_broker: bool = True
+    local_heap_mb: int = Field(default=512, ge=128)
     topic_prefix: str = ""
     content_topic: str = "content"
     events_topic: str = "user-events"
@@ -43,11 +43,26 @@ class KafkaSettings(BaseSettings):
     # Partitions of the keyed input topics (events and requests must match: they share the
     # user table). Only used when recstream creates the topics.
     partitions: int = Field(default=4, ge=1)
+    # Replication factor of every topic recstream creates (inputs, outputs, item-activity,
+    # table changelogs); 3 with min.insync.replicas 2 on a production cluster.
     replication_factor: int = Field(default=1, ge=1)
-    # Consumer fetch wait in ms. None: Faust's 1500 on real Kafka (which answers a waiting
-    # fetch as soon as data arrives) and 10 on Tansu (which always waits the full time).
-    fetch_max_wait_ms: int | None = None
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # Consumer group liveness: a worker that stops heartbeating for session_timeout_s loses
+    # its partitions to the others (and a restarted worker waits out its old self that long).
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=20.0, gt=0)
+    # Input offsets are committed every commit_interval_s (and every commit_every messages);
+    # what a crash re-reads, and the state dedupe absorbs, is at most that much.
+    commit_interval_s: float = Field(default=2.8, gt=0)
+    # Consumer fetch wait in ms: how long the broker holds a fetch that finds no data. Kafka
+    # answers a waiting fetch as soon as data arrives, so this costs no latency.
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # Messages buffered per partition ahead of the agents (Faust's stream_buffer_maxsize).
+    stream_buffer_maxsize: int = Field(default=4096, ge=1)
+    # Producer batching: how long a record may wait for others (ms) and a batch's bytes.
+    producer_linger_ms: int = Field(default=0, ge=0)
+    producer_max_batch_bytes: int = Field(default=16384, ge=1024)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None

@@ -1,13 +1,7 @@
-"""Faust's aiokafka transport, adjusted for the brokers it meets.
+"""Faust's aiokafka transport with the worker's fetch wait, and SkipGuard.
 
-Fetch wait: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Real Kafka
-answers a waiting fetch as soon as data arrives, so that costs nothing there; Tansu always waits
-the full time, which would add ~1.5 s to every hop. This transport lets the worker set it.
-
-End offsets (Tansu only): Tansu reports a partition's end offset as its last record batch's
-base offset + 1. Faust recovers tables by reading changelogs up to that offset, so the last
-batch's updates would be lost on restart. ``true_end_offsets`` reads the real end. (The first
-workaround, one record per producer batch, capped a worker at ~44 events/s.)
+Fetch wait: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer; this
+transport applies RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS instead.
 """
 
 from __future__ import annotations
@@ -25,59 +19,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 log = logging.getLogger(__name__)
 
 
-async def true_end_offsets(
-    bootstrap_servers: str, reported: Mapping[TopicPartition, int], timeout_s: float = 60.0
-) -> dict[TopicPartition, int]:
-    """End offsets corrected for Tansu's ListOffsets defect.
-
-    Tansu answers ListOffsets(latest) with the base offset of the partition's last record
-    batch + 1, so after a batch of n records it reports n - 1 too few (measured: records 0-7 in
-    batches of 5 and 3 -> "end offset 6"). Faust's table recovery reads a changelog up to that
-    offset and would silently drop the last batch's updates. A fetch from reported - 1 returns
-    that whole last batch, and the fetch response's high watermark is right (8 above).
-
-    ``timeout_s``: a kill -9 stress loop (15 restarts in 15 minutes, one Tansu in memory for
-    all of it) once needed more than the first 10 s here for two large item-stats changelog
-    partitions, and the worker stopped at recovery; a minute is cheap at a restart."""
-    need = [tp for tp, end in reported.items() if end > 0]
-    out = dict(reported)
-    if not need:
-        return out
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=10
-    )
-    await consumer.start()
-    try:
-        consumer.assign(need)
-        for tp in need:
-            consumer.seek(tp, reported[tp] - 1)
-        pending = set(need)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read the true end offsets of {sorted(pending)}")
-            got = await consumer.getmany(*pending, timeout_ms=200)
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
-                if tp in got and hw is not None:
-                    last = max(r.offset for r in got[tp])
-                    out[tp] = max(reported[tp], hw, last + 1)
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     fetch_max_wait_ms: int | None = None
-    # Set on Tansu: recovery's end offsets are corrected by :func:`true_end_offsets`.
-    tansu_bootstrap: str | None = None
-
-    async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
-        reported = await super()._highwaters(partitions)
-        if self.tansu_bootstrap is None:
-            return reported
-        return await true_end_offsets(self.tansu_bootstrap, reported)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -87,13 +30,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-def transport_class(
-    fetch_max_wait_ms: int | None, tansu_bootstrap: str | None = None
-) -> type[faust_aiokafka.Transport]:
+def transport_class(fetch_max_wait_ms: int | None) -> type[faust_aiokafka.Transport]:
     thread_cls = type(
-        "ConsumerThread",
-        (_ConsumerThread,),
-        {"fetch_max_wait_ms": fetch_max_wait_ms, "tansu_bootstrap": tansu_bootstrap},
+        "ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": fetch_max_wait_ms}
     )
 
     class Consumer(faust_aiokafka.Consumer):
@@ -111,10 +50,9 @@ class RecstreamApp(faust.App):
     """faust.App whose consumer uses :func:`transport_class`."""
 
     fetch_max_wait_ms: int | None = None
-    tansu_bootstrap: str | None = None  # set when the broker is Tansu
 
     def _new_transport(self) -> Any:
-        cls = transport_class(self.fetch_max_wait_ms, self.tansu_bootstrap)
+        cls = transport_class(self.fetch_max_wait_ms)
         return cls(self.conf.broker_consumer, self)
 
 
@@ -162,7 +100,7 @@ async def read_range(
 class SkipGuard:
     """Re-reads what Faust skipped: every message a partition's stream did not deliver.
 
-    Measured (a kill -9 stress loop on Tansu, tests/integration/test_restart.py): after a
+    Measured (a kill -9 stress loop on the Tansu broker recstream used before Apache Kafka): after a
     restart, Faust 0.15.3 seeks each stream partition to its committed offset C when table
     recovery ends, yet it sometimes delivers C + 1 .. C + 3 first, or C and C + 1 and then
     C + 6: records in between were drained from aiokafka and never delivered (two fetch

@@ -12,22 +12,26 @@ from encoders.pipeline import ContentEncoder
 from ranking.store import MODALITY_DIMS, ItemStore
 from streams import broker as brokers
 from streams.agents import ItemEncoder
-from streams.app import TopicNames, build_app
+from streams.app import build_app, topic_specs
 from streams.settings import DEFAULT_BOOTSTRAP, Settings
+from streams.transport import client_kwargs
 
 log = logging.getLogger(__name__)
 
 
-def resolve_broker(settings: Settings) -> brokers.LocalBroker | None:
-    """Start the bundled Tansu broker when no broker was configured and none listens at the
-    default address. Returns the broker we started (the caller stops it), else None."""
+def resolve_broker(settings: Settings) -> brokers.LocalKafka | None:
+    """Start the local Apache Kafka broker (its data under RECSTREAM_DATA_DIR/kafka) when no
+    broker was configured and none listens at the default address. Returns the broker we
+    started (the caller stops it), else None."""
     k = settings.kafka
     explicit = "bootstrap_servers" in k.model_fields_set
     if explicit or not k.start_local_broker or brokers.is_listening(k.bootstrap_servers):
         return None
     _, port = brokers.split_host_port(DEFAULT_BOOTSTRAP)
-    log.info("no broker at %s: starting the local Tansu broker", k.bootstrap_servers)
-    return brokers.LocalBroker(port=port).start()
+    log.info("no broker at %s: starting the local Apache Kafka broker", k.bootstrap_servers)
+    return brokers.LocalKafka(
+        port=port, data_dir=settings.data_dir / "kafka", heap_mb=k.local_heap_mb
+    ).start()
 
 
 def load_content_encoder(settings: Settings) -> ItemEncoder:
@@ -35,18 +39,14 @@ def load_content_encoder(settings: Settings) -> ItemEncoder:
     return ContentEncoder.from_settings(settings.encoder, settings.media)
 
 
-async def prepare(settings: Settings, content_encoder: ItemEncoder) -> tuple[str, ItemStore]:
+async def prepare(settings: Settings, content_encoder: ItemEncoder) -> ItemStore:
     k = settings.kafka
-    flavor = k.flavor if k.flavor != "auto" else await brokers.detect_flavor(k.bootstrap_servers)
-    created = await brokers.ensure_topics(
-        k.bootstrap_servers,
-        TopicNames.from_settings(settings).all(),
-        partitions=k.partitions,
-        replication_factor=k.replication_factor,
+    created = await brokers.ensure_topic_specs(
+        k.bootstrap_servers, topic_specs(settings), admin_kwargs=client_kwargs(k)
     )
     if created:
         log.info("created topics: %s", ", ".join(created))
-    return flavor, open_store(settings, dict(content_encoder.dims))
+    return open_store(settings, dict(content_encoder.dims))
 
 
 def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
@@ -79,18 +79,15 @@ def run_worker(settings: Settings) -> None:
         content_encoder = load_content_encoder(settings)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        flavor, store = loop.run_until_complete(prepare(settings, content_encoder))
+        store = loop.run_until_complete(prepare(settings, content_encoder))
         loop.run_until_complete(store.ensure_collection())
         log.info(
-            "broker %s (%s), qdrant %s, encoders %s",
+            "broker %s, qdrant %s, encoders %s",
             settings.kafka.bootstrap_servers,
-            flavor,
             settings.qdrant.url or settings.qdrant_location(),
             dict(content_encoder.dims),
         )
-        app, handlers = build_app(
-            settings, flavor=flavor, store=store, content_encoder=content_encoder
-        )
+        app, handlers = build_app(settings, store=store, content_encoder=content_encoder)
         # What exists now (modules, the encoders' and store's Python side, the app) lives as
         # long as the process: move it out of the cyclic collector's reach, or every full
         # collection walks all of it (measured: 0.1-0.5 s pauses mid-stream, the p99).

@@ -14,8 +14,7 @@ def test_faust_files_live_under_data_dir(tmp_path: Path) -> None:
     """Faust's default datadir is '<app id>-data' in the working directory; the worker's
     goes under RECSTREAM_DATA_DIR so a worker started anywhere leaves nothing there."""
     settings = Settings(data_dir=tmp_path / "data", app_id="recstream-x")
-    for flavor in ("tansu", "kafka"):
-        app = faust.App(settings.app_id, **faust_config(settings, flavor))
-        datadir = Path(app.conf.datadir)
-        assert datadir == tmp_path / "data" / "faust" / "recstream-x"
-        assert Path(app.conf.tabledir).is_relative_to(datadir)
+    app = faust.App(settings.app_id, **faust_config(settings))
+    datadir = Path(app.conf.datadir)
+    assert datadir == tmp_path / "data" / "faust" / "recstream-x"
+    assert Path(app.conf.tabledir).is_relative_to(datadir)
