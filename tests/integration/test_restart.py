@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from ranking.state import UserState, apply_event
 from ranking.store import ItemStore
@@ -37,6 +38,17 @@ async def behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
     return False
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert not desc["error_code"] and desc["partitions"], f"no such topic {topic}: {desc}"
+    return sorted(p["partition"] for p in desc["partitions"])
+
+
 async def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes | None]]:
     """(partition, offset, key, value) of every message now in the topic, partition order."""
     c = AIOKafkaConsumer(
@@ -47,7 +59,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, 
     )
     await c.start()
     try:
-        tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or set())]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import random
 from typing import Any
 
 import orjson
@@ -384,3 +386,135 @@ def test_dead_letter_builder_keeps_original_bytes(payload: bytes | None, key: by
     decoded = None if wire["payload"] is None else base64.b64decode(wire["payload"])
     assert decoded == payload
     assert (None if wire["key"] is None else base64.b64decode(wire["key"])) == key
+
+
+# -- dead letters always fit under the broker's limit -------------------------------------------
+
+DL_BOUND = schemas.DEAD_LETTER_MAX_BYTES
+
+
+def garbage(n: int) -> bytes:
+    return random.Random(n).randbytes(n)
+
+
+def dead(
+    payload: bytes | None, error: str = "invalid user event: x", key: bytes | None = b"u"
+) -> dict[str, Any]:
+    return dead_letter(
+        source_topic="t.user-events",
+        partition=2,
+        offset=7,
+        error=error,
+        payload=payload,
+        key=key,
+        ts=99,
+    )
+
+
+def assert_cut_payload(out: dict[str, Any], original: bytes) -> bytes:
+    wire = dumps(out)
+    assert len(wire) <= DL_BOUND
+    back = orjson.loads(wire)
+    assert back["payload_truncated"] is True
+    assert back["payload_size"] == len(original)
+    assert back["payload_sha256"] == hashlib.sha256(original).hexdigest()
+    kept = base64.b64decode(back["payload"])
+    assert original.startswith(kept)
+    assert len(kept) < len(original)
+    return kept
+
+
+@pytest.mark.parametrize("size", [1_000_000, 1_048_576, 5 * 1_048_576])
+def test_dead_letter_of_a_huge_payload_is_cut_to_the_bound(size: int) -> None:
+    original = garbage(size)
+    out = dead(original)
+    kept = assert_cut_payload(out, original)
+    # most of the room goes to the payload (base64: 3 bytes in 4 characters)
+    assert len(kept) > 0.74 * DL_BOUND
+    assert (out["source_topic"], out["partition"], out["offset"], out["ts"]) == (
+        "t.user-events",
+        2,
+        7,
+        99,
+    )
+    assert out["error"] == "invalid user event: x" and "error_truncated" not in out
+    assert base64.b64decode(out["key"]) == b"u" and "key_truncated" not in out
+
+
+def test_dead_letter_of_a_huge_error_is_cut_to_the_bound() -> None:
+    # control characters serialise as 6-byte \u escapes: the bound is on the bytes written
+    error = "invalid user event: field 'type' is '" + "\x00é" * 1_500_000
+    for payload in (None, b"{}", garbage(1_048_576)):
+        out = dead(payload, error=error)
+        wire = dumps(out)
+        assert len(wire) <= DL_BOUND
+        back = orjson.loads(wire)
+        assert back["error_truncated"] is True
+        head, _, tail = back["error"].partition("... ")
+        assert error.startswith(head) and len(head) == schemas.DEAD_LETTER_MAX_ERROR_CHARS
+        assert f"{len(error):,} characters" in tail
+        if payload is not None and len(payload) < 1000:
+            assert base64.b64decode(back["payload"]) == payload
+            assert "payload_truncated" not in back
+
+
+def test_dead_letter_key_is_bounded_in_the_record_and_as_the_kafka_key() -> None:
+    key = garbage(300_000)
+    out = dead(garbage(900_000), key=key, error="\x01" * schemas.DEAD_LETTER_MAX_ERROR_CHARS)
+    assert len(dumps(out)) <= DL_BOUND  # the longest error kept, all escaped, and a cut key
+    assert "error_truncated" not in out  # at the limit, not over it
+    kept = base64.b64decode(out["key"])
+    assert kept == schemas.dead_letter_key(key) == key[: schemas.DEAD_LETTER_MAX_KEY_BYTES]
+    assert out["key_truncated"] is True and out["key_size"] == len(key)
+    assert out["key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert_cut_payload(out, garbage(900_000))
+    assert schemas.dead_letter_key(b"user-1") == b"user-1"
+    assert schemas.dead_letter_key(None) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(DL_BOUND * 3 // 4 - 400, DL_BOUND * 3 // 4 + 100))
+def test_dead_letter_near_the_bound_is_exact_or_cut_never_over(size: int) -> None:
+    original = garbage(size)
+    out = dead(original)
+    wire = dumps(out)
+    assert len(wire) <= DL_BOUND
+    if "payload_truncated" in out:
+        assert_cut_payload(out, original)
+        # cut only when the whole payload would not have fitted
+        whole = {k: v for k, v in out.items() if not k.startswith("payload_")}
+        whole["payload"] = base64.b64encode(original).decode()
+        assert len(dumps(whole)) > DL_BOUND
+    else:
+        assert base64.b64decode(orjson.loads(wire)["payload"]) == original
+
+
+def test_small_dead_letters_carry_no_truncation_fields() -> None:
+    for payload in (None, b"", b"\xff\xfe", garbage(100_000)):
+        out = dead(payload, key=garbage(schemas.DEAD_LETTER_MAX_KEY_BYTES))
+        assert not [f for f in out if f.endswith(("_truncated", "_size", "_sha256"))]
+        assert (None if payload is None else base64.b64decode(out["payload"])) == payload
+
+
+def test_dead_letter_error_with_lone_surrogates_still_serialises() -> None:
+    out = dead(b"x", error="cannot read file '\udcff'")
+    assert orjson.loads(dumps(out))["error"] == "cannot read file '?'"
+
+
+def test_rejections_quote_huge_values_short() -> None:
+    for value in ("t" * 1_000_000, ["view"] * 100_000, {"a": "b" * 1_000_000}):
+        msg = rejected(parse_event, raw({**EVENT, "type": value}))
+        assert len(msg) < 300, msg[:400]
+        assert msg.startswith("invalid user event: field 'type' is ")
+        assert "characters" in msg and msg.endswith("allowed: " + ", ".join(EVENT_TYPES))
+    assert "'tttt" in rejected(parse_event, raw({**EVENT, "type": "t" * 1_000_000}))
+    msg = rejected(parse_event, raw({**EVENT, "type": "t" * 1_000_000}))
+    assert "(1,000,000 characters)" in msg
+    # other rejections of huge values name the field and the rule, not the value
+    for obj, parse in [
+        ({**EVENT, "user_id": "u" * 1_000_000}, parse_event),
+        ({**EVENT, "ts": "9" * 1_000_000}, parse_event),
+        ({"item_id": "i", "tags": "x" * 1_000_000}, parse_content),
+        ({"user_id": "u", "k": "9" * 1_000_000}, parse_request),
+    ]:
+        assert len(rejected(parse, raw(obj))) < 200
