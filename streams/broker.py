@@ -252,9 +252,7 @@ class LocalKafka:
     def properties(self, node_id: int) -> dict[str, str]:
         n = self.nodes
         rf = min(3, n)
-        voters = ",".join(
-            f"{i + 1}@127.0.0.1:{self.port + n + i}" for i in range(n)
-        )
+        voters = ",".join(f"{i + 1}@127.0.0.1:{self.port + n + i}" for i in range(n))
         port, cport = self.port + node_id - 1, self.port + n + node_id - 1
         props = {
             "process.roles": "broker,controller",
@@ -295,7 +293,9 @@ class LocalKafka:
             self._ephemeral = True
         self.data_dir.mkdir(parents=True, exist_ok=True)
         busy = [
-            p for p in range(self.port, self.port + 2 * self.nodes) if is_listening(f"127.0.0.1:{p}")
+            p
+            for p in range(self.port, self.port + 2 * self.nodes)
+            if is_listening(f"127.0.0.1:{p}")
         ]
         if busy:
             raise BrokerUnavailable(

@@ -1,6 +1,7 @@
 """The ``recstream`` command.
 
-recstream demo                 the whole system on one machine, no configuration
+recstream demo [--docker]      the whole system on one machine, no configuration (--docker:
+                               Kafka and Qdrant in Docker containers)
 recstream broker [--nodes 3]   a local Apache Kafka broker (KRaft) or three-node cluster
 recstream worker               the stream worker (settings from RECSTREAM_* variables)
 recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
@@ -31,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--events", type=int, default=240, help="user events to send (default 240)")
     d.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
+    d.add_argument(
+        "--docker",
+        action="store_true",
+        help="run Apache Kafka and a Qdrant server in Docker containers (testcontainers) "
+        "instead of the local broker and the embedded store; exits 2 where no Docker engine "
+        "answers",
+    )
 
     b = sub.add_parser(
         "broker", help="run a local Apache Kafka broker (KRaft) in the foreground"
@@ -125,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         from streams.demo import run_demo
 
         return run_demo(
-            settings, users=args.users, events=args.events, rate=args.rate, quiet=args.quiet
+            settings,
+            users=args.users,
+            events=args.events,
+            rate=args.rate,
+            quiet=args.quiet,
+            docker=args.docker,
         )
     if args.command == "produce":
         from streams.client import produce_lines

@@ -1,10 +1,11 @@
 """`recstream demo`: the whole system on one machine with no configuration.
 
 Starts the local broker (unless one is configured or already listening), runs a real worker
-process on an embedded Qdrant, publishes the bundled sample catalog, then acts as an app: sends
-events from simulated users with known tastes and prints each recommendation as it arrives,
-with its latency from the event. Ends with throughput, latency percentiles and how well the
-lists came to match each user's tastes.
+process on an embedded Qdrant (``--docker``: Apache Kafka and a Qdrant server in Docker
+containers instead, removed at the end), publishes the bundled sample catalog, then acts as an
+app: sends events from simulated users with known tastes and prints each recommendation as it
+arrives, with its latency from the event. Ends with throughput, latency percentiles and how
+well the lists came to match each user's tastes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -32,6 +33,9 @@ from aiokafka import AIOKafkaConsumer
 from streams import broker as brokers
 from streams.client import RecstreamClient, now_ms
 from streams.settings import DEFAULT_BOOTSTRAP, Settings
+
+if TYPE_CHECKING:
+    from testcontainers.core.container import DockerContainer
 
 POSITIVE = ("view", "click", "like", "share", "complete")
 
@@ -85,18 +89,78 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run_demo(settings: Settings, *, users: int, events: int, rate: float, quiet: bool) -> int:
-    return asyncio.run(_demo(settings, n_users=users, n_events=events, rate=rate, quiet=quiet))
+def run_demo(
+    settings: Settings,
+    *,
+    users: int,
+    events: int,
+    rate: float,
+    quiet: bool,
+    docker: bool = False,
+) -> int:
+    return asyncio.run(
+        _demo(settings, n_users=users, n_events=events, rate=rate, quiet=quiet, docker=docker)
+    )
+
+
+def _start_containers(settings: Settings) -> list[DockerContainer]:
+    """Kafka and Qdrant in Docker; the settings then point at them. When either cannot
+    start, the error goes up and nothing is left running."""
+    from streams import containers
+
+    started: list[DockerContainer] = []
+    try:
+        print(f"docker   starting {containers.KAFKA_IMAGE} and {containers.QDRANT_IMAGE}")
+        kafka, settings.kafka.bootstrap_servers = containers.start_kafka(
+            partitions=settings.kafka.partitions
+        )
+        started.append(kafka)
+        print(
+            f"broker   Apache Kafka {brokers.KAFKA_VERSION} (Docker, KRaft, one node) on "
+            f"{settings.kafka.bootstrap_servers}"
+        )
+        qdrant, settings.qdrant.url = containers.start_qdrant()
+        started.append(qdrant)
+        print(f"qdrant   Qdrant server (Docker) on {settings.qdrant.url}")
+    except BaseException:
+        _stop_containers(started)
+        raise
+    return started
+
+
+def _stop_containers(started: list[DockerContainer]) -> None:
+    for c in reversed(started):
+        with contextlib.suppress(Exception):
+            c.stop()
 
 
 async def _demo(
-    settings: Settings, *, n_users: int, n_events: int, rate: float, quiet: bool
+    settings: Settings,
+    *,
+    n_users: int,
+    n_events: int,
+    rate: float,
+    quiet: bool,
+    docker: bool = False,
 ) -> int:
     say = (lambda *a: None) if quiet else print  # noqa: E731
     k = settings.kafka
     local: brokers.LocalKafka | None = None
+    started: list[DockerContainer] = []
     explicit = "bootstrap_servers" in k.model_fields_set
-    if not explicit and not brokers.is_listening(k.bootstrap_servers):
+    if docker:
+        from streams.containers import docker_problem
+
+        problem = docker_problem()
+        if problem is not None:
+            print(f"recstream demo --docker: {problem}.", file=sys.stderr)
+            return 2
+        try:
+            started = _start_containers(settings)
+        except Exception as exc:  # noqa: BLE001 - an image pull or a start failed: say which
+            print(f"recstream demo --docker: {exc}", file=sys.stderr)
+            return 1
+    elif not explicit and not brokers.is_listening(k.bootstrap_servers):
         port = brokers.split_host_port(DEFAULT_BOOTSTRAP)[1]
         if brokers.is_listening(f"127.0.0.1:{port}"):
             port = brokers.free_port_run(2)
@@ -144,8 +208,10 @@ async def _demo(
             env["RECSTREAM_QDRANT_PATH"] = ":memory:"
             print("store    embedded Qdrant engine (qdrant-edge), temporary folder")
         else:
+            env["RECSTREAM_QDRANT_URL"] = settings.qdrant.url
             env["RECSTREAM_QDRANT_COLLECTION"] = f"demo_{uuid.uuid4().hex[:6]}"
-            print(f"qdrant   {settings.qdrant.url}")
+            if not started:
+                print(f"qdrant   {settings.qdrant.url}")
         log_path = work / "worker.log"
         with open(log_path, "wb") as log_file:
             worker = subprocess.Popen(
@@ -176,6 +242,7 @@ async def _demo(
                 worker.kill()
         if local is not None:
             local.stop()
+        _stop_containers(started)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -170,10 +170,10 @@ def settings_for(env: dict[str, str]) -> Settings:
 class AppHarness:
     """What an app does: produce content/events/requests, read recommendations/dead-letters."""
 
-    def __init__(self, settings: Settings, worker: Worker):
+    def __init__(self, settings: Settings, worker: Worker, **producer_kwargs: Any):
         self.settings = settings
         self.worker = worker
-        self.client = RecstreamClient(settings)
+        self.client = RecstreamClient(settings, **producer_kwargs)
         k = settings.kafka
         self.recs_topic = k.topic(k.recommendations_topic)
         self.dl_topic = k.topic(k.dead_letters_topic)

@@ -1,4 +1,5 @@
-"""The same app-level scenario against real Apache Kafka and a Qdrant server (testcontainers).
+"""The same app-level scenario against Apache Kafka and a Qdrant server in Docker containers
+(streams/containers.py: the images `recstream demo --docker` and deploy/ use).
 
 Needs a Docker engine; skipped with the reason where none answers (as in CI here).
 """
@@ -10,29 +11,34 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import AppHarness, docker_available, settings_for
+from streams import containers
+from tests.conftest import AppHarness, settings_for
 from tests.integration.test_end_to_end import personal_lists_scenario
+
+NO_DOCKER = containers.docker_problem()
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.skipif(not docker_available(), reason="no Docker engine answers here"),
+    pytest.mark.skipif(NO_DOCKER is not None, reason=NO_DOCKER or ""),
 ]
 
 
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[str]:
-    from testcontainers.kafka import KafkaContainer
-
-    with KafkaContainer("confluentinc/cp-kafka:7.6.1") as k:
-        yield k.get_bootstrap_server()
+    container, address = containers.start_kafka()
+    try:
+        yield address
+    finally:
+        container.stop()
 
 
 @pytest.fixture(scope="module")
 def qdrant() -> Iterator[str]:
-    from testcontainers.qdrant import QdrantContainer
-
-    with QdrantContainer("qdrant/qdrant:v1.13.4") as q:
-        yield f"http://{q.rest_host_address}"
+    container, url = containers.start_qdrant()
+    try:
+        yield url
+    finally:
+        container.stop()
 
 
 def test_real_kafka_and_qdrant_server(make_worker, worker_env, kafka, qdrant, catalog) -> None:
