@@ -10,6 +10,8 @@ Data path:
   item-activity    -> the item's trend, count and co-occurrence row (ranking/collab.py) in the
                       item-stats Table -> store payload once a second
   recommendation-requests -> recommend from the current state -> recommendations
+  Both user-keyed inputs: a record on a partition other than its user's (murmur2 of user_id)
+  is forwarded there first (Handlers.forward_misrouted).
 Failures: bad input -> dead-letters (with reason and original bytes) and go on; a dependency
 that is down -> retry with backoff, offset not committed meanwhile; anything else is a bug ->
 the worker crashes loudly and the supervisor restarts it (nothing acked is lost).
@@ -57,7 +59,12 @@ class Sink(Protocol):
     """Where output goes: a Faust topic in the worker, a list in unit tests."""
 
     async def send(
-        self, *, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        *,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> Any: ...
 
 
@@ -73,6 +80,7 @@ class Msg:
     # The Faust event the message came with (or, for a record SkipGuard re-read, the event
     # after it, of the same partition): what a table write on its behalf is made under.
     origin: Any = dataclasses.field(default=None, compare=False, repr=False)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 # Item-activity updates per record at most (a grouped record stays far below Kafka's 1 MB).
@@ -124,15 +132,48 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+# Record header of a user-events or recommendation-requests record that a worker forwarded to
+# the partition owning its user (Handlers.forward_misrouted): "<partition>:<offset>" of the
+# original record, in the same topic.
+FORWARDED_FROM = "recstream-forwarded-from"
+
+
+def forwarded_from(msg: Msg) -> str | None:
+    """The origin ``"<partition>:<offset>"`` of a forwarded copy; None for an original."""
+    for name, value in msg.headers:
+        if name == FORWARDED_FROM:
+            return (value or b"").decode("utf-8", "replace")
+    return None
+
+
+def dedupe_id(msg: Msg, event_id: str | None) -> str | None:
+    """What a user's state remembers an event by besides its offset: the app's ``event_id``,
+    else for a forwarded copy its origin. A forward can be sent twice (the forwarding worker
+    crashed before committing the original, re-read it and forwarded it again): the two copies
+    sit at different offsets of the owning partition, so only the origin tells them apart."""
+    if event_id is not None:
+        return event_id
+    origin = forwarded_from(msg)
+    return None if origin is None else f"{FORWARDED_FROM}={origin}"
+
+
 def _activity_update(a: Mapping[str, Any]) -> tuple[str, float, int, list]:
     """One item-activity update: (item id, interaction weight, ts, pairs), each pair
     (neighbour, weight, neighbour's count or None: older records carry no count, and the row
     keeps the one it knew)."""
     pairs = [
-        (str(p[0]), float(p[1]), float(p[2]) if len(p) > 2 and p[2] is not None else None)
+        (_item_id(p[0]), float(p[1]), float(p[2]) if len(p) > 2 and p[2] is not None else None)
         for p in a.get("pairs") or ()
     ]
-    return str(a["item_id"]), float(a["w"]), int(a["ts"]), pairs
+    return _item_id(a["item_id"]), float(a["w"]), int(a["ts"]), pairs
+
+
+def _item_id(v: Any) -> str:
+    """An item id from an item-activity record, held to the wire contract's bounds (an
+    oversized one would become a Table key whose changelog record the broker refuses)."""
+    if not isinstance(v, str) or not 0 < len(v) <= schemas.MAX_ID_CHARS:
+        raise ValueError(f"item id must be a string of 1..{schemas.MAX_ID_CHARS} characters")
+    return v
 
 
 def _record(item: schemas.ContentItem, vectors: Mapping[str, np.ndarray]) -> ItemRecord:
@@ -163,6 +204,7 @@ class Handlers:
         indexed: Sink | None = None,
         activity_partitions: int | None = None,
         table_scope: Callable[[Msg], None] | None = None,
+        inputs: Mapping[str, Sink] | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -187,9 +229,15 @@ class Handlers:
         # Faust writes a table change to the changelog partition of the *current* event; in a
         # batch the handler says which message a write is for (streams/app.py sets it).
         self.table_scope = table_scope or (lambda msg: None)
+        # The user-keyed input topics by name: where a record on a partition that does not own
+        # its user is sent again (forward_misrouted).
+        self.inputs: Mapping[str, Sink] = inputs or {}
+        self.forwarded = 0
 
     async def dead_letter(self, msg: Msg, error: str, *, part: str | None = None) -> None:
-        log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
+        # Key, payload and error are cut to what the producer and broker accept (see
+        # schemas.dead_letter): a refused dead letter would crash the worker on this message
+        # at every restart.
         value = schemas.dead_letter(
             source_topic=msg.topic,
             partition=msg.partition,
@@ -200,7 +248,12 @@ class Handlers:
             ts=now_ms(),
             part=part,
         )
-        await self.dead_letters.send(key=msg.key, value=schemas.dumps(value))
+        log.warning(
+            "dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, value["error"]
+        )
+        await self.dead_letters.send(
+            key=schemas.dead_letter_key(msg.key), value=schemas.dumps(value)
+        )
 
     # -- content ----------------------------------------------------------------------------
     async def on_content(self, batch: Sequence[Msg]) -> None:
@@ -255,6 +308,60 @@ class Handlers:
                 )
                 await self.indexed.send(key=msg.key, value=schemas.dumps(value))
 
+    # -- partition ownership -----------------------------------------------------------------
+    async def forward_misrouted(self, msg: Msg, user_id: str) -> bool:
+        """Whether ``msg`` (user-events or recommendation-requests) is for a user whose state
+        another partition owns; if so it was sent there and must not be processed here.
+
+        The users Table keeps a user in partition murmur2(user id) % RECSTREAM_KAFKA_PARTITIONS
+        (what the Java client, aiokafka and Faust give a keyed record), and only the worker
+        assigned that partition has the user's state: one processing the record elsewhere
+        would read an empty state and write it to the changelog of the wrong partition.
+        Clients on librdkafka (kcat, confluent-kafka, Go, .NET, Node) hash keys with CRC32 by
+        default, and a keyless record goes anywhere, so their records often land elsewhere.
+
+        The value's ``user_id`` decides, not the key: it is what the state is keyed by (a key
+        that is missing or names someone else only decides where the producer put the record).
+        The copy keeps the key, value and headers, and adds FORWARDED_FROM with the original's
+        partition and offset (an event's dedupe id when it has no event_id: dedupe_id). The
+        original's offset is committed only after the copy is acknowledged (Faust flushes the
+        producer before it commits), so a crash in between forwards it again rather than
+        losing it. A copy that is still not on its user's partition is dead-lettered, not sent
+        on: workers that disagree on the partition count would pass it back and forth."""
+        partitions = self.settings.kafka.partitions
+        owner = key_partition(user_id.encode(), partitions)
+        if owner == msg.partition:
+            return False
+        origin = forwarded_from(msg)
+        if origin is not None:
+            await self.dead_letter(
+                msg,
+                f"forwarded from partition:offset {origin} to partition {msg.partition}, but "
+                f"user {user_id!r} belongs to partition {owner} of {partitions}: workers "
+                "disagree on RECSTREAM_KAFKA_PARTITIONS (or the topic was created with another "
+                "partition count)",
+            )
+            return True
+        sink = self.inputs.get(msg.topic)
+        if sink is None:  # a wiring bug (streams/app.py passes every user-keyed input)
+            raise RuntimeError(f"no producer to forward a record of {msg.topic!r} with")
+        headers = [*msg.headers, (FORWARDED_FROM, f"{msg.partition}:{msg.offset}".encode())]
+        await sink.send(key=msg.key, value=msg.value or b"", partition=owner, headers=headers)
+        if not self.forwarded:
+            log.info(
+                "%s[%d]@%d (user %r) belongs on partition %d, which holds the user's state: "
+                "forwarded there (its producer does not partition by murmur2 of the user id, "
+                "e.g. librdkafka's CRC32 default, or sent it without a key); such records are "
+                "forwarded without a word from now on",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                user_id,
+                owner,
+            )
+        self.forwarded += 1
+        return True
+
     # -- user events -------------------------------------------------------------------------
     def load_state(self, user_id: str) -> UserState:
         raw = self.users.get(user_id)
@@ -283,6 +390,8 @@ class Handlers:
                 event = schemas.parse_event(msg.value, self.settings.max_message_bytes)
             except BadInput as exc:
                 await self.dead_letter(msg, str(exc))
+                continue
+            if await self.forward_misrouted(msg, event.user_id):
                 continue
             if event.ts - now > ahead:
                 await self.dead_letter(
@@ -318,7 +427,7 @@ class Handlers:
         asks = []
         for (msg, event), state, ids in zip(events, states, seed_ids, strict=True):
             mine = [i for i in ids if i in seeds_of]
-            if state.is_duplicate(msg.partition, msg.offset, event.event_id):
+            if state.is_duplicate(msg.partition, msg.offset, dedupe_id(msg, event.event_id)):
                 # already learned (redelivery): answer again from the state, change nothing
                 seeds = {i: seeds_of[i] for i in mine if i != event.item_id}
                 todo.append((msg, event, state, None, seeds))
@@ -344,7 +453,7 @@ class Handlers:
                 half_life_ms=self.half_life_ms,
                 partition=msg.partition,
                 offset=msg.offset,
-                event_id=event.event_id,
+                event_id=dedupe_id(msg, event.event_id),
                 dedupe_window=r.dedupe_window,
                 recent_positive=r.recent_positive,
                 recent_items=r.recent_items,
@@ -436,6 +545,8 @@ class Handlers:
             req = schemas.parse_request(msg.value, self.settings.max_message_bytes)
         except BadInput as exc:
             await self.dead_letter(msg, str(exc))
+            return
+        if await self.forward_misrouted(msg, req.user_id):
             return
         state = self.load_state(req.user_id)
         ids = self.recommender.seed_ids(state)

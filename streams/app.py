@@ -170,6 +170,7 @@ def build_app(
         item_activity=raw_topic(names.item_activity),
         activity_partitions=k.partitions,
         table_scope=_table_scope,
+        inputs={names.events: events, names.requests: requests},
     )
 
     async def guarded(work: Awaitable[None]) -> None:
@@ -235,9 +236,9 @@ def build_app(
 
 def _msg(m: Any, event: faust.EventT) -> Msg:
     """A Faust message or an aiokafka ConsumerRecord (re-read by SkipGuard: ``event`` is the
-    one after it, of the same partition) as a handler message: both carry these five
+    one after it, of the same partition) as a handler message: both carry these six
     attributes."""
-    return Msg(m.topic, m.partition, m.offset, m.key, m.value, origin=event)
+    return Msg(m.topic, m.partition, m.offset, m.key, m.value, event, tuple(m.headers or ()))
 
 
 def _table_scope(msg: Msg) -> None:
