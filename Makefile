@@ -1,11 +1,11 @@
 # recstream: the two commands of the README.
-#   make demo   set up .venv, export the encoder, run the whole system on embedded defaults
-#   make test   set up .venv, export the encoder, run the test suite
+#   make demo   set up .venv, export the encoders, resolve Kafka's jars, run the whole system
+#   make test   the same set-up, then the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint models clean sysdeps
+.PHONY: demo test lint models kafka clean sysdeps
 
 $(BIN)/recstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,23 +17,33 @@ $(BIN)/recstream: pyproject.toml
 models: $(BIN)/recstream
 	$(BIN)/recstream models export
 
-demo: models
+demo: models kafka
 	$(BIN)/recstream demo
 
-# espeak-ng and sox make the real speech and tones the audio tests listen to (Debian packages).
-# Installed when missing and we may (root or sudo); otherwise those tests skip and say why.
+# Debian packages, installed when missing and we may (root or sudo):
+#   Java 17+ and Maven run the local Apache Kafka broker (its jars come from Maven Central);
+#   espeak-ng and sox make the real speech and tones the audio tests listen to (without them
+#   those tests skip and say why).
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || (sudo -n true 2>/dev/null && echo "sudo apt-get"))
 sysdeps:
-	@if command -v espeak-ng >/dev/null && command -v sox >/dev/null; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -qq espeak-ng sox >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng sox >/dev/null 2>&1)) || \
-	  echo "could not install espeak-ng/sox: the speech/tone tests will skip"; \
-	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
-	  sudo apt-get install -y -qq espeak-ng sox >/dev/null 2>&1 || \
-	  echo "could not install espeak-ng/sox: the speech/tone tests will skip"; \
-	else echo "espeak-ng/sox absent and not installable here: the speech/tone tests will skip"; fi
+	@need=""; \
+	command -v java >/dev/null || need="$$need openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || need="$$need maven"; \
+	command -v espeak-ng >/dev/null || need="$$need espeak-ng"; \
+	command -v sox >/dev/null || need="$$need sox"; \
+	if [ -z "$$need" ]; then :; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
+	  echo "installing Debian packages:$$need"; \
+	  $(APT) install -y -qq $$need >/dev/null 2>&1 || \
+	  ($(APT) update -qq >/dev/null 2>&1 && $(APT) install -y -qq $$need >/dev/null 2>&1) || \
+	  echo "could not install$$need"; \
+	else echo "missing and not installable here:$$need (Java and Maven are required)"; fi
 
-test: models sysdeps
+# Apache Kafka's jars, resolved once with Maven into ~/.cache/recstream/kafka.
+kafka: $(BIN)/recstream sysdeps
+	$(BIN)/recstream broker --prepare
+
+test: models sysdeps kafka
 	$(BIN)/python -m pytest -ra --tb=short
 
 lint: $(BIN)/recstream

@@ -83,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "1,682 films published to the content topic and encoded by the worker (real MiniLM "
         "vectors), and its 100,000 ratings replayed in time order as the events",
     )
-    p.add_argument("--no-relay", action="store_true", help="skip the bare relay runs")
+    p.add_argument("--no-relay", action="store_true", help="skip the two relays' runs")
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="run the relays only (for comparing Kafka and Faust settings: RECSTREAM_KAFKA_*)",
+    )
     p.add_argument(
         "--workdir",
         type=Path,
@@ -163,8 +168,8 @@ async def _run(args: argparse.Namespace) -> int:
                 for key, faust in (("relay", False), ("faust_relay", True)):
                     run[key] = await _relay_run(settings, rate, args, tag, work,
                                                 faust=faust)  # fmt: skip
-            rec = await _worker_run(settings, rate, args, tag, work, cache, backend)
-            run.update(rec)
+            if not args.no_worker:
+                run.update(await _worker_run(settings, rate, args, tag, work, cache, backend))
             runs.append(run)
             _print_run(run)
             _write(args, report, runs)
@@ -286,6 +291,8 @@ def _print_run(run: dict[str, Any]) -> None:
         print(line("relay", run["relay"]))
     if "faust_relay" in run:
         print(line("faust", run["faust_relay"]))
+    if "p50_ms" not in run:
+        return
     print(line("recstream", run))
     print(
         f"  worker CPU {run['worker_cpu_percent']:.0f}%  "
@@ -304,7 +311,13 @@ def _write(args: argparse.Namespace, report: dict[str, Any], runs: list[dict[str
 
 
 def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
-    import matplotlib
+    """The latency plot, after the JSON report (optional: needs matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"plot skipped ({path}): matplotlib is not installed (pip install "
+              "'recstream[bench]'); the JSON report is written", flush=True)  # fmt: skip
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -312,7 +325,8 @@ def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
     rates = [r["rate"] for r in runs]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
-        ax.plot(rates, [r[key] for r in runs], style, label=f"recstream {key[:-3]}")
+        if all(key in r for r in runs):
+            ax.plot(rates, [r[key] for r in runs], style, label=f"recstream {key[:-3]}")
         if all("relay" in r for r in runs):
             ax.plot(rates, [r["relay"][key] for r in runs], style[0] + "--", alpha=0.4,
                     label=f"relay {key[:-3]}")  # fmt: skip

@@ -37,3 +37,18 @@ def test_bench_reports_recstream_beside_the_relays(worker_env: dict[str, str], t
     assert rep["worker_peak_rss_mb"] > 50
     assert report.with_suffix(".png").stat().st_size > 0
     assert not any(scratch.glob("recstream-bench-*")), "the temporary run folder was left behind"
+
+
+def test_report_is_written_without_matplotlib(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The JSON report comes first; the plot is optional (the bench extra)."""
+    import argparse
+
+    from benchmarks.latency import _write
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    args = argparse.Namespace(report=tmp_path / "r.json", plot=None)
+    run = {"rate": 5, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
+    _write(args, {"machine": {}}, [run])
+    assert orjson.loads(args.report.read_bytes())["runs"] == [run]
+    assert not (tmp_path / "r.png").exists()
+    assert "plot skipped" in capsys.readouterr().out
