@@ -23,9 +23,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import MEAN_FILE, ensure_model
-from encoders.runtime import Device, OnnxEncoder
+from recstream.encoders.base import Embeddings, empty_embeddings
+from recstream.encoders.model_cache import MEAN_FILE, ensure_model
+from recstream.encoders.runtime import Device, OnnxEncoder
 
 AUDIO_MODEL_ID = "aisfx X-Sequential-CE (Ma & Lerch, ISMIR 2022), block mean, centred"
 SAMPLE_RATE = 44100

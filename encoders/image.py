@@ -17,9 +17,9 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import ensure_model
-from encoders.runtime import Device, OnnxEncoder
+from recstream.encoders.base import Embeddings, empty_embeddings
+from recstream.encoders.model_cache import ensure_model
+from recstream.encoders.runtime import Device, OnnxEncoder
 
 IMAGE_MODEL_ID = "efficientnet-lite0 (ImageNet), global average pool"
 SIZE = 224

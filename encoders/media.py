@@ -33,7 +33,7 @@ from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from streams.settings import MediaSettings
+from recstream.encoders.settings import MediaSettings
 
 # getaddrinfo-shaped resolver: (host, port) -> list of (family, address) pairs. Injected by
 # tests to play DNS answers; the default asks the system resolver.

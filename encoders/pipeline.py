@@ -1,8 +1,8 @@
 """A content item -> one unit vector per modality, for a micro-batch of items at a time.
 
-For each item: text from title, description and tags (``encoders.text.item_text``); its
-``image_uri``, ``video_uri`` and ``audio_uri`` fetched (``encoders.media``, concurrently across
-the batch, at most ``MediaSettings.concurrency`` at once) and decoded in worker threads. Then
+For each item: text from title, description and tags (``recstream.encoders.text.item_text``); its
+``image_uri``, ``video_uri`` and ``audio_uri`` fetched (``recstream.encoders.media``, concurrently
+across the batch, at most ``MediaSettings.concurrency`` at once) and decoded in worker threads. Then
 each encoder gets ONE call for the whole batch, in one inference thread, off the event loop:
 text for every text, image for every image and sampled video frame, audio for every block of
 every audio file and sound track.
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.audio import (
+from recstream.encoders.audio import (
     AudioDecodeError,
     AudioEncoder,
     blocks,
@@ -37,11 +37,11 @@ from encoders.audio import (
     decode_audio,
     log_mel,
 )
-from encoders.image import ImageDecodeError, ImageEncoder, preprocess
-from encoders.media import MediaError, MediaFetcher, shorten
-from encoders.text import TextEncoder, item_text
-from encoders.video import VideoDecodeError, decode_video
-from streams.settings import EncoderSettings, MediaSettings
+from recstream.encoders.image import ImageDecodeError, ImageEncoder, preprocess
+from recstream.encoders.media import MediaError, MediaFetcher, shorten
+from recstream.encoders.settings import EncoderSettings, MediaSettings
+from recstream.encoders.text import TextEncoder, item_text
+from recstream.encoders.video import VideoDecodeError, decode_video
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ContentEncoder:
         text: Any | None = None
         if "text" in encoder.modalities:
             if encoder.text_model == "use":
-                from encoders.text_use import UseTextEncoder
+                from recstream.encoders.text_use import UseTextEncoder
 
                 text = UseTextEncoder(encoder.model_dir, **common)
             else:

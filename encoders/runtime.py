@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 
-from encoders.cache import INT8_FILE, ONNX_FILE, read_export_info
+from recstream.encoders.model_cache import INT8_FILE, ONNX_FILE, read_export_info
 
 logger = logging.getLogger(__name__)
 

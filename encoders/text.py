@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 from tokenizers import Tokenizer
 
-from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import TOKENIZER_FILE, ensure_text_model
-from encoders.runtime import Device, OnnxEncoder
+from recstream.encoders.base import Embeddings, empty_embeddings
+from recstream.encoders.model_cache import TOKENIZER_FILE, ensure_text_model
+from recstream.encoders.runtime import Device, OnnxEncoder
 
 TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # BERT's position table has 512 rows; longer inputs cannot be encoded at all.
@@ -36,8 +36,8 @@ class TextEncoder(OnnxEncoder):
     """``Encoder[str]``: texts -> float32 [n, 384], unit rows.
 
     ``model_dir`` is the model cache root (``EncoderSettings.model_dir``); the model is exported
-    there on first use (in a subprocess, see ``encoders.cache.ensure_text_model``). Inputs
-    longer than ``max_tokens`` tokens are truncated. A batch is sorted by length and run in
+    there on first use (in a subprocess, see ``recstream.encoders.model_cache.ensure_text_model``).
+    Inputs longer than ``max_tokens`` tokens are truncated. A batch is sorted by length and run in
     padded runs of texts of similar length, at most MAX_RUN_TOKENS each; padding is masked, so
     a text's vector does not depend on its batch (fp32).
     ``int8`` (CPU only): the dynamically quantised file, about 2.5x cheaper on this project's

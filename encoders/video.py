@@ -7,8 +7,8 @@ decoding stops there. Each kept frame is scaled by ffmpeg's swscale so its short
 (the image model's resize) before it becomes a numpy array. The sound track is decoded up to
 ``max_audio_seconds``. A video without a sound track is normal: ``audio`` is None.
 
-How the pipeline pools them (``encoders.pipeline``): frame embeddings are averaged into one
-image-space vector; the track goes through the audio encoder like any clip.
+How the pipeline pools them (``recstream.encoders.pipeline``): frame embeddings are averaged into
+one image-space vector; the track goes through the audio encoder like any clip.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from encoders.audio import decode_audio_stream
-from encoders.image import RESIZE
+from recstream.encoders.audio import decode_audio_stream
+from recstream.encoders.image import RESIZE
 
 # Frames larger than 8K UHD are refused: decoding each would cost more than an item is worth.
 MAX_PIXELS = 7680 * 4320

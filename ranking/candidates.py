@@ -14,9 +14,9 @@ from itertools import repeat
 
 import numpy as np
 
-from ranking import seen as bloom
-from ranking.memo import ITEM_CODES
-from ranking.state import SEEN_FILTER_BITS
+from recstream.ranking import seen as bloom
+from recstream.ranking.memo import ITEM_CODES
+from recstream.ranking.state import SEEN_FILTER_BITS
 
 
 @dataclass

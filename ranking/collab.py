@@ -13,7 +13,7 @@ from the end: r -> j (j followed r: what to show after r) weighs ``decay ** (d -
 j -> r weighs ``backward`` times that (co-occurrence without order). Only positive events make
 pairs: a skip is not "people who watched X also watched".
 
-Whole-history signal ("history" in ranking/ranker.py): ranking sums a candidate's own row over
+Whole-history signal ("history" in ranking/features.py): ranking sums a candidate's own row over
 the neighbours the user took. Each entry is weighed there by ``w / count(neighbour) **
 history_alpha`` (a cosine-like normalisation: a neighbour everybody takes says little about a
 user's taste). The item side does not know its neighbours' counts; the user side does (the
@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from ranking import seen as bloom
-from ranking.memo import BoundedMemo
+from recstream.ranking import seen as bloom
+from recstream.ranking.features import ScoreParams, Seed, recency_weights
+from recstream.ranking.memo import ITEM_CODES as _IDS
+from recstream.ranking.memo import BoundedMemo
 
 
 @dataclass(frozen=True)
@@ -262,3 +264,49 @@ def unpack_row(payload: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray] |
 # most a row publishes), emptied at 20,000 (at most ~128 MB).
 _ROWS: BoundedMemo[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = BoundedMemo(20_000)
 _MISSING = object()
+
+
+def collab_candidates(
+    recent: Sequence[tuple[str, float]],
+    seeds: Mapping[str, Seed],
+    exclude: set[str],
+    limit: int,
+    params: ScoreParams,
+) -> list[str]:
+    """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf" ranks
+    high), best first, ties by id: the collaborative source of the candidate set. ``recent``:
+    the state's (item, event weight) list; ``seeds``: the fetched recent items."""
+    parts = []
+    for item_id, a in recency_weights(recent, params):
+        seed = seeds.get(item_id)
+        if seed is None or not seed.cf_top:
+            continue
+        scale = a / max(seed.cf_count, 1.0) ** params.cf_alpha
+        # cf_top is published best first: an id outside a seed's first ``limit`` entries adds
+        # little, and reading fewer entries is most of this function's cost.
+        ids, w = seed.cf_arrays
+        parts.append((ids, w[:limit] * scale))
+    if not parts:
+        return []
+    # Ids as int codes, summed with one bincount in seed order (the same additions, in the
+    # same order, as a dict of running totals).
+    _IDS.reserve(sum(len(x) for _, x in parts))
+    codes = np.concatenate([_IDS.codes(ids, limit) for ids, _ in parts])
+    uniq, inv = np.unique(codes, return_inverse=True)
+    total = np.bincount(inv, weights=np.concatenate([x for _, x in parts]), minlength=len(uniq))
+    gone = [c for i in exclude if (c := _IDS.code.get(i)) is not None]
+    if gone:  # uniq is sorted: find the excluded codes in it
+        g = np.asarray(gone, dtype=np.intp)
+        at = np.minimum(np.searchsorted(uniq, g), len(uniq) - 1)
+        keep = np.ones(len(uniq), dtype=bool)
+        keep[at[uniq[at] == g]] = False
+        uniq, total = uniq[keep], total[keep]
+    if len(uniq) > limit:
+        cut = np.partition(total, len(total) - limit)[len(total) - limit]  # limit-th largest
+        best = total >= cut
+        uniq, total = uniq[best], total[best]
+    names = _IDS.names
+    ranked = sorted(
+        zip(total.tolist(), uniq.tolist(), strict=True), key=lambda t: (-t[0], names[t[1]])
+    )
+    return [names[c] for _, c in ranked[:limit]]

@@ -87,6 +87,6 @@ class Interner:
         return out
 
 
-# Item id codes shared by ranking.ranker (collab_candidates) and ranking.candidates (the seeds'
+# Item id codes shared by ranking.collab (collab_candidates) and ranking.candidates (the seeds'
 # rows as candidate rows): ~100 bytes an id, forgotten past 200,000 ids.
 ITEM_CODES = Interner(200_000)

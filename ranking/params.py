@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from ranking.collab import CoocParams
-from ranking.ranker import FEATURES, ScoreParams
-from streams.settings import RankingSettings
+from recstream.ranking.collab import CoocParams
+from recstream.ranking.features import FEATURES, ScoreParams
+from recstream.ranking.settings import RankingSettings
 
 HOUR_MS = 3_600_000
 

@@ -1,5 +1,5 @@
 """Candidate retrieval from the item store + the learned scorer, for one user. The async part
-of ranking/: everything it decides is done by the pure functions of ranking/ranker.py, the same
+of ranking/: everything it decides is done by the pure functions of ranking/features.py, the same
 ones `recstream evaluate` replays.
 
 Per call, two store reads after the seeds are known (overlapped where the store is a server):
@@ -14,7 +14,6 @@ Older seen items are removed client-side by the user's Bloom filter (``excluded_
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,27 +21,23 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ranking.candidates import CandidateSet
-from ranking.collab import unpack_row
-from ranking.memo import BoundedMemo
-from ranking.ranker import (
+from recstream.clock import now_ms
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.collab import collab_candidates, unpack_row
+from recstream.ranking.features import (
     RankedItem,
     RowPairs,
     Scored,
     ScoreParams,
     Seed,
-    collab_candidates,
     interest_units,
-    rank_candidates,
     recency_weights,
     score_candidates,
 )
-from ranking.state import UserState
-from ranking.store import CANDIDATE_FIELDS, CandidateQuery, ItemStore, StoredItem
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from recstream.ranking.memo import BoundedMemo
+from recstream.ranking.rank import rank_candidates
+from recstream.ranking.state import UserState
+from recstream.ranking.store import CANDIDATE_FIELDS, CandidateQuery, ItemStore, StoredItem
 
 
 def seed_of(item: StoredItem) -> Seed:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ranking.memo import BoundedMemo
+from recstream.ranking.memo import BoundedMemo
 
 N_HASHES = 4
 

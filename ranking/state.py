@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ranking import seen as bloom
+from recstream.ranking import seen as bloom
 
 STATE_VERSION = 2
 POSITIVE_THRESHOLD = 0.0

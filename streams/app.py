@@ -7,21 +7,20 @@ and several workers in one test run each get their own.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 
-from ranking.params import score_params
-from ranking.recommender import Recommender
-from ranking.store import ItemStore
-from streams.agents import Handlers, ItemEncoder, Msg
-from streams.broker import TopicSpec
-from streams.settings import Settings
-from streams.transport import RecstreamApp, SkipGuard, client_kwargs
+from recstream.ranking.params import score_params
+from recstream.ranking.recommender import Recommender
+from recstream.ranking.store import ItemStore
+from recstream.streams.broker import TopicSpec
+from recstream.streams.faust_internals import RecstreamApp, set_current_event
+from recstream.streams.handlers import Handlers, ItemEncoder, Msg
+from recstream.streams.settings import Settings
+from recstream.streams.skip_guard import SkipGuard
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def build_app(
             await app.crash(exc)
             raise
 
-    guard = SkipGuard(app, client_kwargs(k))
+    guard = SkipGuard(app, k.client_kwargs())
 
     async def with_missed(event: faust.EventT) -> list[Msg]:
         """The event's message, after any that Faust skipped before it (SkipGuard)."""
@@ -247,4 +246,4 @@ def _table_scope(msg: Msg) -> None:
     the key lives in). A stream batch (take_events) holds events of several partitions, and
     its handler runs outside the stream's own iteration, where no current event is set."""
     if msg.origin is not None:
-        _current_event.set(weakref.ref(msg.origin))
+        set_current_event(msg.origin)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import sys
 
-from streams.settings import Settings
+from recstream.streams.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,9 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "answers",
     )
 
-    b = sub.add_parser(
-        "broker", help="run a local Apache Kafka broker (KRaft) in the foreground"
-    )
+    b = sub.add_parser("broker", help="run a local Apache Kafka broker (KRaft) in the foreground")
     b.add_argument("--port", type=int, default=9092, help="first broker port (default 9092)")
     b.add_argument(
         "--nodes", type=int, default=1, choices=(1, 3), help="1 broker, or a 3-broker cluster"
@@ -97,22 +95,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "evaluate":
-        from ranking.evaluate.cli import main as evaluate_main
+        from recstream.ranking.evaluate.cli import main as evaluate_main
 
         return evaluate_main(argv[1:])
     if argv and argv[0] == "bench":
-        from benchmarks.latency import main as bench_main
+        from recstream.bench.latency import main as bench_main
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "worker":
-        from streams.worker import run_worker
+        from recstream.streams.worker import run_worker
 
         run_worker(settings)
         return 0
     if args.command == "broker":
-        from streams import broker
+        from recstream.streams import broker
 
         if args.prepare:
             try:
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             heap_mb=settings.kafka.local_heap_mb,
         )
     if args.command == "demo":
-        from streams.demo import run_demo
+        from recstream.streams.demo import run_demo
 
         return run_demo(
             settings,
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             docker=args.docker,
         )
     if args.command == "produce":
-        from streams.client import produce_lines
+        from recstream.streams.client import produce_lines
 
         src = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
         with src:
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sent {n} messages to {settings.kafka.topic(args.topic)}", file=sys.stderr)
         return 0
     if args.command == "tail":
-        from streams.client import tail
+        from recstream.streams.client import tail
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     if args.command == "models":
-        from encoders.export import main as export_main
+        from recstream.encoders.export import main as export_main
 
         model_dir = args.model_dir or str(settings.encoder.model_dir)
         models = args.models or ["text", "image", "audio"]

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator, Iterable
 from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.settings import Settings
+from recstream.clock import now_ms
+from recstream.streams.settings import Settings
 
 
 def key_field_for(settings: Settings, topic: str) -> str | None:
@@ -32,10 +32,6 @@ def key_field_for(settings: Settings, topic: str) -> str | None:
         k.recommendations_topic: "user_id",
     }
     return by_name.get(topic)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RecstreamClient:

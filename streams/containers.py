@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
-from streams import broker as brokers
+from recstream.streams import broker as brokers
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

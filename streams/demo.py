@@ -30,9 +30,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from streams import broker as brokers
-from streams.client import RecstreamClient, now_ms
-from streams.settings import DEFAULT_BOOTSTRAP, Settings
+from recstream.clock import now_ms
+from recstream.streams import broker as brokers
+from recstream.streams.client import RecstreamClient
+from recstream.streams.settings import DEFAULT_BOOTSTRAP, Settings
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -106,7 +107,7 @@ def run_demo(
 def _start_containers(settings: Settings) -> list[DockerContainer]:
     """Kafka and Qdrant in Docker; the settings then point at them. When either cannot
     start, the error goes up and nothing is left running."""
-    from streams import containers
+    from recstream.streams import containers
 
     started: list[DockerContainer] = []
     try:
@@ -149,7 +150,7 @@ async def _demo(
     started: list[DockerContainer] = []
     explicit = "bootstrap_servers" in k.model_fields_set
     if docker:
-        from streams.containers import docker_problem
+        from recstream.streams.containers import docker_problem
 
         problem = docker_problem()
         if problem is not None:
@@ -186,7 +187,7 @@ async def _demo(
     personas = load_personas()
     worker: subprocess.Popen[bytes] | None = None
     try:
-        from encoders.cache import ensure_model
+        from recstream.encoders.model_cache import ensure_model
 
         e = settings.encoder
         names = [("text-use" if e.text_model == "use" else "text") if m == "text" else m
@@ -215,7 +216,7 @@ async def _demo(
         log_path = work / "worker.log"
         with open(log_path, "wb") as log_file:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "recstream.streams.cli", "worker"],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -8,13 +8,13 @@ import logging
 
 import faust
 
-from encoders.pipeline import ContentEncoder
-from ranking.store import MODALITY_DIMS, ItemStore
-from streams import broker as brokers
-from streams.agents import ItemEncoder
-from streams.app import build_app, topic_specs
-from streams.settings import DEFAULT_BOOTSTRAP, Settings
-from streams.transport import client_kwargs
+from recstream.encoders.pipeline import ContentEncoder
+from recstream.ranking import store as stores
+from recstream.ranking.store import MODALITY_DIMS, ItemStore
+from recstream.streams import broker as brokers
+from recstream.streams.app import build_app, topic_specs
+from recstream.streams.handlers import ItemEncoder
+from recstream.streams.settings import DEFAULT_BOOTSTRAP, Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load_content_encoder(settings: Settings) -> ItemEncoder:
 async def prepare(settings: Settings, content_encoder: ItemEncoder) -> ItemStore:
     k = settings.kafka
     created = await brokers.ensure_topic_specs(
-        k.bootstrap_servers, topic_specs(settings), admin_kwargs=client_kwargs(k)
+        k.bootstrap_servers, topic_specs(settings), admin_kwargs=k.client_kwargs()
     )
     if created:
         log.info("created topics: %s", ", ".join(created))
@@ -56,7 +56,7 @@ def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
     q = settings.qdrant
     if not q.url and settings.qdrant_location() != ":memory:":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ItemStore.connect(
+    return stores.connect(
         url=q.url,
         api_key=q.api_key,
         location=settings.qdrant_location(),

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from streams.settings import EncoderSettings
-from streams.testing import AppHarness, WorkerProcess, settings_for
+from recstream.streams.settings import EncoderSettings
+from recstream.testing import AppHarness, WorkerProcess, settings_for
 
 __all__ = ["AppHarness", "Worker", "settings_for"]
 
@@ -38,7 +38,7 @@ def docker_available() -> bool:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The exported text model (exported on first use, in a subprocess, into the cache)."""
-    from encoders.cache import ensure_text_model
+    from recstream.encoders.model_cache import ensure_text_model
 
     path = EncoderSettings().model_dir
     ensure_text_model(path)
@@ -50,7 +50,7 @@ def broker() -> Iterator[str]:
     """A real Apache Kafka broker (KRaft, ephemeral) on free loopback ports, for the whole
     session. Java and Maven are the project's own requirements (`make test` installs them),
     so their absence fails the tests rather than skipping them."""
-    from streams import broker as brokers
+    from recstream.streams import broker as brokers
 
     try:
         cluster = brokers.LocalKafka(port=brokers.free_port_run(2)).start()
@@ -67,7 +67,7 @@ Worker = WorkerProcess
 
 @pytest.fixture(scope="session")
 def recstream_broker(broker: str) -> str:
-    """The app-facing plugin (streams/testing.py) runs on this session's broker too."""
+    """The app-facing plugin (recstream/testing.py) runs on this session's broker too."""
     return broker
 
 
@@ -83,8 +83,6 @@ def worker_env(broker: str, model_dir: Path, tmp_path: Path) -> dict[str, str]:
         "RECSTREAM_QDRANT_PATH": str(tmp_path / "qdrant"),
         "RECSTREAM_ENCODER_MODEL_DIR": str(model_dir),
         "RECSTREAM_LOG_LEVEL": "INFO",
-        # child processes run this tree's code whatever their working directory
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
 
 
@@ -104,6 +102,6 @@ def make_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def catalog() -> list[dict[str, Any]]:
-    from streams.demo import load_catalog
+    from recstream.streams.demo import load_catalog
 
     return load_catalog()

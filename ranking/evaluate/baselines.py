@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.evaluate.data import Interactions
+from recstream.ranking.evaluate.data import Interactions
 
 
 class PopularityModel:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ranking.evaluate.data import Interactions, load_interactions, load_ml100k
+from recstream.ranking.evaluate.data import Interactions, load_interactions, load_ml100k
 
 MODELS = ("recstream", "popularity", "item-knn", "random")
 DEFAULT_MODELS = "recstream,popularity,item-knn"
@@ -92,12 +92,16 @@ def load(spec: str, items: Path | None) -> Interactions:
 
 
 def build_models(names: list[str], data: Interactions, args: argparse.Namespace) -> list[Any]:
-    from ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
+    from recstream.ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
 
     out: list[Any] = []
     for name in names:
         if name == "recstream":
-            from ranking.evaluate.models import RecstreamModel, encode_items, ranking_settings
+            from recstream.ranking.evaluate.models import (
+                RecstreamModel,
+                encode_items,
+                ranking_settings,
+            )
 
             settings = ranking_settings(args.set)
             vectors = None if args.no_text else encode_items(data, args.model_dir)
@@ -137,7 +141,7 @@ def main(argv: list[str]) -> int:
     data = load(args.data, args.items)
     if args.limit:
         data = data.head(args.limit)
-    from ranking.evaluate.protocols import prequential, split, split_replay
+    from recstream.ranking.evaluate.protocols import prequential, split, split_replay
 
     part = None
     if args.protocol == "split":

@@ -1,6 +1,6 @@
 """recstream's online model in the harness, driving the stream's own functions:
 ranking.state.apply_event (user side), ranking.collab.cooc_pairs / count_after (item side),
-ranking.ranker.feature_matrix / score (ranking) and ranking.learner.bpr_step (learning to rank).
+ranking.features.feature_matrix / score (ranking) and ranking.learner.bpr_step (learning to rank).
 
 The catalog is one CandidateSet of every item. The item side's co-occurrence rows are one
 dense matrix here (the same additions as collab.row_after, without its bound when the
@@ -17,23 +17,23 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from ranking import seen
-from ranking.candidates import CandidateSet
-from ranking.collab import cooc_records, count_after, history_weight
-from ranking.evaluate.data import Interactions, default_cache
-from ranking.learner import bpr_step
-from ranking.params import HOUR_MS, cooc_params, score_params
-from ranking.ranker import (
+from recstream.ranking import seen
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.collab import cooc_records, count_after, history_weight
+from recstream.ranking.diversity import ranked_rows
+from recstream.ranking.evaluate.data import Interactions, default_cache
+from recstream.ranking.features import (
     excluded_rows,
     feature_matrix,
-    ranked_rows,
     recency_weights,
     score,
     user_weights,
 )
-from ranking.state import UserState, apply_event, event_weight
-from ranking.store import NO_TREND, trend_after
-from streams.settings import RankingSettings
+from recstream.ranking.learner import bpr_step
+from recstream.ranking.params import HOUR_MS, cooc_params, score_params
+from recstream.ranking.settings import RankingSettings
+from recstream.ranking.state import UserState, apply_event, event_weight
+from recstream.ranking.store import NO_TREND, trend_after
 
 
 def ranking_settings(overrides: Sequence[str] = ()) -> RankingSettings:
@@ -61,8 +61,8 @@ def encode_items(data: Interactions, model_dir: Path | None = None) -> np.ndarra
     path = default_cache() / f"text-minilm-{digest}.npy"
     if path.exists():
         return np.load(path)
-    from encoders.text import TextEncoder
-    from streams.settings import EncoderSettings
+    from recstream.encoders.settings import EncoderSettings
+    from recstream.encoders.text import TextEncoder
 
     root = Path(model_dir or EncoderSettings().model_dir)
     done = root / "text-minilm"
@@ -128,7 +128,7 @@ class RecstreamModel:
         self._last: tuple[int, np.ndarray, np.ndarray] | None = None
         self.stream = None
         if stream_cost:
-            from ranking.evaluate.stream_cost import StreamPath
+            from recstream.ranking.evaluate.stream_cost import StreamPath
 
             self.stream = StreamPath(self, stream_repeats)
         self.stream_every = max(1, stream_every)
@@ -144,7 +144,7 @@ class RecstreamModel:
 
     def listed(self, s: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray | None:
         """The k items the stream would list from scores ``s`` among ``cand`` when the lists
-        are diversified (ranker.ranked_rows over the catalog, as rank_candidates does over a
+        are diversified (diversity.ranked_rows over the catalog, as rank_candidates does over a
         candidate set), else None: the protocols then rank by score alone."""
         if self.params.diversity <= 0:
             return None
@@ -248,7 +248,7 @@ class RecstreamModel:
         self._last = None
         # item side: co-occurrence rows and counts, fed by the user's recent items; each pair
         # carries its neighbour's count when the stream's user side has it (the event's item
-        # and the seeds it fetched: streams/agents.py _send_item_activity)
+        # and the seeds it fetched: streams/handlers.py _send_item_activity)
         idx, alpha = self.cs.index, self.cooc.history_alpha
         fetched = [item_id, *(s for s, _ in recency_weights(st.recent, self.params))]
         counts = {s: float(self.cs.cf_count[idx[s]]) for s in fetched}

@@ -21,8 +21,8 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from ranking.evaluate.data import Interactions
-from ranking.evaluate.metrics import Accumulator, list_ranks, target_ranks, top_k
+from recstream.ranking.evaluate.data import Interactions
+from recstream.ranking.evaluate.metrics import Accumulator, list_ranks, target_ranks, top_k
 
 COLD_ITEM_EVENTS = 10  # an item is "cold" while it has had fewer interactions than this
 

@@ -1,7 +1,7 @@
 """The stream's per-event work, timed inside the harness on the replay's own user states.
 
 The whole-catalog scoring that the protocols need for their metrics is not what the stream
-does: per event the user-events agent (streams/agents.py) reads the user's state, builds a
+does: per event the user-events agent (streams/handlers.py) reads the user's state, builds a
 candidate set of a few hundred items from its vector-store results, scores it with the
 pre-event state (to learn from what the user took), applies the event, writes the state and
 ranks the same set again for the recommendation it publishes. ``StreamPath.run`` does the same
@@ -33,27 +33,49 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
-from ranking.candidates import CandidateSet
-from ranking.collab import cf_top_text, cooc_pairs, pack_row, unpack_row
-from ranking.learner import bpr_step
-from ranking.ranker import collab_candidates, rank_candidates, score_candidates
-from ranking.recommender import seed_of
-from ranking.state import UserState, apply_event, event_weight
-from ranking.store import StoredItem
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.collab import (
+    cf_top_text,
+    collab_candidates,
+    cooc_pairs,
+    pack_row,
+    unpack_row,
+)
+from recstream.ranking.evaluate.data import Interactions
+from recstream.ranking.features import score_candidates
+from recstream.ranking.learner import bpr_step
+from recstream.ranking.rank import rank_candidates
+from recstream.ranking.recommender import seed_of
+from recstream.ranking.settings import RankingSettings
+from recstream.ranking.state import UserState, apply_event, event_weight
+from recstream.ranking.store import StoredItem
 
-if TYPE_CHECKING:
-    from ranking.evaluate.models import RecstreamModel
+
+class HarnessModel(Protocol):
+    """What the timer reads of the harness's model (ranking/evaluate/models.py, which builds
+    the timer: this module does not import it back)."""
+
+    s: RankingSettings
+    cs: CandidateSet
+    data: Interactions
+    co: np.ndarray
+    hist_t: np.ndarray
+    row_version: np.ndarray
+
+    def _neighbours(self, row: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def history_entries(self, row: int) -> Any: ...
 
 
 # The timed path's parts, in order (summary(): p50 / p99 of each, ms):
 #   state_read      UserState.from_dict of the state's JSON
 #   seeds           recommender.seed_of on the fetched recent items
-#   collab          ranking.ranker.collab_candidates (the co-occurrence source)
+#   collab          ranking.collab.collab_candidates (the co-occurrence source)
 #   candidate_set   the candidates' counts and packed rows, CandidateSet.from_items
 #   score_before    scoring the set with the pre-event state and the learning step
 #   state_update    the event's co-occurrence pairs, apply_event, the state's JSON
@@ -70,7 +92,7 @@ PHASES = (
 
 
 class StreamPath:
-    def __init__(self, model: RecstreamModel, repeats: int = 1) -> None:
+    def __init__(self, model: HarnessModel, repeats: int = 1) -> None:
         self.m = model
         self.repeats = max(1, repeats)
         self.ns: list[int] = []  # first run of each event

@@ -17,7 +17,7 @@ def test_bench_reports_recstream_beside_the_relays(worker_env: dict[str, str], t
     report = tmp_path / "bench.json"
     scratch = tmp_path / "tmp"  # the default run folder goes under TMPDIR, removed at the end
     scratch.mkdir()
-    cmd = [sys.executable, "-m", "streams.cli", "bench", "--rate", "20", "--seconds", "4",
+    cmd = [sys.executable, "-m", "recstream.streams.cli", "bench", "--rate", "20", "--seconds", "4",
            "--items", "2000", "--users", "50", "--report", str(report)]  # fmt: skip
     env = {**worker_env, "TMPDIR": str(scratch)}
     run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, timeout=300)
@@ -43,7 +43,7 @@ def test_report_is_written_without_matplotlib(tmp_path: Path, monkeypatch, capsy
     """The JSON report comes first; the plot is optional (the bench extra)."""
     import argparse
 
-    from benchmarks.latency import _write
+    from recstream.bench.latency import _write
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     args = argparse.Namespace(report=tmp_path / "r.json", plot=None)

@@ -26,7 +26,7 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaError
 
-from streams import broker as brokers
+from recstream.streams import broker as brokers
 from tests.conftest import AppHarness, Worker, settings_for
 from tests.integration.test_restart import missing, read_changelog
 

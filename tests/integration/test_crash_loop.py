@@ -1,5 +1,5 @@
 """Crash loops in CI's size: the worker killed with SIGKILL three times while events flow
-(benchmarks/crash_loop.py runs the full-size loop, 20 runs and more)."""
+(recstream/bench/crash_loop.py runs the full-size loop, 20 runs and more)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.crash_loop import LoopConfig, run_once
+from recstream.bench.crash_loop import LoopConfig, run_once
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import broker as brokers
-from streams import containers
+from recstream.streams import broker as brokers
+from recstream.streams import containers
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.client import now_ms
+from recstream.clock import now_ms
 from tests.conftest import AppHarness, settings_for
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.settings import Settings
-from streams.worker import open_store
+from recstream.streams.settings import Settings
+from recstream.streams.worker import open_store
 from tests.conftest import AppHarness, settings_for
 from tests.unit.media_samples import encode_image_file, photo, read_audio, speech, write_video
 

@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Producer
 
-from ranking.state import UserState, event_hash
-from streams.agents import FORWARDED_FROM, key_partition
-from streams.client import now_ms
+from recstream.clock import now_ms
+from recstream.ranking.state import UserState, event_hash
+from recstream.streams.handlers import FORWARDED_FROM, key_partition
 from tests.conftest import AppHarness, settings_for
 
 pytestmark = pytest.mark.integration

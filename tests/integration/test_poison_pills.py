@@ -20,10 +20,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import schemas
-from streams.agents import key_partition
-from streams.app import TopicNames
-from streams.client import now_ms
+from recstream.clock import now_ms
+from recstream.streams import schemas
+from recstream.streams.app import TopicNames
+from recstream.streams.handlers import key_partition
 from tests.conftest import AppHarness, settings_for
 
 pytestmark = pytest.mark.integration

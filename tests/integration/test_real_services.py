@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams import containers
+from recstream.streams import containers
 from tests.conftest import AppHarness, settings_for
 from tests.integration.test_end_to_end import personal_lists_scenario
 

@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ranking.state import UserState, apply_event
-from ranking.store import ItemStore
-from streams.settings import RankingSettings
+from recstream.ranking import store as stores
+from recstream.ranking.state import UserState, apply_event
+from recstream.streams.settings import RankingSettings
 from tests.conftest import AppHarness, settings_for
 
 pytestmark = pytest.mark.integration
@@ -217,7 +217,7 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
                 assert p == home[orjson.loads(key)], (orjson.loads(key), p)
 
         # The uninterrupted reference: the same events, in partition order, same update code.
-        store = ItemStore.connect(
+        store = stores.connect(
             url=None,
             api_key=None,
             location=worker_env["RECSTREAM_QDRANT_PATH"],

@@ -1,4 +1,4 @@
-"""SkipGuard (streams/transport.py): what Faust's stream skipped is re-read.
+"""SkipGuard (streams/skip_guard.py): what Faust's stream skipped is re-read.
 
 The skip itself is a race inside Faust (seen in a kill -9 stress loop: after recovery it
 delivered C+1..C+3 first, or C, C+1 and then C+6, and committed past the hole). The race
@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
-from streams.transport import SkipGuard
+from recstream.streams.skip_guard import SkipGuard
 
 pytestmark = pytest.mark.integration
 

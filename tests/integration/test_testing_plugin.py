@@ -1,4 +1,4 @@
-"""The pytest plugin apps use (streams/testing.py), as an app's test suite uses it: the
+"""The pytest plugin apps use (recstream/testing.py), as an app's test suite uses it: the
 README's example, word for word, and an app producing with its own client."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.testing import Recstream
+from recstream.testing import Recstream
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,8 @@ def text_encoder():  # -> encoders.text.TextEncoder
 
     Skips (rather than exporting, which needs torch and a minute) when it is not there.
     """
-    from encoders.cache import EncoderUnavailableError
-    from encoders.text import TextEncoder
+    from recstream.encoders.model_cache import EncoderUnavailableError
+    from recstream.encoders.text import TextEncoder
 
     env = os.environ.get("RECSTREAM_ENCODER_MODEL_DIR")
     model_dir = Path(env) if env else Path.home() / ".cache" / "recstream" / "models"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.cache import EncoderUnavailableError, ExportFailedError, model_dir
+from recstream.encoders.model_cache import EncoderUnavailableError, ExportFailedError, model_dir
 
 
 def model_root() -> Path:
@@ -45,15 +45,15 @@ def load(module: str, cls: str, **kwargs: Any) -> Any:
 
 
 def text_encoder() -> Any:
-    return load("encoders.text", "TextEncoder")
+    return load("recstream.encoders.text", "TextEncoder")
 
 
 def image_encoder() -> Any:
-    return load("encoders.image", "ImageEncoder")
+    return load("recstream.encoders.image", "ImageEncoder")
 
 
 def audio_encoder() -> Any:
-    return load("encoders.audio", "AudioEncoder")
+    return load("recstream.encoders.audio", "AudioEncoder")
 
 
 # -- photos --------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def need(binary: str) -> str:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    from encoders.audio import decode_audio
+    from recstream.encoders.audio import decode_audio
 
     samples = decode_audio(path.read_bytes())
     assert samples is not None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import faust
 
-from streams.app import faust_config
-from streams.settings import Settings
+from recstream.streams.app import faust_config
+from recstream.streams.settings import Settings
 
 
 def test_faust_files_live_under_data_dir(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ranking.collab import (
+from recstream.ranking.collab import (
     CoocParams,
     CoocTable,
     cooc_pairs,

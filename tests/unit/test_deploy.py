@@ -19,10 +19,10 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from streams import containers
-from streams.broker import KAFKA_VERSION
-from streams.cli import main
-from streams.settings import Settings
+from recstream.streams import containers
+from recstream.streams.broker import KAFKA_VERSION
+from recstream.streams.cli import main
+from recstream.streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SINGLE = ROOT / "deploy" / "docker-compose.yml"

@@ -1,4 +1,4 @@
-"""Diversity as a setting (ranking.ranker.diversify: maximal marginal relevance), in the stream's
+"""Diversity as a setting (ranking.diversity.diversify: maximal marginal relevance), in the stream's
 ranking (rank_candidates) and in the harness (its lists, their ranks, ILD@k)."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ranking.candidates import CandidateSet
-from ranking.evaluate.metrics import Accumulator, list_ranks
-from ranking.ranker import ScoreParams, diversify, item_sims, rank_candidates, ranked_rows
-from ranking.state import UserState
-from ranking.store import NO_TREND, StoredItem
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.diversity import diversify, item_sims, ranked_rows
+from recstream.ranking.evaluate.metrics import Accumulator, list_ranks
+from recstream.ranking.features import ScoreParams
+from recstream.ranking.rank import rank_candidates
+from recstream.ranking.state import UserState
+from recstream.ranking.store import NO_TREND, StoredItem
 
 HOUR = 3_600_000
 NOW = 1_700_000_000_000
@@ -125,11 +127,11 @@ def test_ild_is_the_mean_pairwise_distance_of_a_list() -> None:
 
 def test_the_harness_measures_diversified_lists() -> None:
     """recstream evaluate with diversity on: the harness ranks the targets by the lists the
-    stream would show (ranker.ranked_rows over the catalog), and those lists are further
+    stream would show (diversity.ranked_rows over the catalog), and those lists are further
     apart (ILD@10) than the score order's."""
-    from ranking.evaluate.data import build
-    from ranking.evaluate.models import RecstreamModel, ranking_settings
-    from ranking.evaluate.protocols import prequential
+    from recstream.ranking.evaluate.data import build
+    from recstream.ranking.evaluate.models import RecstreamModel, ranking_settings
+    from recstream.ranking.evaluate.protocols import prequential
 
     rng = np.random.default_rng(5)
     n_items, rows = 60, []

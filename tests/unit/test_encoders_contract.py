@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoders.base import Encoder
+from recstream.encoders.base import Encoder
 from tests.unit.media_samples import encode_image_file, load, photo
 
 
@@ -65,16 +65,16 @@ def _open(module: str, cls: str, **kwargs: Any) -> Callable[[], Any]:
 
 
 CASES = [
-    Case("text-minilm", "text", 384, _open("encoders.text", "TextEncoder"), _texts),
-    Case("text-use", "text", 512, _open("encoders.text_use", "UseTextEncoder"), _texts),
-    Case("image-effnet", "image", 1280, _open("encoders.image", "ImageEncoder"), _images),
-    Case("audio-aisfx", "audio", 512, _open("encoders.audio", "AudioEncoder"), _clips),
+    Case("text-minilm", "text", 384, _open("recstream.encoders.text", "TextEncoder"), _texts),
+    Case("text-use", "text", 512, _open("recstream.encoders.text_use", "UseTextEncoder"), _texts),
+    Case("image-effnet", "image", 1280, _open("recstream.encoders.image", "ImageEncoder"), _images),
+    Case("audio-aisfx", "audio", 512, _open("recstream.encoders.audio", "AudioEncoder"), _clips),
     # Static int8 (fixed activation ranges): still batch-independent, unlike dynamic int8.
     Case(
         "audio-aisfx-int8",
         "audio",
         512,
-        _open("encoders.audio", "AudioEncoder", int8=True),
+        _open("recstream.encoders.audio", "AudioEncoder", int8=True),
         _clips,
         atol=1e-4,
     ),

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoders.audio import blocks, log_mel
-from encoders.cache import INT8_FILE, read_export_info
-from encoders.export import INT8_SENTENCES, MIN_PARITY_COSINE, min_cosine
-from encoders.image import preprocess
+from recstream.encoders.audio import blocks, log_mel
+from recstream.encoders.export import INT8_SENTENCES, MIN_PARITY_COSINE, min_cosine
+from recstream.encoders.image import preprocess
+from recstream.encoders.model_cache import INT8_FILE, read_export_info
 from tests.unit.media_samples import (
     audio_encoder,
     image_encoder,
@@ -51,15 +51,15 @@ def audio_enc() -> Any:
 
 @pytest.fixture(scope="module")
 def torch_effnet():  # noqa: ANN201
-    from encoders.export_media import lite0_reference
+    from recstream.encoders.export.media import lite0_reference
 
     return lite0_reference()
 
 
 @pytest.fixture(scope="module")
 def torch_aisfx():  # noqa: ANN201
-    from encoders.export_media import AISFX, _aisfx_embedding_net
-    from encoders.wheels import fetch_wheel
+    from recstream.encoders.export.media import AISFX, _aisfx_embedding_net
+    from recstream.encoders.wheels import fetch_wheel
 
     package, version, member = AISFX
     try:
@@ -81,7 +81,7 @@ def test_text_matches_sentence_transformers(text_enc) -> None:
 
 
 def test_text_int8_close_to_source(text_enc) -> None:
-    from encoders.text import TextEncoder
+    from recstream.encoders.text import TextEncoder
 
     if not (text_enc.export_dir / INT8_FILE).is_file():
         pytest.skip("no int8 text file kept by the export")
@@ -137,7 +137,7 @@ def test_audio_int8_close_to_source_on_unseen_sounds(
     audio_enc, torch_aisfx, tmp_path: Path
 ) -> None:
     """Calibrated on synthetic sounds at export; checked here on speech and sox sounds."""
-    from encoders.audio import AudioEncoder
+    from recstream.encoders.audio import AudioEncoder
 
     if not (audio_enc.export_dir / INT8_FILE).is_file():
         pytest.skip("no int8 audio file kept by the export")
@@ -179,7 +179,7 @@ def test_fp16_copy_keeps_io_types_and_agrees(audio_enc, tmp_path: Path) -> None:
 
     import onnxruntime as ort
 
-    from encoders.runtime import _fp16_copy
+    from recstream.encoders.runtime import _fp16_copy
 
     shutil.copy(audio_enc.export_dir / "model.onnx", tmp_path / "model.onnx")
     path = _fp16_copy(tmp_path / "model.onnx")
@@ -194,7 +194,7 @@ def test_fp16_copy_keeps_io_types_and_agrees(audio_enc, tmp_path: Path) -> None:
 
 def test_io_binding_path_gives_the_same_vectors(image_enc) -> None:
     """The I/O-binding run (used on CUDA) forced on CPU: same outputs as a plain run."""
-    from encoders.runtime import OnnxModel
+    from recstream.encoders.runtime import OnnxModel
 
     bound = OnnxModel(image_enc.export_dir, device="cpu", io_binding=True)
     pixels = np.stack([preprocess(photo(name)) for name in PHOTOS[:3]])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.image import RESIZE, SIZE, decode_image, preprocess
+from recstream.encoders.image import RESIZE, SIZE, decode_image, preprocess
 from tests.unit.media_samples import encode_image_file, image_encoder, photo
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "colorwheel")

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoders.pipeline import ContentEncoder
-from streams.settings import EncoderSettings, MediaSettings
+from recstream.encoders.pipeline import ContentEncoder
+from recstream.streams.settings import EncoderSettings, MediaSettings
 from tests.unit.media_samples import (
     audio_encoder,
     cosine,
@@ -82,7 +82,7 @@ def test_audio_centring_spreads_unrelated_sounds(tmp_path: Path) -> None:
 
 
 def test_multilingual_text_model_matches_translations() -> None:
-    enc = load("encoders.text_use", "UseTextEncoder")
+    enc = load("recstream.encoders.text_use", "UseTextEncoder")
     en, de, other = enc.encode(
         [
             "The children are playing football in the park.",

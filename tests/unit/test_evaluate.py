@@ -10,16 +10,16 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking import seen
-from ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
-from ranking.evaluate.cli import main
-from ranking.evaluate.data import Interactions, build, load_interactions
-from ranking.evaluate.metrics import query_metrics, target_ranks
-from ranking.evaluate.models import RecstreamModel, ranking_settings
-from ranking.evaluate.protocols import prequential, split, split_indices, split_replay
-from ranking.evaluate.stream_cost import PHASES
-from ranking.ranker import FEATURES
-from ranking.state import UserState
+from recstream.ranking import seen
+from recstream.ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
+from recstream.ranking.evaluate.cli import main
+from recstream.ranking.evaluate.data import Interactions, build, load_interactions
+from recstream.ranking.evaluate.metrics import query_metrics, target_ranks
+from recstream.ranking.evaluate.models import RecstreamModel, ranking_settings
+from recstream.ranking.evaluate.protocols import prequential, split, split_indices, split_replay
+from recstream.ranking.evaluate.stream_cost import PHASES
+from recstream.ranking.features import FEATURES
+from recstream.ranking.state import UserState
 
 
 def test_ties_count_against_the_model() -> None:
@@ -214,8 +214,8 @@ def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
 def _replayed_with_item_side(sets: list[str]):  # type: ignore[no-untyped-def]
     """A synthetic replay learned by the harness's model and, event by event, by the item
     side's own rules (collab.CoocTable fed as the stream feeds it)."""
-    from ranking.collab import CoocTable
-    from ranking.params import cooc_params
+    from recstream.ranking.collab import CoocTable
+    from recstream.ranking.params import cooc_params
 
     data = synthetic(n_users=30, per_user=10)
     settings = ranking_settings(sets)

@@ -1,4 +1,4 @@
-"""The user-events handler takes a stream batch at a time (streams/agents.py::on_events): the
+"""The user-events handler takes a stream batch at a time (streams/handlers.py::on_events): the
 same events handled as one batch or one at a time leave the same user states, give the same
 answers and send the item side the same updates; a user's events in one
 batch apply in order; redeliveries, bad input and unknown items are handled inside a batch as
@@ -13,11 +13,12 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.params import score_params
-from ranking.recommender import Recommender
-from ranking.store import ItemRecord, ItemStore
-from streams.agents import Handlers, Msg, key_partition
-from streams.settings import Settings
+from recstream.ranking import store as stores
+from recstream.ranking.params import score_params
+from recstream.ranking.recommender import Recommender
+from recstream.ranking.store import ItemRecord
+from recstream.streams.handlers import Handlers, Msg, key_partition
+from recstream.streams.settings import Settings
 
 NOW = 1_795_000_000_000
 FAR = NOW + 3 * 3_600_000
@@ -60,7 +61,7 @@ def _events() -> list[Msg]:
 
 
 async def _run(batched: bool) -> dict[str, Any]:
-    store = ItemStore.connect(
+    store = stores.connect(
         url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
     )
     await store.ensure_collection()

@@ -2,7 +2,7 @@
 CRC32 partitioner, a keyless record) are forwarded to the owning partition, key, value and
 headers intact, with their origin in a header, and not processed where they landed; the copy
 is applied once on the owning partition, even when it was forwarded twice
-(streams/agents.py::Handlers.forward_misrouted). Run on a real embedded store (the edge
+(streams/handlers.py::Handlers.forward_misrouted). Run on a real embedded store (the edge
 engine)."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.params import score_params
-from ranking.recommender import Recommender
-from ranking.state import UserState, event_hash
-from ranking.store import ItemRecord, ItemStore
-from streams.agents import FORWARDED_FROM, Handlers, Msg, dedupe_id, key_partition
-from streams.settings import Settings
+from recstream.ranking import store as stores
+from recstream.ranking.params import score_params
+from recstream.ranking.recommender import Recommender
+from recstream.ranking.state import UserState, event_hash
+from recstream.ranking.store import ItemRecord
+from recstream.streams.handlers import FORWARDED_FROM, Handlers, Msg, dedupe_id, key_partition
+from recstream.streams.settings import Settings
 
 NOW = 1_795_000_000_000
 PARTITIONS = Settings().kafka.partitions
@@ -94,7 +95,7 @@ class World:
 
 @asynccontextmanager
 async def world() -> AsyncIterator[World]:
-    store = ItemStore.connect(
+    store = stores.connect(
         url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
     )
     await store.ensure_collection()

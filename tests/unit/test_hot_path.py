@@ -1,4 +1,4 @@
-"""The stream's per-event path computes what the plain definitions do (ranking/ranker.py,
+"""The stream's per-event path computes what the plain definitions do (ranking/features.py,
 candidates.py, seen.py, memo.py): the faster forms (survivor-only Bloom gathers, the seeds'
 rows resolved once per candidate set through int codes, one bincount for the co-occurrence
 candidates, one normalisation for all seeds' vectors) are checked against straightforward
@@ -11,22 +11,21 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ranking import seen
-from ranking.candidates import CandidateSet
-from ranking.collab import pack_row, unpack_row
-from ranking.memo import ITEM_CODES, Interner
-from ranking.ranker import (
+from recstream.ranking import seen
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.collab import collab_candidates, pack_row, unpack_row
+from recstream.ranking.features import (
     ScoreParams,
     Seed,
-    collab_candidates,
     feature_matrix,
     interest_units,
     recency_weights,
     score_candidates,
     short_interest,
 )
-from ranking.state import UserState
-from ranking.store import StoredItem
+from recstream.ranking.memo import ITEM_CODES, Interner
+from recstream.ranking.state import UserState
+from recstream.ranking.store import StoredItem
 
 HOUR = 3_600_000
 NOW = 1_700_000_000_000

@@ -1,4 +1,4 @@
-"""The item side of the collaborative signal through the worker's handlers (streams/agents.py):
+"""The item side of the collaborative signal through the worker's handlers (streams/handlers.py):
 the user side's item-activity records carry each neighbour's count, the item side keeps it and
 publishes the "history" weights ``w / count(neighbour) ** history_alpha`` as the packed row's
 ``cf_w`` (in a real embedded store), and records written before counts were carried are still
@@ -13,14 +13,15 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.collab import count_after, pack_row, unpack_row
-from ranking.params import score_params
-from ranking.ranker import Seed
-from ranking.recommender import Recommender
-from ranking.state import UserState
-from ranking.store import ItemRecord, ItemStore
-from streams.agents import Handlers, Msg, key_partition
-from streams.settings import RankingSettings, Settings
+from recstream.ranking import store as stores
+from recstream.ranking.collab import count_after, pack_row, unpack_row
+from recstream.ranking.features import Seed
+from recstream.ranking.params import score_params
+from recstream.ranking.recommender import Recommender
+from recstream.ranking.state import UserState
+from recstream.ranking.store import ItemRecord, ItemStore
+from recstream.streams.handlers import Handlers, Msg, key_partition
+from recstream.streams.settings import RankingSettings, Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 
@@ -63,7 +64,7 @@ def test_the_history_row_publishes_its_own_number_of_entries() -> None:
         ranking = RankingSettings(history_alpha=0.0, cooc_top_n=top_n, cooc_history_top_n=hist_n)
 
         async def main(ranking: RankingSettings) -> dict[str, Any]:
-            store = ItemStore.connect(
+            store = stores.connect(
                 url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
             )
             await store.ensure_collection()
@@ -94,7 +95,7 @@ def test_records_carry_counts_and_the_item_side_publishes_history_weights() -> N
     settings = Settings(ranking=RankingSettings(history_alpha=0.5, cooc_backward=0.5))
 
     async def main() -> None:
-        store = ItemStore.connect(
+        store = stores.connect(
             url=None, api_key=None, location=":memory:", collection="t", dims={"text": 4}
         )
         await store.ensure_collection()

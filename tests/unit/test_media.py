@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from encoders.media import MediaError, MediaFetcher
-from streams.settings import MediaSettings
+from recstream.encoders.media import MediaError, MediaFetcher
+from recstream.streams.settings import MediaSettings
 
 BODY = b"\x89PNG fake image bytes " * 100
 LOOPBACK = ["127.0.0.1/32"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ranking.collab import CoocParams
-from ranking.params import cooc_params, score_params
-from ranking.ranker import ScoreParams
-from streams.settings import RankingSettings
+from recstream.ranking.collab import CoocParams
+from recstream.ranking.features import ScoreParams
+from recstream.ranking.params import cooc_params, score_params
+from recstream.streams.settings import RankingSettings
 
 
 def test_cooc_params_defaults_are_the_settings_defaults() -> None:

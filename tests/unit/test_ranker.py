@@ -1,12 +1,12 @@
-"""Ranking (ranking/ranker.py): the learned scorer over a candidate set, reasons, determinism."""
+"""Ranking (ranking/features.py): the learned scorer over a candidate set, reasons, determinism."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ranking.ranker import RankedItem
-from ranking.store import NO_TREND, StoredItem, trend_after
+from recstream.ranking.features import RankedItem
+from recstream.ranking.store import NO_TREND, StoredItem, trend_after
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -24,9 +24,9 @@ def test_to_wire() -> None:
 
 # -- the learned scorer over a candidate set (ranking.candidates + feature_matrix) ----------
 
-from ranking.candidates import CandidateSet  # noqa: E402
-from ranking.collab import CoocParams, CoocTable, cooc_pairs  # noqa: E402
-from ranking.ranker import (  # noqa: E402
+from recstream.ranking.candidates import CandidateSet  # noqa: E402
+from recstream.ranking.collab import CoocParams, CoocTable, cooc_pairs  # noqa: E402
+from recstream.ranking.features import (  # noqa: E402
     FEATURES,
     ScoreParams,
     excluded_rows,
@@ -36,7 +36,7 @@ from ranking.ranker import (  # noqa: E402
     top_rows,
     user_weights,
 )
-from ranking.state import UserState, apply_event  # noqa: E402
+from recstream.ranking.state import UserState, apply_event  # noqa: E402
 
 SP = ScoreParams(
     prior=(0.05, 0.05, 1.0, 0.3, 0.1),
@@ -181,7 +181,8 @@ def test_recency_weights_keep_positive_recent_items_newest_first() -> None:
 
 # -- rank_candidates and reasons ------------------------------------------------------------
 
-from ranking.ranker import Seed, rank_candidates  # noqa: E402
+from recstream.ranking.features import Seed  # noqa: E402
+from recstream.ranking.rank import rank_candidates  # noqa: E402
 
 
 def seeds_of(cs: CandidateSet, st: UserState, table: CoocTable | None = None) -> dict[str, Seed]:
@@ -255,7 +256,7 @@ def test_reason_trending_and_new_in_tag_for_a_new_user() -> None:
 
 
 def test_collab_candidates_are_the_strongest_weighted_neighbours_not_excluded() -> None:
-    from ranking.ranker import collab_candidates
+    from recstream.ranking.collab import collab_candidates
 
     seeds = {
         "s1": Seed("s1", cf_top=[("a", 4.0), ("b", 2.0), ("x", 9.0)], cf_count=4.0),
@@ -269,7 +270,7 @@ def test_collab_candidates_are_the_strongest_weighted_neighbours_not_excluded() 
 
 
 def test_bloom_positions_matrix_matches_the_single_item_positions() -> None:
-    from ranking import seen
+    from recstream.ranking import seen
 
     ids = [f"item-{n}" for n in range(50)] + ["item-3"]
     mat = seen.positions_matrix(ids, 6144)
@@ -289,7 +290,7 @@ def test_history_counts_the_candidates_own_row_over_everything_the_user_took() -
     ]
     tops = {"both": [(h, 3.0) for h in old[:20]], "other": [("filler", 9.0)]}
     counts = {"both": 20.0, "other": 20.0}
-    from ranking.collab import pack_row, unpack_row
+    from recstream.ranking.collab import pack_row, unpack_row
 
     rows = {i: unpack_row(pack_row(t, 6144)) for i, t in tops.items()}
     assert unpack_row({}) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streams.settings import Settings
+from recstream.streams.settings import Settings
 
 SECTIONS = ("kafka", "qdrant", "encoder", "media", "ranking")
 CLASSES = (Settings, *(Settings.model_fields[s].annotation for s in SECTIONS))

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import schemas
-from streams.schemas import (
+from recstream.streams import schemas
+from recstream.streams.schemas import (
     EVENT_TYPES,
     MAX_ID_CHARS,
     MAX_TS_MS,

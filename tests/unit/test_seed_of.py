@@ -8,10 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.collab import cf_top_text
-from ranking.ranker import RowPairs
-from ranking.recommender import seed_of
-from ranking.store import StoredItem
+from recstream.ranking.collab import cf_top_text
+from recstream.ranking.features import RowPairs
+from recstream.ranking.recommender import seed_of
+from recstream.ranking.store import StoredItem
 
 ROW = [["b", 2.5], ["c", 1.25], ["d", 0.5]]
 

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from ranking.state import UserState, apply_event, event_hash, event_weight, quantize
+from recstream.ranking.state import UserState, apply_event, event_hash, event_weight, quantize
 
 H = 1_000.0  # interest half-life in these tests, ms
 E = np.eye(4, dtype=np.float32)  # item vectors: orthogonal unit vectors

@@ -1,4 +1,4 @@
-"""Item store (ranking/store.py) on each embedded backend (the Qdrant engine in-process and
+"""Item store (ranking/store/base.py) on each embedded backend (the Qdrant engine in-process and
 qdrant-client's local mode), and the Recommender on it with real text vectors.
 
 pytest-asyncio is not a dependency: each test runs its scenario with ``asyncio.run``.
@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ranking.ranker import FEATURES, ScoreParams
-from ranking.recommender import Recommender
-from ranking.state import UserState, apply_event
-from ranking.store import (
+from recstream.ranking import store as stores
+from recstream.ranking.features import FEATURES, ScoreParams
+from recstream.ranking.recommender import Recommender
+from recstream.ranking.state import UserState, apply_event
+from recstream.ranking.store import (
     NO_TREND,
     ItemRecord,
     ItemStore,
@@ -25,7 +26,7 @@ from ranking.store import (
     popularity_now,
     trend_after,
 )
-from ranking.store_client import QdrantStore
+from recstream.ranking.store.client import QdrantStore
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -54,7 +55,7 @@ def with_store(
     dims: dict[str, int] | None = None,
 ) -> Any:
     async def main() -> Any:
-        store = ItemStore.connect(
+        store = stores.connect(
             url=None,
             api_key=None,
             location=":memory:",

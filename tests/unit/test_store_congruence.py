@@ -1,7 +1,7 @@
 """Congruence: the same operations on every ItemStore backend give the same results.
 
 The reference is qdrant-client (the production path's client, here in its local mode); the
-embedded Qdrant engine (ranking/store_edge.py) must answer alike, also after a restart and
+embedded Qdrant engine (ranking/store/edge.py) must answer alike, also after a restart and
 across a background index build.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ranking.store import (
+from recstream.ranking import store as stores
+from recstream.ranking.store import (
     CANDIDATE_FIELDS,
     NO_TREND,
     CandidateQuery,
@@ -22,7 +23,7 @@ from ranking.store import (
     ItemStore,
     StoredItem,
 )
-from ranking.store_edge import EdgeStore
+from recstream.ranking.store.edge import EdgeStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 BACKENDS = ("client", "edge")
@@ -36,7 +37,7 @@ VEC = {
 
 
 def open_store(backend: str, location: str) -> ItemStore:
-    return ItemStore.connect(
+    return stores.connect(
         url=None,
         api_key=None,
         location=location,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders import Encoder, TextEncoder, create_session, item_text
-from encoders import cache as cache_mod
-from encoders import export as export_mod
-from encoders.cache import (
+from recstream.encoders import Encoder, TextEncoder, create_session, item_text
+from recstream.encoders import model_cache as cache_mod
+from recstream.encoders.export import common as export_mod
+from recstream.encoders.model_cache import (
     EXPORT_FORMAT,
     INFO_FILE,
     ONNX_FILE,
@@ -33,7 +33,7 @@ from encoders.cache import (
     read_export_info,
     text_model_dir,
 )
-from encoders.runtime import session_provider
+from recstream.encoders.runtime import session_provider
 
 DIM = 384
 
@@ -104,7 +104,7 @@ def test_batch_equals_one_at_a_time(encoder: TextEncoder) -> None:
     [[46] * 32, [3, 5, 9, 20, 46, 47, 60, 128], [300, 2, 2], list(range(1, 100, 7)), [7]],
 )
 def test_length_runs_bound_padding_and_size(lengths: list[int]) -> None:
-    from encoders.text import MAX_PADDING_FRACTION, MAX_RUN_TOKENS, _length_runs
+    from recstream.encoders.text import MAX_PADDING_FRACTION, MAX_RUN_TOKENS, _length_runs
 
     sorted_lengths = np.sort(np.array(lengths))
     runs = _length_runs(sorted_lengths)
@@ -190,7 +190,8 @@ def test_export_json_recorded(encoder: TextEncoder) -> None:
 
 def test_importing_encoders_text_does_not_import_torch() -> None:
     code = (
-        "import sys, encoders.text, encoders.cache, encoders.export\n"
+        "import sys, recstream.encoders.text, recstream.encoders.model_cache\n"
+        "import recstream.encoders.export\n"
         "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') "
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -265,7 +266,7 @@ def test_concurrent_exports_build_once(tmp_path: Path) -> None:
     build = _fake_build(delay_s=0.3, calls=calls)
     threads = [
         threading.Thread(
-            target=lambda: results.append(export_mod._export_locked(out_dir, build, force=False))
+            target=lambda: results.append(export_mod.export_locked(out_dir, build, force=False))
         )
         for _ in range(3)
     ]
@@ -286,7 +287,7 @@ def test_failed_export_leaves_nothing(tmp_path: Path) -> None:
 
     out_dir = text_model_dir(tmp_path)
     with pytest.raises(RuntimeError):
-        export_mod._export_locked(out_dir, broken, force=False)
+        export_mod.export_locked(out_dir, broken, force=False)
     assert not out_dir.exists()
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
@@ -298,7 +299,7 @@ def test_stale_format_is_replaced(tmp_path: Path) -> None:
     (out_dir / TOKENIZER_FILE).write_text("{}")
     (out_dir / INFO_FILE).write_text(json.dumps({"format": EXPORT_FORMAT - 1}))
     assert not is_export_complete(out_dir)
-    _, exported = export_mod._export_locked(out_dir, _fake_build(), force=False)
+    _, exported = export_mod.export_locked(out_dir, _fake_build(), force=False)
     assert exported
     assert (out_dir / ONNX_FILE).read_bytes() == b"onnx"
 

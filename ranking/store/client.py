@@ -2,7 +2,7 @@
 
 Everything goes through ``AsyncQdrantClient``, so the worker's event loop never blocks on a
 network call. Local mode is a numpy brute force (89 ms per query at 100k x 512-d on the
-2-core machine): for tests and tiny catalogs; the embedded default is ranking/store_edge.py.
+2-core machine): for tests and tiny catalogs; the embedded default is ranking/store/edge.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
-from ranking.store import (
+from recstream.ranking.store.base import (
     CANDIDATE_FIELDS,
     ORDER_KEYS,
     CandidateQuery,

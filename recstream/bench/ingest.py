@@ -20,9 +20,9 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.load import _consumer, start_worker, stop
-from streams.demo import load_catalog
-from streams.settings import Settings
+from recstream.bench.load import _consumer, start_worker, stop
+from recstream.streams.demo import load_catalog
+from recstream.streams.settings import Settings
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:

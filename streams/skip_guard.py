@@ -1,8 +1,4 @@
-"""Faust's aiokafka transport with the worker's fetch wait, and SkipGuard.
-
-Fetch wait: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer; this
-transport applies RECSTREAM_KAFKA_FETCH_MAX_WAIT_MS instead.
-"""
+"""SkipGuard: re-read what Faust's stream skipped after a resume (see the class)."""
 
 from __future__ import annotations
 
@@ -11,66 +7,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiokafka
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from recstream.streams.faust_internals import committed_offset
 
 log = logging.getLogger(__name__)
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: int | None = None
-
-    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        if self.fetch_max_wait_ms is not None:
-            # Read by AIOKafkaConsumer.start() when it builds its Fetcher (not started yet).
-            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
-        return consumer
-
-
-def transport_class(fetch_max_wait_ms: int | None) -> type[faust_aiokafka.Transport]:
-    thread_cls = type(
-        "ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": fetch_max_wait_ms}
-    )
-
-    class Consumer(faust_aiokafka.Consumer):
-        def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-            return thread_cls(self, loop=self.loop, beacon=self.beacon)
-
-    class Transport(faust_aiokafka.Transport):
-        pass
-
-    Transport.Consumer = Consumer
-    return Transport
-
-
-class RecstreamApp(faust.App):
-    """faust.App whose consumer uses :func:`transport_class`."""
-
-    fetch_max_wait_ms: int | None = None
-
-    def _new_transport(self) -> Any:
-        cls = transport_class(self.fetch_max_wait_ms)
-        return cls(self.conf.broker_consumer, self)
-
-
-def client_kwargs(settings: Any) -> dict[str, Any]:
-    """aiokafka connection arguments from KafkaSettings (bootstrap, TLS, SASL)."""
-    k = settings
-    out: dict[str, Any] = {"bootstrap_servers": k.bootstrap_servers}
-    if k.security_protocol != "PLAINTEXT":
-        import ssl
-
-        out["security_protocol"] = k.security_protocol
-        if "SSL" in k.security_protocol:
-            out["ssl_context"] = ssl.create_default_context()
-        if k.sasl_username:
-            out["sasl_mechanism"] = k.sasl_mechanism
-            out["sasl_plain_username"] = k.sasl_username
-            out["sasl_plain_password"] = k.sasl_password or ""
-    return out
 
 
 async def read_range(
@@ -100,8 +42,8 @@ async def read_range(
 class SkipGuard:
     """Re-reads what Faust skipped: every message a partition's stream did not deliver.
 
-    Measured (a kill -9 stress loop on the Tansu broker recstream used before Apache Kafka): after a
-    restart, Faust 0.15.3 seeks each stream partition to its committed offset C when table
+    Measured in a kill -9 stress loop on the Tansu broker recstream used before Apache Kafka:
+    after a restart, Faust 0.15.3 seeks each stream partition to its committed offset C when table
     recovery ends, yet it sometimes delivers C + 1 .. C + 3 first, or C and C + 1 and then
     C + 6: records in between were drained from aiokafka and never delivered (two fetch
     positions racing around the resume). Faust's gap logic then counts the hole as acknowledged
@@ -129,7 +71,7 @@ class SkipGuard:
             self._generation[tp] = generation
             # Set by Faust's seek to the committed offsets (Consumer.perform_seek) when the
             # partition was assigned: where this partition's stream was to resume.
-            expected = getattr(self.app.consumer, "_committed_offset", {}).get(tp)
+            expected = committed_offset(self.app, tp)
         else:
             expected = self._next.get(tp)
         self._next[tp] = max(expected or 0, message.offset + 1)

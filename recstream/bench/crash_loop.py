@@ -1,6 +1,6 @@
 """Crash loops: the worker killed with SIGKILL again and again while events flow.
 
-    python -m benchmarks.crash_loop --runs 20 [--guarantee at_least_once|exactly_once]
+    python -m recstream.bench.crash_loop --runs 20 [--guarantee at_least_once|exactly_once]
         [--workers 1|2] [--kills 4] [--events 3000] [--rate 100] [--users 20]
         --report OUT.json
 
@@ -41,9 +41,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import broker as brokers
-from streams.demo import load_catalog
-from streams.settings import EncoderSettings
+from recstream.streams import broker as brokers
+from recstream.streams.demo import load_catalog
+from recstream.streams.settings import EncoderSettings
 
 TYPES = ["view", "click", "like", "share", "complete", "skip"]
 
@@ -85,7 +85,7 @@ class WorkerProc:
     async def start(self) -> None:
         with self.log_path.open("ab") as log:  # noqa: ASYNC230 - once per start
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "streams.cli", "worker", env=self.env,
+                sys.executable, "-m", "recstream.streams.cli", "worker", env=self.env,
                 stdout=log, stderr=log,
             )  # fmt: skip
 
@@ -194,9 +194,7 @@ async def run_once(
             await w.stop()
         states = await read_users(bootstrap, f"{app_id}-users-changelog", cfg.guarantee)
         expected = Counter(e["user_id"] for e in events)
-        miscounted = {
-            u: (states.get(u), n) for u, n in expected.items() if states.get(u) != n
-        }
+        miscounted = {u: (states.get(u), n) for u, n in expected.items() if states.get(u) != n}
         return RunResult(
             seed=seed,
             sent=len(events),
@@ -330,7 +328,7 @@ class _App:
 
 async def read_users(bootstrap: str, changelog: str, guarantee: str) -> dict[str, int]:
     """Each user's event count in the users table's changelog (latest record per user)."""
-    from ranking.state import UserState
+    from recstream.ranking.state import UserState
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -364,7 +362,7 @@ async def read_users(bootstrap: str, changelog: str, guarantee: str) -> dict[str
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.crash_loop", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m recstream.bench.crash_loop", description=__doc__)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--guarantee", choices=["at_least_once", "exactly_once"],
                    default="at_least_once")  # fmt: skip

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
-from ranking.store_edge import EdgeStore
+from recstream.ranking import store as stores
+from recstream.ranking.store import NO_TREND, ItemRecord, trend_after
+from recstream.ranking.store.edge import EdgeStore
 
 TOPICS = 64
 DIM = 384
@@ -101,7 +102,7 @@ async def prepared_store(
 
 
 async def _build_client(path: Path, n: int, seed: int, dims: dict[str, int]) -> None:
-    store = ItemStore.connect(
+    store = stores.connect(
         url=None, api_key=None, location=str(path), collection=COLLECTION, dims=dims,
         backend="client",
     )  # fmt: skip

@@ -5,7 +5,7 @@ Data path:
                       vectors into the item store (ranking/store*.py) -> content-indexed
   user-events      -> parse -> the item and the user's seeds from the store -> update the
                       user's state in the users Table (ranking/state.py) -> candidate set,
-                      learning step, ranking (ranking/recommender.py, ranker.py)
+                      learning step, ranking (ranking/recommender.py, features.py)
                       -> recommendations; and -> item-activity (repartitioned by item)
   item-activity    -> the item's trend, count and co-occurrence row (ranking/collab.py) in the
                       item-stats Table -> store payload once a second
@@ -31,7 +31,8 @@ import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
 
-from ranking.collab import (
+from recstream.clock import now_ms
+from recstream.ranking.collab import (
     cf_top_text,
     cooc_records,
     count_after,
@@ -41,15 +42,15 @@ from ranking.collab import (
     published_rows,
     row_after,
 )
-from ranking.learner import bpr_step
-from ranking.params import cooc_params
-from ranking.ranker import RankedItem, Seed
-from ranking.recommender import CandidateAsk, Recommender, now_ms, rows_above, seed_of
-from ranking.state import UserState, apply_event, event_weight
-from ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
-from streams import schemas
-from streams.schemas import BadInput
-from streams.settings import Settings
+from recstream.ranking.features import RankedItem, Seed
+from recstream.ranking.learner import bpr_step
+from recstream.ranking.params import cooc_params
+from recstream.ranking.recommender import CandidateAsk, Recommender, rows_above, seed_of
+from recstream.ranking.state import UserState, apply_event, event_weight
+from recstream.ranking.store import NO_TREND, ItemRecord, ItemStore, trend_after
+from recstream.streams import schemas
+from recstream.streams.schemas import BadInput
+from recstream.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,9 +1,9 @@
 """The bare relay: the floor the broker sets. One aiokafka consumer and producer, no state, no
 vector store: each event is answered at once with a trivial list, in recstream's wire format.
 
-    python -m benchmarks.relay BOOTSTRAP EVENTS_TOPIC RECOMMENDATIONS_TOPIC FETCH_MAX_WAIT_MS
+    python -m recstream.bench.relay BOOTSTRAP EVENTS_TOPIC RECOMMENDATIONS_TOPIC FETCH_MAX_WAIT_MS
 
-benchmarks/latency.py runs it as a subprocess on the same broker, driven by the same load
+recstream/bench/latency.py runs it as a subprocess on the same broker, driven by the same load
 generator, so recstream's figures can be read against it.
 """
 

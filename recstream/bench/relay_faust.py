@@ -3,10 +3,10 @@
 in batches as RECSTREAM_EVENTS_BATCH_SIZE/_MS say), whose one agent answers each event with the
 bare relay's trivial list: no state, no table, no vector store.
 
-    python -m benchmarks.relay_faust EVENTS_TOPIC RECOMMENDATIONS_TOPIC
+    python -m recstream.bench.relay_faust EVENTS_TOPIC RECOMMENDATIONS_TOPIC
 
 Settings come from the environment (RECSTREAM_KAFKA_BOOTSTRAP_SERVERS, RECSTREAM_APP_ID,
-RECSTREAM_DATA_DIR, ...), as for the worker. benchmarks/latency.py runs it beside the bare
+RECSTREAM_DATA_DIR, ...), as for the worker. recstream/bench/latency.py runs it beside the bare
 aiokafka relay and the worker: recstream's latency minus this one's is recstream's own cost,
 this one's minus the bare relay's is Faust's.
 """
@@ -18,10 +18,10 @@ import sys
 
 import faust
 
-from benchmarks.relay import answer
-from streams.app import faust_config
-from streams.settings import Settings
-from streams.transport import RecstreamApp
+from recstream.bench.relay import answer
+from recstream.streams.app import faust_config
+from recstream.streams.faust_internals import RecstreamApp
+from recstream.streams.settings import Settings
 
 
 def build(settings: Settings, events: str, recommendations: str) -> faust.App:

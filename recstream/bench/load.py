@@ -22,8 +22,8 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from benchmarks.catalog import item_id, zipf_weights
-from streams.settings import Settings
+from recstream.bench.catalog import item_id, zipf_weights
+from recstream.streams.settings import Settings
 
 TYPES = ["view", "click", "like", "share", "complete", "skip", "dislike"]
 TYPE_P = [0.45, 0.2, 0.15, 0.03, 0.1, 0.05, 0.02]
@@ -76,7 +76,7 @@ async def start_worker(env: dict[str, str], log_path: Path) -> asyncio.subproces
     log = log_path.open("ab")  # noqa: ASYNC230 - a local file, once per run
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streams.cli", "worker", env=env, stdout=log, stderr=log
+            sys.executable, "-m", "recstream.streams.cli", "worker", env=env, stdout=log, stderr=log
         )
     finally:
         log.close()  # the child holds its own descriptor
@@ -86,7 +86,7 @@ async def start_relay(
     bootstrap: str, events: str, recs: str, wait_ms: int
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.relay", bootstrap, events, recs, str(wait_ms)
+        sys.executable, "-m", "recstream.bench.relay", bootstrap, events, recs, str(wait_ms)
     )
 
 
@@ -243,8 +243,8 @@ async def drive(
 async def publish_items(
     settings: Settings, proc: asyncio.subprocess.Process, prefix: str, data: Any
 ) -> None:
-    """Publish a dataset's items (``ranking.evaluate.data.Interactions``: title, tags) to the
-    worker's content topic and wait until every one is indexed: a catalog of real encoded
+    """Publish a dataset's items (``recstream.ranking.evaluate.data.Interactions``: title, tags) to
+    the worker's content topic and wait until every one is indexed: a catalog of real encoded
     items, built by the worker's own content path."""
     k = settings.kafka
     bootstrap = settings.kafka.bootstrap_servers

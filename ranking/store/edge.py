@@ -7,9 +7,9 @@ changed items go to an appendable segment and are searchable at once (exact sear
 Index building never stalls the stream. ``EdgeShard.optimize`` (building HNSW) holds the GIL for
 its whole run (100k x 384-d: minutes on 2 cores), so it never runs in the worker: once enough
 points are unindexed, the store copies the flushed shard to a new generation folder (writes
-wait for the copy, reads go on), a child process (``python -m ranking.store_edge build DIR``,
-niced, ``build_threads`` threads) builds the index there, and the worker loads it, replays the
-writes made meanwhile (kept in memory), switches ``CURRENT`` and drops the old generation.
+wait for the copy, reads go on), a child process (``python -m recstream.ranking.store.edge build
+DIR``, niced, ``build_threads`` threads) builds the index there, and the worker loads it, replays
+the writes made meanwhile (kept in memory), switches ``CURRENT`` and drops the old generation.
 A crash mid-build leaves ``CURRENT`` on the old generation; the unfinished one is removed.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import qdrant_edge as qe
 
-from ranking.store import (
+from recstream.ranking.store.base import (
     CANDIDATE_FIELDS,
     ORDER_KEYS,
     CandidateQuery,
@@ -230,7 +230,7 @@ class EdgeStore(ItemStore):
         try:
             log.info("edge: building the index of %s in a child process", new_path)
             self._build_proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ranking.store_edge", "build", str(new_path),
+                sys.executable, "-m", "recstream.ranking.store.edge", "build", str(new_path),
                 str(self.build_threads), str(self.hnsw[0]), str(self.hnsw[1]),
                 ",".join(self.on_disk_vectors),
             )  # fmt: skip
@@ -524,6 +524,8 @@ def _build(path: str, threads: int, m: int, ef_construct: int, on_disk: Sequence
 
 if __name__ == "__main__":
     if len(sys.argv) != 7 or sys.argv[1] != "build":
-        sys.exit("usage: python -m ranking.store_edge build DIR THREADS M EF_CONSTRUCT ON_DISK")
+        sys.exit(
+            "usage: python -m recstream.ranking.store.edge build DIR THREADS M EF_CONSTRUCT ON_DISK"
+        )
     on_disk = [m for m in sys.argv[6].split(",") if m]
     _build(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), on_disk)

@@ -46,16 +46,17 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.client import RecstreamClient, now_ms
-from streams.settings import Settings
+from recstream.clock import now_ms
+from recstream.streams.client import RecstreamClient
+from recstream.streams.settings import Settings
 
 T = TypeVar("T")
 
 
 # -- the worker process -------------------------------------------------------------------------
 class WorkerProcess:
-    """A `recstream worker` process (``python -m streams.cli worker``) with its own environment;
-    its output goes to ``log_path``. Killable with SIGKILL, as a crash would."""
+    """A `recstream worker` process (``python -m recstream.streams.cli worker``) with its own
+    environment; its output goes to ``log_path``. Killable with SIGKILL, as a crash would."""
 
     def __init__(self, env: dict[str, str], log_path: Path):
         self.env = env
@@ -68,7 +69,7 @@ class WorkerProcess:
         cwd.mkdir(exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child holds its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "recstream.streams.cli", "worker"],
                 env=self.env,
                 cwd=cwd,
                 stdout=log,
@@ -296,6 +297,7 @@ class Recstream:
     def start(self, ready_timeout_s: float = 180) -> Recstream:
         self._thread.start()
         self.worker.start()
+
         async def enter() -> AppHarness:  # aiokafka's clients are made inside their loop
             return await AppHarness(self.settings, self.worker).__aenter__()
 
@@ -337,9 +339,7 @@ class Recstream:
     def recommendation_for(self, trigger: str, timeout: float = 60) -> dict[str, Any]:
         """The recommendation whose ``trigger`` is an event's ``event_id`` (or a request's
         ``request_id``): for events the app under test produced itself."""
-        self._call(
-            self.app.wait(lambda: self.app.rec_for(trigger) is not None, timeout, trigger)
-        )
+        self._call(self.app.wait(lambda: self.app.rec_for(trigger) is not None, timeout, trigger))
         rec = self.app.rec_for(trigger)
         assert rec is not None
         return rec
@@ -386,14 +386,14 @@ def start_test_broker() -> tuple[str, Callable[[], None]]:
     given = os.environ.get("RECSTREAM_TEST_BOOTSTRAP_SERVERS")
     if given:
         return given, lambda: None
-    from streams import broker as brokers
+    from recstream.streams import broker as brokers
 
     try:
         local = brokers.LocalKafka(port=brokers.free_port_run(2)).start()
         return local.bootstrap_servers, local.stop
     except brokers.BrokerUnavailable as exc:
         local_problem = str(exc)
-    from streams import containers
+    from recstream.streams import containers
 
     problem = containers.docker_problem()
     if problem is None:

@@ -27,10 +27,9 @@ from functools import cached_property
 
 import numpy as np
 
-from ranking import seen
-from ranking.candidates import CandidateSet
-from ranking.memo import ITEM_CODES as _IDS
-from ranking.state import UserState
+from recstream.ranking import seen
+from recstream.ranking.candidates import CandidateSet
+from recstream.ranking.state import UserState
 
 
 @dataclass(frozen=True)
@@ -421,7 +420,7 @@ def _seed_parts(
     return sid[keep], rows[keep], w[keep] * scale[k[keep]]
 
 
-def _modal_cosines(
+def modal_cosines(
     cs: CandidateSet,
     rows: np.ndarray,
     others: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -446,126 +445,6 @@ def _modal_cosines(
     return np.divide(num, den, out=np.full_like(num, none), where=den > 0)
 
 
-def _anchor_sims(cs: CandidateSet, rows: np.ndarray, anchors: Sequence[Seed], mw) -> np.ndarray:
-    """float[len(rows), len(anchors)]: weighted mean cosine of each row with each anchor over
-    the modalities both have (-1 where they share none)."""
-    others = {}
-    for m, mat in cs.vectors.items():
-        units = np.zeros((len(anchors), mat.shape[1]), dtype=np.float32)
-        has = np.zeros(len(anchors), dtype=bool)
-        for n, a in enumerate(anchors):
-            u = a.units.get(m)
-            if u is not None and u.shape[0] == mat.shape[1]:
-                units[n], has[n] = u, True
-        others[m] = (units, has)
-    return _modal_cosines(cs, rows, others, len(anchors), mw, -1.0)
-
-
-def reasons(
-    cs: CandidateSet,
-    rows: Sequence[int],
-    scored: Scored,
-    seeds: Mapping[str, Seed],
-    recent: Sequence[tuple[str, float]],
-    params: ScoreParams,
-) -> list[str]:
-    """One sentence per row, from the largest term of features[row] * weights:
-    cf          "popular with people who watched <the seed contributing most>"
-    content / recent  "because you liked <anchor>" when the anchor (the recent positive item
-                most like the candidate) was taken with an event weight >= params.liked_weight
-                (like, share, complete, a view watched to the end), else "similar to <anchor>"
-    history     as cf when a recent item contributes, else "popular with people who watch
-                what you watch" (the neighbours it counted are only known by their Bloom bits)
-    popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags).
-    ``recent``: the state's (item, event weight) list; ``seeds``: as for score_candidates."""
-    rows_a = np.asarray(rows, dtype=np.intp)
-    if len(rows_a) == 0:
-        return []
-    took = dict(recent)
-    terms = scored.features[rows_a] * scored.weights
-    top = np.argmax(terms, axis=1)
-    best_term = terms[np.arange(len(rows_a)), top]
-    names = [
-        FEATURES[t] if b > 0 else "" for t, b in zip(top.tolist(), best_term.tolist(), strict=True)
-    ]
-    # Each seed's cf contribution to each row, as feature_matrix sums it (only when a row is
-    # explained by cf or history).
-    seed_ids = [i for i, _ in scored.seeds]
-    contrib = np.zeros((len(rows_a), len(seed_ids)))
-    if seed_ids and ("cf" in names or "history" in names):
-        parts = scored.cf_parts
-        if parts is None:
-            parts = _cf_parts(scored.seeds, scored.neighbours, scored.seed_counts, params)
-        if parts is not None:
-            sid, prow, term = parts
-            pos = np.full(len(cs), -1, dtype=np.intp)
-            pos[rows_a] = np.arange(len(rows_a))
-            p = pos[prow]
-            hit = p >= 0
-            np.add.at(contrib, (p[hit], sid[hit]), term[hit])
-    sims = None
-    sim_at: dict[int, int] = {}
-    if seed_ids and ("content" in names or "recent" in names):
-        want = [n for n, nm in enumerate(names) if nm in ("content", "recent")]
-        sim_at = {n: j for j, n in enumerate(want)}
-        anchors = [seeds[i] for i in seed_ids]
-        sims = _anchor_sims(cs, rows_a[want], anchors, params.modality_weights)
-    c_max = contrib.max(axis=1).tolist() if seed_ids else [0.0] * len(rows_a)
-    c_arg = contrib.argmax(axis=1).tolist() if seed_ids else []
-    s_max = sims.max(axis=1).tolist() if sims is not None else []
-    s_arg = sims.argmax(axis=1).tolist() if sims is not None else []
-    out = []
-    for n, row in enumerate(rows_a.tolist()):
-        name = names[n]
-        if name in ("cf", "history"):
-            if c_max[n] > 0:
-                best = seeds[seed_ids[c_arg[n]]]
-                out.append(f"popular with people who watched \u201c{_title(best)}\u201d")
-                continue
-            if name == "history":
-                out.append("popular with people who watch what you watch")
-                continue
-            name = "popularity"
-        if name in ("content", "recent"):
-            if sims is not None and s_max[sim_at[n]] > -1.0:
-                a = seeds[seed_ids[s_arg[sim_at[n]]]]
-                liked = took.get(a.item_id, 0.0) >= params.liked_weight
-                verb = "because you liked" if liked else "similar to"
-                out.append(f"{verb} \u201c{_title(a)}\u201d")
-            else:
-                out.append("matches your interests")
-        elif name == "freshness":
-            out.append(f"new in {cs.tags[row][0]}" if cs.tags[row] else "new")
-        else:
-            out.append("trending now")
-    return out
-
-
-def _title(seed: Seed) -> str:
-    return seed.title or seed.item_id
-
-
-def rank_candidates(
-    cs: CandidateSet,
-    state: UserState,
-    params: ScoreParams,
-    seeds: Mapping[str, Seed],
-    now_ms: int,
-    k: int,
-    *,
-    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    history: np.ndarray | None = None,
-) -> tuple[list[RankedItem], Scored]:
-    """The stream's (and the harness's) one call per request: score the candidate set, take
-    the k best (ties by item id), explain each. Returns the list and what scoring produced
-    (for ranking.learner)."""
-    sc = score_candidates(cs, state, params, seeds, now_ms, neighbours=neighbours, history=history)
-    rows = ranked_rows(cs, sc.scores, k, params)
-    why = reasons(cs, rows, sc, seeds, state.recent, params)
-    items = [RankedItem(cs.ids[r], float(sc.scores[r]), why[n]) for n, r in enumerate(rows)]
-    return items, sc
-
-
 def best_rows(cs: CandidateSet, scores: np.ndarray, m: int) -> list[int]:
     """The m best rows by score, best first, ties by item id (everything tied with the m-th
     score competes), so the order does not depend on the candidates' order; -inf never."""
@@ -574,93 +453,3 @@ def best_rows(cs: CandidateSet, scores: np.ndarray, m: int) -> list[int]:
         return []
     tied = np.flatnonzero(scores >= scores[best[-1]])
     return sorted((int(r) for r in tied), key=lambda r: (-scores[r], cs.ids[r]))[:m]
-
-
-def ranked_rows(cs: CandidateSet, scores: np.ndarray, k: int, params: ScoreParams) -> list[int]:
-    """The list's rows: the k best by score (``best_rows``), or with ``params.diversity`` > 0
-    the k that ``diversify`` picks among the k * diversity_pool best."""
-    if params.diversity <= 0:
-        return best_rows(cs, scores, k)
-    pool = best_rows(cs, scores, k * max(params.diversity_pool, 1))
-    return diversify(cs, pool, scores, k, params)
-
-
-def item_sims(cs: CandidateSet, rows: np.ndarray, mw: Mapping[str, float]) -> np.ndarray:
-    """float[len(rows), len(rows)]: weighted mean cosine of each pair of rows over the
-    modalities both have (0 where they share none)."""
-    others = {m: (mat[rows], cs.present[m][rows]) for m, mat in cs.vectors.items()}
-    return _modal_cosines(cs, rows, others, len(rows), mw, 0.0)
-
-
-def diversify(
-    cs: CandidateSet, rows: Sequence[int], scores: np.ndarray, k: int, params: ScoreParams
-) -> list[int]:
-    """Maximal marginal relevance (Carbonell & Goldstein, 1998) over ``rows``, best first:
-    the first pick is the best row; each next one maximises (1 - lambda) * relevance - lambda *
-    (its largest cosine with a row already picked), relevance the score min-max scaled over
-    ``rows`` (lambda = params.diversity; ties go to the better-ranked row)."""
-    lam = params.diversity
-    r = np.asarray(rows, dtype=np.intp)
-    if lam <= 0 or len(r) <= 1:
-        return [int(x) for x in r[:k]]
-    s = scores[r]
-    lo, hi = float(s.min()), float(s.max())
-    rel = (s - lo) / (hi - lo) if hi > lo else np.ones(len(r))
-    sim = item_sims(cs, r, params.modality_weights)
-    picked = [0]
-    free = np.ones(len(r), dtype=bool)
-    free[0] = False
-    closest = sim[0].copy()
-    while len(picked) < min(k, len(r)):
-        gain = np.where(free, (1.0 - lam) * rel - lam * closest, -np.inf)
-        j = int(np.argmax(gain))
-        picked.append(j)
-        free[j] = False
-        closest = np.maximum(closest, sim[j])
-    return [int(x) for x in r[picked]]
-
-
-def collab_candidates(
-    recent: Sequence[tuple[str, float]],
-    seeds: Mapping[str, Seed],
-    exclude: set[str],
-    limit: int,
-    params: ScoreParams,
-) -> list[str]:
-    """The ``limit`` ids with the largest seed-weighted co-occurrence (what feature "cf" ranks
-    high), best first, ties by id: the collaborative source of the candidate set. ``recent``:
-    the state's (item, event weight) list; ``seeds``: the fetched recent items."""
-    parts = []
-    for item_id, a in recency_weights(recent, params):
-        seed = seeds.get(item_id)
-        if seed is None or not seed.cf_top:
-            continue
-        scale = a / max(seed.cf_count, 1.0) ** params.cf_alpha
-        # cf_top is published best first: an id outside a seed's first ``limit`` entries adds
-        # little, and reading fewer entries is most of this function's cost.
-        ids, w = seed.cf_arrays
-        parts.append((ids, w[:limit] * scale))
-    if not parts:
-        return []
-    # Ids as int codes, summed with one bincount in seed order (the same additions, in the
-    # same order, as a dict of running totals).
-    _IDS.reserve(sum(len(x) for _, x in parts))
-    codes = np.concatenate([_IDS.codes(ids, limit) for ids, _ in parts])
-    uniq, inv = np.unique(codes, return_inverse=True)
-    total = np.bincount(inv, weights=np.concatenate([x for _, x in parts]), minlength=len(uniq))
-    gone = [c for i in exclude if (c := _IDS.code.get(i)) is not None]
-    if gone:  # uniq is sorted: find the excluded codes in it
-        g = np.asarray(gone, dtype=np.intp)
-        at = np.minimum(np.searchsorted(uniq, g), len(uniq) - 1)
-        keep = np.ones(len(uniq), dtype=bool)
-        keep[at[uniq[at] == g]] = False
-        uniq, total = uniq[keep], total[keep]
-    if len(uniq) > limit:
-        cut = np.partition(total, len(total) - limit)[len(total) - limit]  # limit-th largest
-        best = total >= cut
-        uniq, total = uniq[best], total[best]
-    names = _IDS.names
-    ranked = sorted(
-        zip(total.tolist(), uniq.tolist(), strict=True), key=lambda t: (-t[0], names[t[1]])
-    )
-    return [names[c] for _, c in ranked[:limit]]
