@@ -335,7 +335,10 @@ class LocalKafka:
         path = self.folder / "cluster.id"
         if path.exists():
             return path.read_text().strip()
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = "-"
+        while cid.startswith("-"):  # the storage tool would read "-..." as an option (as
+            # Kafka's own Uuid.randomUuid, never start an id with "-")
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         path.write_text(cid + "\n")
         return cid
 

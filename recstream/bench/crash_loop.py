@@ -73,6 +73,8 @@ class RunResult:
     # times a restarted worker found records Faust skipped and re-read them (SkipGuard)
     skipped_rereads: int
     kills: int
+    # per kill: seconds from the kill to the restarted worker's first answer
+    recovery_s: list[float]
     seconds: float
     detail: str = ""
 
@@ -159,6 +161,7 @@ async def run_once(
     await producer.start()
     app = _App(bootstrap, prefix, cfg.guarantee == "exactly_once")
     kills = 0
+    killed_at: list[float] = []
     try:
         await app.start()
         await app.wait_answer(producer, "probe", 240, workers)
@@ -173,6 +176,7 @@ async def run_once(
             await asyncio.sleep(max(0.0, t_kill(i, cfg.kills, span) - (time.monotonic() - t_send)))
             victim = workers[rng.randrange(len(workers))]
             await victim.kill9()
+            killed_at.append(time.monotonic())
             kills += 1
             await victim.start()
         await send
@@ -209,6 +213,7 @@ async def run_once(
                 for w in workers
             ),
             kills=kills,
+            recovery_s=[round(app.first_answer_after(t + 0.5) - t, 1) for t in killed_at],
             seconds=round(time.monotonic() - t0, 1),
             detail=(f"state n_events vs sent: {miscounted}" if miscounted else "")
             + (f"; dead letters: {app.dead[:3]}" if app.dead else ""),
@@ -241,6 +246,7 @@ class _App:
         self.bootstrap, self.prefix = bootstrap, prefix
         self.committed = committed
         self.triggers: list[str] = []
+        self.answer_times: list[float] = []  # monotonic arrival of each answer
         self.recs: dict[str, dict[str, Any]] = {}
         self.indexed: set[str] = set()
         self.dead: list[str] = []
@@ -267,11 +273,16 @@ class _App:
             if m.topic.endswith("recommendations"):
                 trig = v.get("trigger") or ""
                 self.triggers.append(trig)
+                self.answer_times.append(time.monotonic())
                 self.recs[trig] = v
             elif m.topic.endswith("content-indexed"):
                 self.indexed.add(v["item_id"])
             else:
                 self.dead.append(v.get("error", "")[:200])
+
+    def first_answer_after(self, t: float) -> float:
+        """Arrival time of the first answer after ``t`` (nan: none)."""
+        return next((a for a in self.answer_times if a > t), float("nan"))
 
     def answered(self) -> set[str]:
         return set(self.recs)
@@ -401,7 +412,7 @@ async def _main(args: argparse.Namespace) -> int:
                 f"run {i + 1:2d}/{args.runs}: lost {r.lost}, duplicate answers "
                 f"{r.duplicate_answers}, miscounted users {r.miscounted_users}, seen items in "
                 f"final lists {r.seen_in_final_list}, dead letters {r.dead_letters}, "
-                f"skipped records re-read {r.skipped_rereads}, "
+                f"skipped records re-read {r.skipped_rereads}, recovery s {r.recovery_s}, "
                 f"{r.kills} kills, {r.seconds:.0f} s {r.detail}",
                 flush=True,
             )
