@@ -50,7 +50,7 @@ def decode_image(data: bytes) -> Image.Image:
     Raises ImageDecodeError with a sentence for corrupt, truncated, unknown or oversized input.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise ImageDecodeError(f"image is {width}x{height}, over {MAX_PIXELS} pixels")

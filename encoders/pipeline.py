@@ -47,12 +47,21 @@ logger = logging.getLogger(__name__)
 
 
 class ContentItemLike(Protocol):
-    title: str | None
-    description: str | None
-    tags: Sequence[str] | None
-    image_uri: str | None
-    video_uri: str | None
-    audio_uri: str | None
+    """What encoding reads of an item (read-only: streams.schemas.ContentItem's list of tags
+    is one)."""
+
+    @property
+    def title(self) -> str | None: ...
+    @property
+    def description(self) -> str | None: ...
+    @property
+    def tags(self) -> Sequence[str] | None: ...
+    @property
+    def image_uri(self) -> str | None: ...
+    @property
+    def video_uri(self) -> str | None: ...
+    @property
+    def audio_uri(self) -> str | None: ...
 
 
 @dataclass

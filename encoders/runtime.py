@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]
+import onnxruntime as ort
 
 from recstream.encoders.model_cache import INT8_FILE, ONNX_FILE, read_export_info
 
@@ -190,7 +190,7 @@ def _fp16_copy(fp32_path: Path) -> Path | None:
         return out
     try:
         import onnx
-        from onnxruntime.transformers.float16 import (  # type: ignore[import-untyped]
+        from onnxruntime.transformers.float16 import (
             convert_float_to_float16,
         )
     except ImportError:
@@ -209,7 +209,7 @@ def _register_custom_ops(options: Any, path: str | Path) -> None:
     """The multilingual USE graph tokenises in-graph with onnxruntime-extensions' custom ops;
     they are registered for every session (cheap) so any graph that needs them opens."""
     try:
-        from onnxruntime_extensions import get_library_path  # type: ignore[import-untyped]
+        from onnxruntime_extensions import get_library_path
     except ImportError:
         return
     options.register_custom_ops_library(get_library_path())

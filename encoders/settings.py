@@ -11,6 +11,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recstream.paths import default_home
 
+Modality = Literal["text", "image", "audio"]
+
+
+def _all_modalities() -> list[Modality]:
+    return ["text", "image", "audio"]
+
 
 class EncoderSettings(BaseSettings):
     """ONNX encoders. Env prefix ``RECSTREAM_ENCODER_``."""
@@ -30,9 +36,7 @@ class EncoderSettings(BaseSettings):
     batch_size: int = Field(default=32, ge=1)
     batch_ms: int = Field(default=20, ge=0)
     # Modalities encoded (a subset of text, image, audio); a video feeds image and audio.
-    modalities: list[Literal["text", "image", "audio"]] = Field(
-        default_factory=lambda: ["text", "image", "audio"]
-    )
+    modalities: list[Modality] = Field(default_factory=_all_modalities)
     # minilm: all-MiniLM-L6-v2 (384-d, English); use: multilingual Universal Sentence Encoder
     # (512-d, 16 languages). Changing it changes the text vector space: re-encode the catalog.
     text_model: Literal["minilm", "use"] = "minilm"

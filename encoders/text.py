@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from recstream.encoders.base import Embeddings, empty_embeddings

@@ -145,7 +145,7 @@ class CandidateSet:
         return np.bincount(self.cf_owner[hit], weights=self.cf_w[hit], minlength=len(self))
 
     def seed_neighbours(
-        self, seeds: Sequence[tuple[str, Sequence[str], np.ndarray]]
+        self, seeds: Sequence[tuple[str, list[str], np.ndarray]]
     ) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
         """The published rows of some seeds ((seed id, neighbour ids, weights)) as candidate
         rows, all in one table: (seed id -> its number k, then per entry: k, candidate row,

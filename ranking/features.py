@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import overload
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def recency_weights(
     recent: Sequence[tuple[str, float]], params: ScoreParams
 ) -> list[tuple[str, float]]:
     """(item, weight) of the positive recent items, newest first, weight decay ** (d - 1)."""
-    out = []
+    out: list[tuple[str, float]] = []
     for item_id, w in reversed(recent):
         if w > 0:
             out.append((item_id, params.recency_decay ** len(out)))
@@ -116,7 +117,7 @@ def feature_matrix(
     interest: Mapping[str, np.ndarray],
     short_interest: Mapping[str, np.ndarray],
     seeds: Sequence[tuple[str, float]],
-    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    neighbours: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
     seed_counts: Mapping[str, float],
     now_ms: int,
     params: ScoreParams,
@@ -141,7 +142,8 @@ def feature_matrix(
     if parts is not None:
         # One bincount over every seed's entries, in seed order: each seed names a row at
         # most once, so every row sums its seeds' terms in the same order as seed by seed.
-        cf = np.bincount(parts[1], weights=parts[2], minlength=n)
+        # float64 (weighted; numpy's stubs give every bincount intp)
+        cf: np.ndarray = np.bincount(parts[1], weights=parts[2], minlength=n)
         cf /= np.maximum(cs.cf_count, 1.0) ** params.cf_beta
         top = cf.max()
         if top > 0:
@@ -254,7 +256,13 @@ class RowPairs(Sequence[tuple[str, float]]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, k):  # type: ignore[no-untyped-def, override]
+    @overload
+    def __getitem__(self, k: int) -> tuple[str, float]: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[tuple[str, float]]: ...
+
+    def __getitem__(self, k: int | slice) -> tuple[str, float] | list[tuple[str, float]]:
         if isinstance(k, slice):
             return list(zip(self.ids[k], self.w[k].tolist(), strict=True))
         return self.ids[k], float(self.w[k])
@@ -324,8 +332,8 @@ def _fill_units(anchors: Sequence[Seed]) -> None:
         for n, row, ok in zip(at, mat, (norm > 1e-9).tolist(), strict=True):
             if ok:
                 units[n][m] = row
-    for a, u in zip(todo, units, strict=True):
-        a.__dict__["units"] = u  # the cached_property's slot (Seed is frozen)
+    for a, got in zip(todo, units, strict=True):
+        a.__dict__["units"] = got  # the cached_property's slot (Seed is frozen)
 
 
 def short_interest(anchors: Sequence[Seed], a: Sequence[float]) -> dict[str, np.ndarray]:

@@ -49,14 +49,16 @@ def seed_of(item: StoredItem) -> Seed:
     p = item.payload
     raw = p.get("cf_top") or ()
     if isinstance(raw, str):
-        key: tuple[str, ...] | None = (item.item_id, raw)
-        hit = _TOPS.get(key)
+        text_key = (item.item_id, raw)
+        hit = _TOPS.get(text_key)
         if hit is None:
             hit = _parsed(orjson.loads(raw))
-            _TOPS.put(key, hit)
+            _TOPS.put(text_key, hit)
     else:
         pos, w = p.get("cf_pos"), p.get("cf_w")
-        key = (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
+        key: tuple[str, ...] | None = (
+            (item.item_id, pos, w) if isinstance(pos, str) and isinstance(w, str) else None
+        )
         hit = _TOPS.get(key) if key is not None else None
         if hit is None or len(hit) != len(raw):
             hit = _parsed(raw)

@@ -50,6 +50,19 @@ def _digest(item_id: str) -> bytes:
     return d
 
 
+def digest_positions(digest16: bytes, n_bits: int) -> list[int]:
+    """``positions`` from the item's 16-byte digest (ranking.user_state.item_digest)."""
+    return [int.from_bytes(digest16[4 * h : 4 * h + 4], "little") % n_bits for h in range(N_HASHES)]
+
+
+def add_positions(bits: bytes, digest16: bytes) -> bytes:
+    """``add`` for an item known by its digest."""
+    arr = bytearray(bits)
+    for p in digest_positions(digest16, len(arr) * 8):
+        arr[p >> 3] |= 1 << (p & 7)
+    return bytes(arr)
+
+
 def empty(n_bits: int) -> bytes:
     return bytes((n_bits + 7) // 8)
 

@@ -47,12 +47,12 @@ class RankingSettings(BaseSettings):
     # Candidates fetched per source = k * candidate_factor.
     candidate_factor: int = Field(default=4, ge=1)
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
-    dedupe_window: int = Field(default=32, ge=0)
-    recent_positive: int = Field(default=5, ge=1)
+    dedupe_window: int = Field(default=32, ge=0, le=255)
+    recent_positive: int = Field(default=5, ge=1, le=255)
     # Bounded user state (ranking/state.py): the latest items kept exactly (short-term interest,
     # collaborative seeds, vector-store exclusions) and the Bloom filter of all seen items.
-    recent_items: int = Field(default=24, ge=1, le=256)
-    seen_filter_bits: int = Field(default=6144, ge=64)
+    recent_items: int = Field(default=24, ge=1, le=255)
+    seen_filter_bits: int = Field(default=6144, ge=64, le=65536)
     # Learned scorer (ranking/features.py): prior weights of the features content (long-term
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
     # popularity, freshness and history (the candidate's own co-occurrence row summed over

@@ -425,7 +425,7 @@ def recstream_factory(recstream_broker: str) -> Iterator[Callable[..., Recstream
     def make(**env: str) -> Recstream:
         folder = Path(tempfile.mkdtemp(prefix="recstream-test-"))
         folders.append(folder)
-        r = Recstream(worker_environment(recstream_broker, folder, **env), folder)
+        r = Recstream(worker_environment(recstream_broker, folder, None, **env), folder)
         made.append(r)
         return r.start()
 

@@ -205,7 +205,10 @@ def build_app(
 
         async def agent(stream: faust.StreamT) -> None:
             if batch is not None:
-                async for evs in stream.take_events(batch[0], within=max(batch[1], 1) / 1000):
+                # faust's StreamT declares no take_events (faust.Stream, the runtime type, has it)
+                async for evs in stream.take_events(  # type: ignore[attr-defined]
+                    batch[0], within=max(batch[1], 1) / 1000
+                ):
                     msgs = [m for e in evs for m in await with_missed(e)]
                     await guarded(fn(msgs))
             else:

@@ -409,16 +409,14 @@ async def _drive(
             fifth = max(1, len(shares) // 5)
             match_first, match_last = shares[:fifth], shares[-fifth:]
 
+            def two_dead_letters(t: str, v: dict[str, Any]) -> bool:
+                if t != k.topic(k.dead_letters_topic):
+                    return False
+                dead.append(v)
+                return len(dead) >= 2
+
             with contextlib.suppress(RuntimeError):
-                await wait_for(
-                    lambda t, v: (
-                        (dead.append(v) or len(dead) >= 2)
-                        if t == k.topic(k.dead_letters_topic)
-                        else False
-                    ),
-                    3,
-                    "dead letters",
-                )
+                await wait_for(two_dead_letters, 3, "dead letters")
             print()
             for d in dead[:2]:
                 where = f"{d['source_topic']}[{d['partition']}]@{d['offset']}"

@@ -442,7 +442,7 @@ class Handlers:
                     "published, deleted, or not indexed yet)",
                 )
                 continue
-            after = apply_event(
+            applied = apply_event(
                 state,
                 item_id=event.item_id,
                 item_title=item.title,
@@ -461,8 +461,8 @@ class Handlers:
                 seen_filter_bits=r.seen_filter_bits,
             )
             seeds = {i: seeds_of[i] for i in (event.item_id, *mine) if i in seeds_of}
-            todo.append((msg, event, state, after, seeds))
-            asks.append(CandidateAsk(after, r.k, seeds, (item,)))
+            todo.append((msg, event, state, applied, seeds))
+            asks.append(CandidateAsk(applied, r.k, seeds, (item,)))
         if not todo:
             return
         sets = await retrying(lambda: rec.candidate_sets(asks), "Qdrant query")

@@ -66,7 +66,7 @@ class KafkaSettings(BaseSettings):
     commit_interval_s: float = Field(default=2.8, gt=0)
     # Consumer fetch wait in ms: how long the broker holds a fetch that finds no data. Kafka
     # answers a waiting fetch as soon as data arrives, so this costs no latency.
-    fetch_max_wait_ms: int = Field(default=500, ge=0)
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
     # Messages buffered per partition ahead of the agents (Faust's stream_buffer_maxsize).
     stream_buffer_maxsize: int = Field(default=4096, ge=1)
     # Producer batching: how long a record may wait for others (ms) and a batch's bytes.

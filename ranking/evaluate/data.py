@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import orjson
@@ -117,7 +118,7 @@ def build(
     item_ids = list(item_index)
     meta = items or {}
     titles = [meta.get(i, {}).get("title") for i in item_ids]
-    tags = [tuple(meta.get(i, {}).get("tags") or ()) for i in item_ids]  # type: ignore[arg-type]
+    tags = [tuple(cast("Iterable[str]", meta.get(i, {}).get("tags") or ())) for i in item_ids]
     texts = [str(meta.get(i, {}).get("text") or "") for i in item_ids]
     return Interactions(
         user=np.array([users[rows[j][0]] for j in order], dtype=np.int32),

@@ -94,8 +94,8 @@ class Accumulator:
         listed = [int(i) for i in topk]
         self.shown.update(listed)
         if self.vectors is not None and len(listed) > 1:
-            v = self.vectors[listed]
-            g = v @ v.T
+            vecs = self.vectors[listed]
+            g = vecs @ vecs.T
             n = len(listed)
             self.ild_sum += 1.0 - float(g.sum() - np.trace(g)) / (n * (n - 1))
             self.ild_lists += 1

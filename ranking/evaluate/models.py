@@ -96,7 +96,7 @@ class RecstreamModel:
         self.cooc = cooc_params(settings)
         n = data.n_items
         has_text = text is not None
-        vec = text if has_text else np.zeros((n, 1), np.float32)
+        vec = text if text is not None else np.zeros((n, 1), np.float32)
         self.cs = CandidateSet(
             ids=list(data.item_ids),
             vectors={"text": vec},

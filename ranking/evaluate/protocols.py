@@ -65,11 +65,29 @@ def _extra(m: Model) -> dict[str, float]:
     return report() if report else {}
 
 
+def _scores(m: Model, user: int, now_ms: int) -> np.ndarray | None:
+    """The model's scores, or None for a model that gives its own list (``ranked``)."""
+    return None if hasattr(m, "ranked") else m.scores(user, now_ms)
+
+
 def _ranked(
-    m: Model, s: np.ndarray, cand: np.ndarray, targets: Sequence[int], k: int
+    m: Model,
+    s: np.ndarray | None,
+    cand: np.ndarray,
+    targets: Sequence[int],
+    k: int,
+    user: int = -1,
+    now_ms: int = 0,
 ) -> tuple[list[int], np.ndarray]:
     """The targets' ranks and the top-k list: from the model's own list where it makes one
-    (``listed``: diversified lists), else by score."""
+    (``ranked``: the online step's list; ``listed``: diversified lists), else by score. A
+    target outside a model's own list is a miss (rank k)."""
+    ranked = getattr(m, "ranked", None)
+    if ranked is not None:
+        lst = ranked(user, now_ms, k, cand)
+        at = {int(r): n for n, r in enumerate(lst)}
+        return [at.get(int(t), k) for t in targets], np.asarray(lst, dtype=np.intp)
+    assert s is not None
     listed = getattr(m, "listed", None)
     lst = listed(s, cand, k) if listed is not None else None
     if lst is None:
@@ -104,10 +122,10 @@ def prequential(
         cand[hist] = False
         for m in models:
             t0 = time.perf_counter_ns()
-            s = m.scores(u, ts)
+            s = _scores(m, u, ts)
             if not repeat:  # a re-interaction is learned from, not scored: it is not "new"
                 t1 = time.perf_counter_ns()
-                ranks, top = _ranked(m, s, cand, [i], k)
+                ranks, top = _ranked(m, s, cand, [i], k, u, ts)
                 accs[m.name].add(ranks, segments, top)
                 t2 = time.perf_counter_ns()
             else:
@@ -206,8 +224,8 @@ def split(
             continue
         cold = ["cold"] if all(item_train[t] < COLD_ITEM_EVENTS for t in targets) else []
         for m in models:
-            s = m.scores(u, now)
-            ranks, top = _ranked(m, s, cand, targets, k)
+            s = _scores(m, u, now)
+            ranks, top = _ranked(m, s, cand, targets, k, u, now)
             accs[m.name].add(ranks, cold, top)
     return {
         m.name: {**accs[m.name].result(), **timers[m.name].summary(), **_extra(m)} for m in models

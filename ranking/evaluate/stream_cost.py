@@ -40,6 +40,7 @@ import orjson
 
 from recstream.ranking.candidates import CandidateSet
 from recstream.ranking.collab import (
+    CoocParams,
     cf_top_text,
     collab_candidates,
     cooc_pairs,
@@ -47,7 +48,7 @@ from recstream.ranking.collab import (
     unpack_row,
 )
 from recstream.ranking.evaluate.data import Interactions
-from recstream.ranking.features import score_candidates
+from recstream.ranking.features import ScoreParams, score_candidates
 from recstream.ranking.learner import bpr_step
 from recstream.ranking.rank import rank_candidates
 from recstream.ranking.recommender import seed_of
@@ -61,11 +62,16 @@ class HarnessModel(Protocol):
     the timer: this module does not import it back)."""
 
     s: RankingSettings
+    params: ScoreParams
+    cooc: CoocParams
+    half_life_ms: float
     cs: CandidateSet
     data: Interactions
     co: np.ndarray
     hist_t: np.ndarray
     row_version: np.ndarray
+
+    def params_seeds(self, st: UserState) -> list[tuple[str, float]]: ...
 
     def _neighbours(self, row: int) -> tuple[np.ndarray, np.ndarray]: ...
 

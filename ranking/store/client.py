@@ -8,7 +8,7 @@ network call. Local mode is a numpy brute force (89 ms per query at 100k x 512-d
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
@@ -28,7 +28,7 @@ from recstream.ranking.store.base import (
 
 
 def _exclude_filter(exclude: Iterable[str]) -> models.Filter | None:
-    ids = [point_id(i) for i in exclude]
+    ids: list[models.ExtendedPointId] = [point_id(i) for i in exclude]
     if not ids:
         return None
     return models.Filter(must_not=[models.HasIdCondition(has_id=ids)])
@@ -104,7 +104,10 @@ class QdrantStore(ItemStore):
         points = [
             models.PointStruct(
                 id=point_id(r.item_id),
-                vector=content_vectors(r, existing.get(r.item_id), self.dims),
+                # a dict of float lists is a VectorStruct (the model's Dict is invariant)
+                vector=cast(
+                    models.VectorStruct, content_vectors(r, existing.get(r.item_id), self.dims)
+                ),
                 payload=content_payload(r, existing.get(r.item_id)),
             )
             for r in records

@@ -25,7 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -48,6 +48,10 @@ from recstream.ranking.store.base import (
 log = logging.getLogger(__name__)
 _VIEW_FIELDS = frozenset(CANDIDATE_FIELDS)
 _INDEXES = {"trend": qe.PayloadSchemaType.Float, "published_at": qe.PayloadSchemaType.Integer}
+# (point id, payload) pairs read back. Every point this store writes has a UUID id
+# (point_id), and the engine returns those as uuid.UUID objects; its type stubs say
+# int | UUID | str for any point, hence the casts of ids read back.
+_IdPayloads = list[tuple[uuid.UUID, Any]]
 
 
 def _hnsw(m: int, ef_construct: int, threads: int) -> qe.HnswIndexConfig:
@@ -179,9 +183,9 @@ class EdgeStore(ItemStore):
         self.root.mkdir(parents=True, exist_ok=True)
         current = self.root / "CURRENT"
         gen = int(current.read_text()) if current.exists() else 0
-        for d in self.root.glob("gen-*"):
-            if d.name != f"gen-{gen:06d}":  # an unfinished build or a dropped generation
-                shutil.rmtree(d, ignore_errors=True)
+        for folder in self.root.glob("gen-*"):
+            if folder.name != f"gen-{gen:06d}":  # an unfinished build or a dropped generation
+                shutil.rmtree(folder, ignore_errors=True)
         path = self.root / f"gen-{gen:06d}"
         if (path / "edge_config.json").exists():
             have = _stored_dims(path)
@@ -294,7 +298,8 @@ class EdgeStore(ItemStore):
         points = [
             qe.Point(
                 point_id(r.item_id),
-                content_vectors(r, existing.get(r.item_id), self.dims),
+                # a dict of float lists is a qe.Vector (the stubs' Dict is invariant)
+                cast("qe.Vector", content_vectors(r, existing.get(r.item_id), self.dims)),
                 content_payload(r, existing.get(r.item_id)),
             )
             for r in records
@@ -357,8 +362,8 @@ class EdgeStore(ItemStore):
             got = (views.get(pid) for pid in ids)
             return {it.item_id: _narrowed(it, fields) for it in got if it is not None}
         if fields is not None:  # other selections, rare: straight from the engine
-            got = self.shard.retrieve(ids, list(fields), False)
-            items = self._with_cached_vectors([(r.id, r.payload) for r in got])
+            recs = self.shard.retrieve(ids, list(fields), False)
+            items = self._with_cached_vectors(cast(_IdPayloads, [(r.id, r.payload) for r in recs]))
             return {it.item_id: it for _, it in items}
         full = self._full_items(ids)  # the seeds: whole payload (their cf_top rows) + vectors
         return {it.item_id: it for it in (full.get(pid) for pid in ids) if it is not None}
@@ -396,7 +401,10 @@ class EdgeStore(ItemStore):
             spans.append((start, len(requests)))
         results = self.shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
         # .id builds a UUID per access: read each once
-        found = [[(p.id, p.score) for p in points] for points in results]
+        found = cast(
+            "list[list[tuple[uuid.UUID, float]]]",  # UUID ids: see _IdPayloads
+            [[(p.id, p.score) for p in points] for points in results],
+        )
         nearest = [[hit for r in range(a, b) for hit in found[r]] for a, b in spans]
         ordered = [
             [pid for key in ORDER_KEYS for pid in self._top(key, q.limit, ids)]
@@ -434,7 +442,7 @@ class EdgeStore(ItemStore):
                     with_payload=False,
                 )
             )
-            top = [p.id for p in got]
+            top = cast("list[uuid.UUID]", [p.id for p in got])  # UUID ids: see _IdPayloads
             self._ordered[key] = (top, n)
         out = []
         for pid in top:
@@ -451,7 +459,7 @@ class EdgeStore(ItemStore):
 
         def load(missing: list[Any]) -> Iterable[tuple[uuid.UUID, StoredItem]]:
             got = self.shard.retrieve(missing, True, False)
-            return self._with_cached_vectors([(r.id, r.payload) for r in got])
+            return self._with_cached_vectors(cast(_IdPayloads, [(r.id, r.payload) for r in got]))
 
         return _cached(self._full, self.full_cache_items, pids, load)
 
@@ -475,7 +483,7 @@ class EdgeStore(ItemStore):
 
         def load(missing: list[Any]) -> Iterable[tuple[uuid.UUID, StoredItem]]:
             for r in self.shard.retrieve(missing, list(CANDIDATE_FIELDS), True):
-                yield r.id, StoredItem.from_parts(r.payload, r.vector)
+                yield cast(uuid.UUID, r.id), StoredItem.from_parts(r.payload, r.vector)  # UUID ids
 
         return _cached(self._cache, self.cache_items, pids, load)
 

@@ -121,7 +121,7 @@ def photos_jpeg() -> tuple[list[bytes], str]:
     arrays: list[np.ndarray] = []
     source = "scikit-image sample photos"
     try:
-        import skimage.data as data  # type: ignore[import-untyped]
+        import skimage.data as data
 
         for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina"):
             arrays.append(np.ascontiguousarray(np.asarray(getattr(data, name)())[:, :, :3]))
@@ -206,7 +206,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def record(
         modality: str, variant: str, device: str, provider: str, batch: int, m: dict
     ) -> None:
-        row = {"modality": modality, "variant": variant, "device": device, "provider": provider}
+        row: dict[str, Any] = {
+            "modality": modality,
+            "variant": variant,
+            "device": device,
+            "provider": provider,
+        }
         row.update(batch=batch, spin=spin, **m)
         results.append(row)
         print(
@@ -246,6 +251,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 img = ImageEncoder(root, **opts)
                 if img.variant == variant or variant == "fp32":
                     pixels = [preprocess(j) for j in jpegs]
+
+                    def model_only(x: Sequence[Any], img: ImageEncoder = img) -> np.ndarray:
+                        return img.encode_pixels(np.stack(x))
+
                     for b in args.batches:
                         record(
                             "image",
@@ -261,16 +270,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             device,
                             img.provider,
                             b,
-                            measure(
-                                lambda x, img=img: img.encode_pixels(np.stack(x)),
-                                pixels,
-                                b,
-                                args.seconds,
-                            ),
+                            measure(model_only, pixels, b, args.seconds),
                         )
             if "audio" in args.modalities:
                 au = AudioEncoder(root, **opts)
                 if au.variant == variant or variant == "fp32" or variant == "fp16":
+
+                    def blocks_only(x: Sequence[Any], au: AudioEncoder = au) -> np.ndarray:
+                        return au.block_embeddings(np.stack(x))
+
                     for b in args.batches:
                         record(
                             "audio",
@@ -278,12 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             device,
                             au.provider,
                             b,
-                            measure(
-                                lambda x, au=au: au.block_embeddings(np.stack(x)),
-                                list(mel),
-                                b,
-                                args.seconds,
-                            ),
+                            measure(blocks_only, list(mel), b, args.seconds),
                         )
             if "video" in args.modalities and variant in ("fp32", "fp16"):
                 _video(args, root, opts, jpegs, clips, tmp, record, device)

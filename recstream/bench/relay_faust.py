@@ -37,6 +37,8 @@ def build(settings: Settings, events: str, recommendations: str) -> faust.App:
     source, sink = raw(events), raw(recommendations)
 
     async def send(msg: faust.types.Message) -> None:
+        if msg.value is None:  # a tombstone: no event to answer (orjson.loads(None) raised too)
+            raise TypeError(f"no event in {msg.topic}[{msg.partition}]@{msg.offset}: no value")
         await sink.send(key=msg.key, value=answer(msg.value))
 
     size, wait_ms = settings.events_batch_size, settings.events_batch_ms
@@ -44,7 +46,10 @@ def build(settings: Settings, events: str, recommendations: str) -> faust.App:
     @app.agent(source, name="relay")
     async def relay(stream: faust.StreamT) -> None:
         if size > 1:
-            async for evs in stream.take_events(size, within=wait_ms / 1000):
+            # faust's StreamT declares no take_events (faust.Stream, the runtime type, has it)
+            async for evs in stream.take_events(  # type: ignore[attr-defined]
+                size, within=wait_ms / 1000
+            ):
                 for e in evs:
                     await send(e.message)
         else:
