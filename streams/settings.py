@@ -70,7 +70,7 @@ class KafkaSettings(BaseSettings):
     # Messages buffered per partition ahead of the agents (Faust's stream_buffer_maxsize).
     stream_buffer_maxsize: int = Field(default=4096, ge=1)
     # Producer batching: how long a record may wait for others (ms) and a batch's bytes.
-    producer_linger_ms: int = Field(default=0, ge=0)
+    producer_linger_ms: int = Field(default=5, ge=0)
     producer_max_batch_bytes: int = Field(default=16384, ge=1024)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
