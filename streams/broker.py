@@ -143,7 +143,9 @@ def kafka_libs(cache_dir: Path | None = None) -> Path:
             )
         pom = root / "pom.xml"
         pom.write_bytes(
-            importlib.resources.files("recstream.streams").joinpath("data/kafka/pom.xml").read_bytes()
+            importlib.resources.files("recstream.streams")
+            .joinpath("data/kafka/pom.xml")
+            .read_bytes()
         )
         staging = root / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)

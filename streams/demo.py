@@ -42,13 +42,13 @@ POSITIVE = ("view", "click", "like", "share", "complete")
 
 
 def load_catalog() -> list[dict[str, Any]]:
-    text = (importlib.resources.files("streams") / "data" / "catalog.jsonl").read_text()
+    text = (importlib.resources.files("recstream.streams") / "data" / "catalog.jsonl").read_text()
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def load_personas() -> dict[str, dict[str, list[str]]]:
     return orjson.loads(
-        (importlib.resources.files("streams") / "data" / "personas.json").read_bytes()
+        (importlib.resources.files("recstream.streams") / "data" / "personas.json").read_bytes()
     )
 
 
