@@ -13,10 +13,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_like_shapes_the_next_list(recstream: Recstream) -> None:
-    # The README's example.
-    recstream.publish([{"item_id": "bread", "title": "Sourdough at home"},
-                       {"item_id": "rye", "title": "Baking rye bread"},
-                       {"item_id": "jazz", "title": "Modal jazz piano"}])  # fmt: skip
+    recstream.publish(
+        [
+            {"item_id": "bread", "title": "Sourdough at home"},
+            {"item_id": "rye", "title": "Baking rye bread"},
+            {"item_id": "jazz", "title": "Modal jazz piano"},
+        ]
+    )
     rec = recstream.send_event({"user_id": "u1", "item_id": "bread", "type": "like"})
     assert [i["item_id"] for i in rec["items"]][0] == "rye"
 

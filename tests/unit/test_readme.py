@@ -42,3 +42,14 @@ def test_every_setting_is_in_the_readme_table() -> None:
     listed = table_names(readme)
     assert not env_names() - listed, f"missing from the README: {sorted(env_names() - listed)}"
     assert not listed - env_names(), f"no such setting: {sorted(listed - env_names())}"
+
+
+def test_the_readme_plugin_example_is_the_one_the_tests_run() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    example = readme[readme.index("```python\nfrom recstream.testing") :]
+    example = example[len("```python\n") : example.index("```", 3)]
+    body = example[example.index("def test_") :]
+    tested = (root / "tests/integration/test_testing_plugin.py").read_text()
+    assert "from recstream.testing import Recstream" in tested
+    assert body in tested
