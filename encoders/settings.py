@@ -51,6 +51,11 @@ class EncoderSettings(BaseSettings):
     # Audio files and sound tracks are encoded up to this many seconds (2.32 s per model run).
     audio_max_seconds: float = Field(default=30.0, gt=0, le=600)
 
+    def dims(self) -> dict[str, int]:
+        """The size of each enabled modality's vectors (the models' output sizes)."""
+        sizes = {"text": 512 if self.text_model == "use" else 384, "image": 1280, "audio": 512}
+        return {m: sizes[m] for m in self.modalities}
+
 
 class MediaSettings(BaseSettings):
     """Fetching media referenced by content items. Env prefix ``RECSTREAM_MEDIA_``."""

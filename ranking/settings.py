@@ -44,8 +44,15 @@ class RankingSettings(BaseSettings):
     # items already picked, choosing k among the k * diversity_pool best-scored candidates.
     diversity: float = Field(default=0.0, ge=0, lt=1)
     diversity_pool: int = Field(default=3, ge=1)
-    # Candidates fetched per source = k * candidate_factor.
+    # Candidates taken per source = k * candidate_factor (co-occurrence neighbours, content
+    # neighbours, trending, fresh), once the catalog holds more than full_scan_items items;
+    # up to that many, every list is scored over the whole catalog (its cost grows with the
+    # catalog: docs/evaluation.md).
     candidate_factor: int = Field(default=4, ge=1)
+    full_scan_items: int = Field(default=4096, ge=0)
+    # Content neighbours the encoding stage finds for each new item (the store's nearest items
+    # by its vectors): candidates for the users who took it.
+    content_neighbours: int = Field(default=20, ge=0, le=255)
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
     dedupe_window: int = Field(default=32, ge=0, le=255)
     recent_positive: int = Field(default=5, ge=1, le=255)

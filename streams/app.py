@@ -1,4 +1,6 @@
-"""Build the Faust app: topics, tables and agents, bound to the handlers in one place.
+"""Build the Faust app of a ranking worker: topics, tables and agents, bound to the handlers
+in one place, plus the tasks that run beside them (the catalog reader, and the encoding stage
+when this worker encodes too).
 
 Nothing here runs at import time: ``build_app(settings, ...)`` returns a fresh app, so tests
 and several workers in one test run each get their own.
@@ -13,18 +15,16 @@ from typing import Any
 
 import faust
 
-from recstream.ranking.params import score_params
-from recstream.ranking.recommender import Recommender
-from recstream.ranking.store import ItemStore
+from recstream.ranking.step import OnlineModel
 from recstream.streams.broker import TopicSpec
+from recstream.streams.catalog_reader import CatalogReader
+from recstream.streams.encode_stage import EncodeStage
 from recstream.streams.faust_internals import RecstreamApp, set_current_event
-from recstream.streams.handlers import Handlers, ItemEncoder, Msg
+from recstream.streams.handlers import Handlers, Msg
 from recstream.streams.settings import Settings
 from recstream.streams.skip_guard import SkipGuard
 
 log = logging.getLogger(__name__)
-
-ITEM_STATS_FLUSH_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class TopicNames:
     dead_letters: str
     indexed: str
     item_activity: str
+    items: str
+    item_stats: str  # the item-stats Table's changelog (Faust's name for it)
 
     @classmethod
     def from_settings(cls, s: Settings) -> TopicNames:
@@ -47,7 +49,9 @@ class TopicNames:
             recommendations=k.topic(k.recommendations_topic),
             dead_letters=k.topic(k.dead_letters_topic),
             indexed=k.topic(k.indexed_topic),
-            item_activity=k.topic(f"{s.app_id}-item-activity"),
+            item_activity=f"{s.app_id}-item-activity",
+            items=f"{s.app_id}-items",
+            item_stats=f"{s.app_id}-item-stats-changelog",
         )
 
     def all(self) -> list[str]:
@@ -55,19 +59,23 @@ class TopicNames:
 
 
 TABLES = ("users", "item-stats")
+COMPACT = {"cleanup.policy": "compact"}
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic the worker uses, as it should be created: the wire topics and item-activity
-    with RECSTREAM_KAFKA_PARTITIONS partitions, the tables' changelogs (compacted: only each
-    key's latest value matters) and Faust's leader topic, all with the configured replication
-    factor. Created before Faust starts (streams/worker.py), so every consumer sees them."""
+    """Every topic the workers use, as it should be created: the wire topics and
+    item-activity with RECSTREAM_KAFKA_PARTITIONS partitions; the items topic and the tables'
+    changelogs compacted (only each key's latest value matters); Faust's leader topic; all
+    with the configured replication factor. Created before anything starts (worker.py), so
+    every consumer sees them."""
     k = settings.kafka
     rf = k.replication_factor
-    compact = {"cleanup.policy": "compact"}
+    names = TopicNames.from_settings(settings)
+    changelogs = {f"{settings.app_id}-{t}-changelog" for t in TABLES}
+    compacted = {names.items, *changelogs}
     return [
-        *(TopicSpec(t, k.partitions, rf) for t in TopicNames.from_settings(settings).all()),
-        *(TopicSpec(f"{settings.app_id}-{t}-changelog", k.partitions, rf, compact) for t in TABLES),
+        *(TopicSpec(t, k.partitions, rf, COMPACT if t in compacted else {}) for t in names.all()),
+        *(TopicSpec(t, k.partitions, rf, COMPACT) for t in sorted(changelogs - set(names.all()))),
         TopicSpec(f"{settings.app_id}-__assignor-__leader", 1, rf),
     ]
 
@@ -117,8 +125,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
 def build_app(
     settings: Settings,
     *,
-    store: ItemStore,
-    content_encoder: ItemEncoder,
+    model: OnlineModel,
+    reader: CatalogReader,
+    encode_stage: EncodeStage | None = None,
 ) -> tuple[faust.App, Handlers]:
     k = settings.kafka
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes one level
@@ -136,40 +145,37 @@ def build_app(
             partitions=k.partitions,
         )
 
-    content, events, requests = (
-        raw_topic(names.content),
-        raw_topic(names.events),
-        raw_topic(names.requests),
-    )
+    events, requests = raw_topic(names.events), raw_topic(names.requests)
     item_activity = raw_topic(names.item_activity)
-    # Changelog-backed tables. Faust writes their changelogs as JSON (key: the id as a JSON
-    # string; value: UserState.to_dict() / the item-stats dict below).
-    users = app.Table(TABLES[0], key_type=str, partitions=k.partitions)
-    # Item side, keyed by item id: {"t": trend, "c": interaction count, "r": co-occurrence
-    # row {neighbour: weight}} (ranking/collab.py), copied to the store's payload each second.
-    item_stats = app.Table(TABLES[1], key_type=str, partitions=k.partitions)
-    r = settings.ranking
-    recommender = Recommender(
-        store,
-        score_params(r),
-        dims=store.dims,
-        candidate_factor=r.candidate_factor,
-        seen_filter_bits=r.seen_filter_bits,
+    # Changelog-backed tables of raw bytes (a Table picks its serializers, also when it
+    # recovers, from key_type and value_type: bytes is raw, anything else json). users: key the
+    # user id (as a JSON string, as ever), value UserState.to_bytes(); item-stats: key the
+    # item's 8-byte hash, value ItemRow.to_bytes() (ranking/item_side.py), whose changelog
+    # every worker's catalog reads.
+    users = app.Table(
+        TABLES[0],
+        key_type=str,  # Faust's serializer for it: json
+        value_type=bytes,  # raw
+        partitions=k.partitions,
+    )
+    item_stats = app.Table(
+        TABLES[1],
+        key_type=bytes,
+        value_type=bytes,
+        partitions=k.partitions,
     )
     handlers = Handlers(
         settings,
-        store=store,
-        content_encoder=content_encoder,
-        recommender=recommender,
+        model=model,
         users=users,
         item_stats=item_stats,
         recommendations=raw_topic(names.recommendations),
         dead_letters=raw_topic(names.dead_letters),
-        indexed=raw_topic(names.indexed),
-        item_activity=raw_topic(names.item_activity),
+        item_activity=item_activity,
+        inputs={names.events: events, names.requests: requests},
+        catalog=reader,
         activity_partitions=k.partitions,
         table_scope=_table_scope,
-        inputs={names.events: events, names.requests: requests},
     )
 
     async def guarded(work: Awaitable[None]) -> None:
@@ -201,9 +207,12 @@ def build_app(
         fn: Callable[[Any], Awaitable[None]],
     ) -> None:
         """``batch``: (most messages, longest wait in ms) for a handler of message lists
-        (Faust's take_events: the batch is acked once handled); None: one message at a time."""
+        (Faust's take_events: the batch is acked once handled); None: one message at a time.
+        No message is handled before the catalog is loaded (its lists would be made from a
+        part of it)."""
 
         async def agent(stream: faust.StreamT) -> None:
+            await reader.ready.wait()
             if batch is not None:
                 # faust's StreamT declares no take_events (faust.Stream, the runtime type, has it)
                 async for evs in stream.take_events(  # type: ignore[attr-defined]
@@ -219,8 +228,6 @@ def build_app(
         agent.__name__ = agent.__qualname__ = name.replace("-", "_")
         app.agent(topic, name=name)(agent)
 
-    e = settings.encoder
-    bind(content, "content", (e.batch_size, e.batch_ms), handlers.on_content)
     if settings.events_batch_size > 1:
         batch = (settings.events_batch_size, settings.events_batch_ms)
         bind(events, "user-events", batch, handlers.on_events)
@@ -229,18 +236,37 @@ def build_app(
     bind(requests, "recommendation-requests", None, handlers.on_request)
     bind(item_activity, "item-activity", None, handlers.on_item_activity)
 
-    @app.timer(ITEM_STATS_FLUSH_INTERVAL_S)
-    async def flush_item_stats() -> None:
-        await guarded(handlers.flush_item_stats())
+    @app.task
+    async def catalog() -> None:
+        await guarded(_serve(reader))
+
+    if encode_stage is not None:
+
+        @app.task
+        async def encode() -> None:
+            await guarded(_serve(encode_stage))
 
     return app, handlers
 
 
+async def _serve(service: CatalogReader | EncodeStage) -> None:
+    """Run a service until the worker stops (the catalog reader may have been started, and
+    caught up, before the Faust app: streams/worker.py)."""
+    if not (isinstance(service, CatalogReader) and service.started):
+        await service.start()
+    try:
+        await service.run()
+    finally:
+        await service.stop()
+
+
 def _msg(m: Any, event: faust.EventT) -> Msg:
     """A Faust message or an aiokafka ConsumerRecord (re-read by SkipGuard: ``event`` is the
-    one after it, of the same partition) as a handler message: both carry these six
-    attributes."""
-    return Msg(m.topic, m.partition, m.offset, m.key, m.value, event, tuple(m.headers or ()))
+    one after it, of the same partition) as a handler message."""
+    return Msg(
+        m.topic, m.partition, m.offset, m.key, m.value, headers=tuple(m.headers or ()),
+        origin=event,
+    )  # fmt: skip
 
 
 def _table_scope(msg: Msg) -> None:

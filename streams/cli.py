@@ -3,7 +3,7 @@
 recstream demo [--docker]      the whole system on one machine, no configuration (--docker:
                                Kafka and Qdrant in Docker containers)
 recstream broker [--nodes 3]   a local Apache Kafka broker (KRaft) or three-node cluster
-recstream worker               the stream worker (settings from RECSTREAM_* variables)
+recstream worker [--role R]    the stream worker: rank, encode or all (RECSTREAM_* settings)
 recstream produce TOPIC [FILE] JSON lines (stdin without FILE) to a topic
 recstream tail TOPIC           print a topic's messages as they arrive
 recstream models export [M..] export the ONNX encoders into the model cache (default: all used)
@@ -56,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         help="only resolve Kafka's jars with Maven (and check Java), then exit",
     )
 
-    sub.add_parser("worker", help="run the stream worker")
+    w = sub.add_parser("worker", help="run the stream worker")
+    w.add_argument(
+        "--role",
+        choices=("all", "rank", "encode"),
+        help="rank: events, requests and the item side; encode: content -> encoders -> "
+        "Qdrant and the items topic; all: both (default: RECSTREAM_WORKER_ROLE, else all)",
+    )
 
     pr = sub.add_parser("produce", help="send JSON lines to a topic (key: the schema's key field)")
     pr.add_argument("topic", help="topic name, e.g. content or user-events (prefix applied)")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from recstream.streams.worker import run_worker
 
-        run_worker(settings)
+        run_worker(settings, args.role or settings.worker_role)
         return 0
     if args.command == "broker":
         from recstream.streams import broker

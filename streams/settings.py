@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_", extra="ignore")
 
     app_id: str = "recstream"
+    # What `recstream worker` runs (--role overrides it): "rank" (events, requests, the item
+    # side), "encode" (content -> encoders -> Qdrant and the items topic), "all" (both).
+    worker_role: Literal["all", "rank", "encode"] = "all"
     data_dir: Path = Field(default_factory=lambda: default_home() / "data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Values larger than this (bytes) go to the dead-letter topic unparsed.

@@ -1,19 +1,33 @@
-"""`recstream worker`: resolve the broker, prepare topics, models and Qdrant, run Faust."""
+"""`recstream worker [--role all|rank|encode]`: resolve the broker, create the topics, run.
+
+- ``rank``: the Faust app of user events, requests and the item side (streams/app.py), over
+  the catalog it reads whole (streams/catalog_reader.py); workers with one RECSTREAM_APP_ID
+  form one consumer group and share the users' and items' partitions.
+- ``encode``: the encoding stage alone (streams/encode_stage.py: content -> encoders ->
+  Qdrant and the items topic), in its own consumer group; scales apart from ranking.
+- ``all`` (the default): both in one process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
 
 import faust
 
 from recstream.encoders.pipeline import ContentEncoder
 from recstream.ranking import store as stores
+from recstream.ranking.catalog import Catalog, CatalogParams
+from recstream.ranking.params import model_params
+from recstream.ranking.step import OnlineModel
 from recstream.ranking.store import MODALITY_DIMS, ItemStore
 from recstream.streams import broker as brokers
-from recstream.streams.app import build_app, topic_specs
-from recstream.streams.handlers import ItemEncoder
+from recstream.streams.app import TopicNames, build_app, topic_specs
+from recstream.streams.catalog_reader import CatalogReader
+from recstream.streams.encode_stage import EncodeStage
 from recstream.streams.settings import DEFAULT_BOOTSTRAP, Settings
 
 log = logging.getLogger(__name__)
@@ -32,21 +46,6 @@ def resolve_broker(settings: Settings) -> brokers.LocalKafka | None:
     return brokers.LocalKafka(
         port=port, data_dir=settings.data_dir / "kafka", heap_mb=k.local_heap_mb
     ).start()
-
-
-def load_content_encoder(settings: Settings) -> ItemEncoder:
-    """Every enabled modality's encoder (exported on first use) and the media fetcher."""
-    return ContentEncoder.from_settings(settings.encoder, settings.media)
-
-
-async def prepare(settings: Settings, content_encoder: ItemEncoder) -> ItemStore:
-    k = settings.kafka
-    created = await brokers.ensure_topic_specs(
-        k.bootstrap_servers, topic_specs(settings), admin_kwargs=k.client_kwargs()
-    )
-    if created:
-        log.info("created topics: %s", ", ".join(created))
-    return open_store(settings, dict(content_encoder.dims))
 
 
 def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
@@ -68,7 +67,42 @@ def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
     )
 
 
-def run_worker(settings: Settings) -> None:
+def new_catalog(settings: Settings) -> Catalog:
+    r = settings.ranking
+    return Catalog(
+        settings.encoder.dims(),
+        model_params(r).cooc,
+        CatalogParams(
+            seen_bits=r.seen_filter_bits,
+            content_k=r.content_neighbours,
+            dense_limit=r.full_scan_items,
+        ),
+    )
+
+
+def encode_stage(settings: Settings, names: TopicNames) -> EncodeStage:
+    """The encoding stage: every enabled modality's encoder (exported on first use), the
+    media fetcher and the item store."""
+    encoder = ContentEncoder.from_settings(settings.encoder, settings.media)
+    store = open_store(settings, dict(encoder.dims))
+    e = settings.encoder
+    return EncodeStage(
+        kafka_kwargs=settings.kafka.client_kwargs(),
+        group_id=f"{settings.app_id}-encode",
+        content_topic=names.content,
+        items_topic=names.items,
+        indexed_topic=names.indexed,
+        dead_letters_topic=names.dead_letters,
+        encoder=encoder,
+        store=store,
+        batch_size=e.batch_size,
+        batch_ms=e.batch_ms,
+        max_message_bytes=settings.max_message_bytes,
+        neighbours=settings.ranking.content_neighbours,
+    )
+
+
+def run_worker(settings: Settings, role: str = "all") -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -76,18 +110,36 @@ def run_worker(settings: Settings) -> None:
     if local is not None:
         settings.kafka.bootstrap_servers = local.bootstrap_servers
     try:
-        content_encoder = load_content_encoder(settings)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        store = loop.run_until_complete(prepare(settings, content_encoder))
-        loop.run_until_complete(store.ensure_collection())
-        log.info(
-            "broker %s, qdrant %s, encoders %s",
-            settings.kafka.bootstrap_servers,
-            settings.qdrant.url or settings.qdrant_location(),
-            dict(content_encoder.dims),
+        k = settings.kafka
+        created = loop.run_until_complete(
+            brokers.ensure_topic_specs(
+                k.bootstrap_servers, topic_specs(settings), admin_kwargs=k.client_kwargs()
+            )
         )
-        app, handlers = build_app(settings, store=store, content_encoder=content_encoder)
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+        names = TopicNames.from_settings(settings)
+        stage = encode_stage(settings, names) if role in ("all", "encode") else None
+        if stage is not None:
+            loop.run_until_complete(stage.store.ensure_collection())
+        log.info(
+            "role %s, broker %s, qdrant %s", role, k.bootstrap_servers,
+            settings.qdrant.url or settings.qdrant_location(),
+        )  # fmt: skip
+        if role == "encode":
+            assert stage is not None
+            loop.run_until_complete(_encode_only(stage))
+            return
+        catalog = new_catalog(settings)
+        model = OnlineModel(catalog, model_params(settings.ranking))
+        reader = CatalogReader(catalog, k.client_kwargs(), names.items, names.item_stats)
+        # The whole catalog before the worker joins its consumer group: partitions are only
+        # taken by a worker that can serve them (and none sits idle in the group meanwhile).
+        loop.run_until_complete(reader.start())
+        loop.run_until_complete(reader.catch_up())
+        app, _ = build_app(settings, model=model, reader=reader, encode_stage=stage)
         # What exists now (modules, the encoders' and store's Python side, the app) lives as
         # long as the process: move it out of the cyclic collector's reach, or every full
         # collection walks all of it (measured: 0.1-0.5 s pauses mid-stream, the p99).
@@ -99,7 +151,23 @@ def run_worker(settings: Settings) -> None:
         try:
             worker.execute_from_commandline()
         finally:
-            handlers.close()
+            if stage is not None:
+                stage.encoder.close()
     finally:
         if local is not None:
             local.stop()
+
+
+async def _encode_only(stage: EncodeStage) -> None:
+    """The encoding stage until SIGTERM / SIGINT."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
+    await stage.start()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await stage.run()
+    finally:
+        await stage.stop()
+        stage.encoder.close()

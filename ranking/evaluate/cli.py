@@ -65,22 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-text", action="store_true", help="do not encode item texts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--no-stream-cost",
-        action="store_true",
-        help="do not time the stream's per-event path (candidate set) besides the catalog",
-    )
-    p.add_argument(
         "--stream-cost-every",
         type=int,
-        default=50,
-        help="time the stream's path on every Nth event (default 50: 2,000 timed events on "
-        "ML-100k; 1: all, and the full replay then takes several times longer)",
-    )
-    p.add_argument(
-        "--stream-cost-repeats",
-        type=int,
         default=1,
-        help="run the stream's per-event path N times per event, report the fastest too",
+        help="time the stream's per-event path (the online step, with the state read and "
+        "written as bytes) on every Nth event; 0: not at all",
     )
     return p
 
@@ -97,24 +86,15 @@ def build_models(names: list[str], data: Interactions, args: argparse.Namespace)
     out: list[Any] = []
     for name in names:
         if name == "recstream":
-            from recstream.ranking.evaluate.models import (
-                RecstreamModel,
+            from recstream.ranking.evaluate.online import (
+                OnlineRecstream,
                 encode_items,
                 ranking_settings,
             )
 
             settings = ranking_settings(args.set)
             vectors = None if args.no_text else encode_items(data, args.model_dir)
-            out.append(
-                RecstreamModel(
-                    data,
-                    settings,
-                    vectors,
-                    stream_cost=not args.no_stream_cost,
-                    stream_repeats=args.stream_cost_repeats,
-                    stream_every=args.stream_cost_every,
-                )
-            )
+            out.append(OnlineRecstream(data, settings, vectors, time_every=args.stream_cost_every))
         elif name == "popularity":
             out.append(PopularityModel(data))
         elif name == "item-knn":
@@ -150,10 +130,8 @@ def main(argv: list[str]) -> int:
     models = build_models(names, data, args)
 
     # the item texts' vectors (when recstream encoded them): every model's lists' ILD@k
-    texts = [
-        m.cs.vectors["text"] for m in models if hasattr(m, "cs") and m.cs.present["text"].any()
-    ]
-    vectors = texts[0] if texts else None
+    texts = [m.item_vectors() for m in models if hasattr(m, "item_vectors")]
+    vectors = next((t for t in texts if t is not None), None)
     t0 = time.perf_counter()
     if args.protocol == "prequential":
         results = prequential(data, models, k=args.k, progress=not args.quiet, item_vectors=vectors)

@@ -1,52 +1,36 @@
-"""The benchmark's catalog: synthetic item vectors written straight into the store.
+"""The benchmark's catalog: synthetic encoded items, published straight to the items topic.
 
 Synthetic, and said so in every report: ``n`` unit text vectors (384-d) drawn around 64
 topic centres (so interests and neighbours mean something), titles "synthetic item N",
-published over the last 30 days, popularity on a Zipf curve. Built once per (n, seed) under
-``~/.cache/recstream/bench/`` with the HNSW index (built with every core: no stream runs
-yet), then copied for each run because the worker writes to it.
+published over the last 30 days, popularity on a Zipf curve over the first 5% of ids. Each
+item's content neighbours (what the encoding stage would ask Qdrant for) are its nearest items
+by cosine within its topic, where its nearest items are (two items of one topic have cosine
+~0.6, of two topics ~0); built once per (n, seed) under ``~/.cache/recstream/bench/``.
+
+The bench writes the items to ``<app_id>-items`` and the hot items' popularity to the
+item-stats Table's changelog (streams/internal.py) before the worker starts: the worker's
+catalog reader loads them as it would a catalog encoded earlier.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from aiokafka import AIOKafkaProducer
 
-from recstream.ranking import store as stores
-from recstream.ranking.store import NO_TREND, ItemRecord, trend_after
-from recstream.ranking.store.edge import EdgeStore
+from recstream.ranking.item_side import NO_TREND, ItemRow, trend_after
+from recstream.ranking.user_state import item_hash
+from recstream.streams.internal import ItemMessage, hash_key, key_partition
 
 TOPICS = 64
 DIM = 384
-COLLECTION = "bench_items"
+NEIGHBOURS = 20
 
 
 def item_id(n: int) -> str:
     return f"item-{n:06d}"
-
-
-def synthetic_records(n: int, seed: int, now_ms: int) -> list[ItemRecord]:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((TOPICS, DIM)).astype(np.float32)
-    topic = rng.integers(0, TOPICS, n)
-    vecs = centres[topic] + 0.8 * rng.standard_normal((n, DIM)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    age = rng.integers(0, 30 * 86_400_000, n)
-    return [
-        ItemRecord(
-            item_id=item_id(i),
-            vectors={"text": vecs[i]},
-            title=f"synthetic item {i}",
-            tags=(f"topic-{topic[i]}",),
-            published_at=int(now_ms - age[i]),
-            kind="synthetic",
-        )
-        for i in range(n)
-    ]
 
 
 def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
@@ -54,60 +38,74 @@ def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
     return w / w.sum()
 
 
-async def _build(
-    path: Path, n: int, seed: int, dims: dict[str, int], on_disk: Sequence[str]
-) -> None:
-    now = time.time_ns() // 1_000_000
-    store = EdgeStore.open(str(path), COLLECTION, dims, build_threads=0, on_disk_vectors=on_disk)
-    recs = synthetic_records(n, seed, now)
-    for i in range(0, n, 2000):
-        await store.upsert(recs[i : i + 2000])
-    # popularity: the first 5% of ids get hits on a Zipf curve, the rest none yet
-    hot = max(1, n // 20)
-    w = zipf_weights(hot) * 10_000
-    await store.set_trends(
-        {item_id(i): trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000) for i in range(hot)}
-    )
-    t = time.monotonic()
-    await store.build_index()
-    print(f"  HNSW index of {n} items built in {time.monotonic() - t:.0f} s", flush=True)
-    await store.close()
+def synthetic(cache: Path, n: int, seed: int) -> dict[str, np.ndarray]:
+    """vectors float32[n, 384], topic int[n], age_ms int[n], nb int32[n, K], nb_sim float32"""
+    path = cache / f"synthetic-{n}-{seed}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((TOPICS, DIM)).astype(np.float32)
+    topic = rng.integers(0, TOPICS, n)
+    vecs = centres[topic] + 0.8 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    age = rng.integers(0, 30 * 86_400_000, n)
+    k = min(NEIGHBOURS, max(n - 1, 0))
+    nb = np.full((n, k), -1, np.int32)
+    sim = np.zeros((n, k), np.float32)
+    for t in range(TOPICS):
+        members = np.flatnonzero(topic == t)
+        if len(members) < 2:
+            continue
+        s = vecs[members] @ vecs[members].T
+        np.fill_diagonal(s, -np.inf)
+        kk = min(k, len(members) - 1)
+        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
+        top = np.take_along_axis(top, order, 1)
+        nb[members, :kk] = members[top]
+        sim[members, :kk] = np.take_along_axis(s, top, 1)
+    out = {"vectors": vecs, "topic": topic, "age": age, "nb": nb, "sim": sim}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)  # type: ignore[arg-type]
+    return out
 
 
-async def prepared_store(
-    cache: Path,
-    n: int,
+async def publish(
+    bootstrap: str, items_topic: str, stats_topic: str, partitions: int, cache: Path, n: int,
     seed: int,
-    dest: Path,
-    dims: dict[str, int],
-    backend: str = "edge",
-    on_disk: Sequence[str] = (),
-) -> Path:
-    """A store folder at ``dest`` holding the catalog (built once into ``cache``), with the
-    worker's storage settings (``on_disk``: memory-mapped vectors, as the worker's
-    RECSTREAM_QDRANT_ON_DISK_VECTORS says)."""
-    disk = "-disk-" + "-".join(sorted(on_disk)) if on_disk else ""
-    src = cache / f"catalog-{backend}-{n}-{seed}{disk}"
-    if not (src / "done").exists():
-        shutil.rmtree(src, ignore_errors=True)
-        print(f"building the synthetic catalog ({n} items) in {src} ...", flush=True)
-        if backend == "edge":
-            await _build(src, n, seed, dims, on_disk)
-        else:
-            await _build_client(src, n, seed, dims)
-        (src / "done").write_text("ok")
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest)
-    return dest
-
-
-async def _build_client(path: Path, n: int, seed: int, dims: dict[str, int]) -> None:
-    store = stores.connect(
-        url=None, api_key=None, location=str(path), collection=COLLECTION, dims=dims,
-        backend="client",
+) -> float:  # fmt: skip
+    """Write the catalog to the items topic and the hot items' sides to the item-stats
+    changelog; returns the seconds it took."""
+    t0 = time.monotonic()
+    data = synthetic(cache, n, seed)
+    now = time.time_ns() // 1_000_000
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks="all",
+        max_request_size=8 << 20,
     )  # fmt: skip
-    await store.ensure_collection()
-    recs = synthetic_records(n, seed, time.time_ns() // 1_000_000)
-    for i in range(0, n, 2000):
-        await store.upsert(recs[i : i + 2000])
-    await store.close()
+    await producer.start()
+    try:
+        for i in range(n):
+            nbs = [
+                (item_id(int(j)), float(s))
+                for j, s in zip(data["nb"][i], data["sim"][i], strict=True)
+                if j >= 0
+            ]
+            msg = ItemMessage(
+                item_id=item_id(i), vectors={"text": data["vectors"][i]},
+                title=f"synthetic item {i}", tags=(f"topic-{data['topic'][i]}",),
+                published_at=int(now - data["age"][i]), kind="synthetic", neighbours=nbs,
+            )  # fmt: skip
+            await producer.send(items_topic, msg.to_bytes(), key=msg.item_id.encode())
+        hot = max(1, n // 20)
+        w = zipf_weights(hot) * 10_000
+        for i in range(hot):
+            row = ItemRow(trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000))
+            key = hash_key(item_hash(item_id(i)))
+            await producer.send(
+                stats_topic, row.to_bytes(), key=key, partition=key_partition(key, partitions)
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return time.monotonic() - t0

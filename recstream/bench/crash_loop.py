@@ -339,7 +339,7 @@ class _App:
 
 async def read_users(bootstrap: str, changelog: str, guarantee: str) -> dict[str, int]:
     """Each user's event count in the users table's changelog (latest record per user)."""
-    from recstream.ranking.state import UserState
+    from recstream.ranking.user_state import UserState
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

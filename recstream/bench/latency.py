@@ -43,8 +43,8 @@ from recstream.bench.load import (
     start_worker,
     stop,
 )
-from recstream.ranking.store import MODALITY_DIMS
 from recstream.streams import broker as brokers
+from recstream.streams.app import TopicNames, topic_specs
 from recstream.streams.settings import EncoderSettings, Settings
 
 
@@ -192,7 +192,6 @@ def _env(settings: Settings, prefix: str, work: Path) -> dict[str, str]:
         "RECSTREAM_APP_ID": f"bench-{prefix.rstrip('.')}",
         "RECSTREAM_DATA_DIR": str(work / "data"),
         "RECSTREAM_QDRANT_PATH": str(work / "store"),
-        "RECSTREAM_QDRANT_COLLECTION": catalog.COLLECTION,
         "RECSTREAM_ENCODER_MODEL_DIR": str(EncoderSettings().model_dir),
         "RECSTREAM_LOG_LEVEL": os.environ.get("RECSTREAM_LOG_LEVEL", "WARNING"),
     }
@@ -243,13 +242,21 @@ async def _worker_run(
     k = settings.kafka
     prefix = f"rs{tag}."
     run_dir = work / f"rate-{rate}"
-    if not settings.qdrant.url and args.replay is None:
-        dims = dict(MODALITY_DIMS)
-        await catalog.prepared_store(
-            cache, args.items, args.seed, run_dir / "store", dims, backend,
-            settings.qdrant.on_disk_vectors if backend == "edge" else (),
-        )  # fmt: skip
     env = _env(settings, prefix, run_dir)
+    if args.replay is None:
+        # The synthetic catalog, encoded: into the items topic before the worker starts (the
+        # worker's catalog reader loads it as it would a catalog encoded earlier).
+        ws = Settings()
+        ws.app_id = env["RECSTREAM_APP_ID"]
+        ws.kafka.bootstrap_servers = k.bootstrap_servers
+        ws.kafka.topic_prefix = prefix
+        await brokers.ensure_topic_specs(k.bootstrap_servers, topic_specs(ws))
+        names = TopicNames.from_settings(ws)
+        secs = await catalog.publish(
+            k.bootstrap_servers, names.items, names.item_stats, k.partitions, cache,
+            args.items, args.seed,
+        )  # fmt: skip
+        print(f"  catalog of {args.items} items published in {secs:.1f} s", flush=True)
     proc = await start_worker(env, run_dir / "worker.log")
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
     try:
@@ -261,8 +268,8 @@ async def _worker_run(
         )  # fmt: skip
     finally:
         await stop(proc)
-        if args.workdir is None:  # a temporary run folder: its catalog copy goes now
-            shutil.rmtree(run_dir / "store", ignore_errors=True)
+        if args.workdir is None:  # a temporary run folder: its store goes now
+            shutil.rmtree(run_dir, ignore_errors=True)
     return res.summary()
 
 

@@ -1,8 +1,8 @@
 """The collaborative signal end to end: what people took after an item reaches a new user.
 
 Five users like a sourdough video and then a jazz record (nothing alike in content). The pairs
-travel through `item-activity` to each item's partition, into the item-stats Table, and once a
-second into the items' store payload. A new user who likes the video must then be offered the
+travel through `item-activity` to each item's partition, into the item-stats Table, whose
+changelog every worker's catalog reads. A new user who likes the video must then be offered the
 record first, explained by the people who watched the video.
 """
 
@@ -51,7 +51,7 @@ def test_people_who_watched_this_reach_a_new_user(
             for n in range(5):
                 await _like(app, f"fan-{n}", video["item_id"])
                 await _like(app, f"fan-{n}", record["item_id"])
-            await asyncio.sleep(2.5)  # item sides are copied to the store once a second
+            await asyncio.sleep(2.5)  # the item sides reach the catalog through the changelog
 
             rec = await _like(app, "newcomer", video["item_id"])
             top = rec["items"][0]

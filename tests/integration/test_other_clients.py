@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Producer
 
 from recstream.clock import now_ms
-from recstream.ranking.state import UserState, event_hash
+from recstream.ranking.user_state import UserState, event_hash
 from recstream.streams.handlers import FORWARDED_FROM, key_partition
 from tests.conftest import AppHarness, settings_for
 
@@ -205,7 +205,7 @@ def test_librdkafka_partitioned_events_and_requests_reach_the_users_state(
                     if value is not None
                 ]
                 return any(
-                    u == "alice" and event_hash("alice-last") in st.recent_event_ids
+                    u == "alice" and event_hash("alice-last") in st.event_ids.tolist()
                     for _, u, st in states
                 )
 
@@ -218,7 +218,7 @@ def test_librdkafka_partitioned_events_and_requests_reach_the_users_state(
             assert {(u, p) for p, u, _ in states} == {(u, owner[u]) for u in USERS}
             final = {u: st for _, u, st in states}  # the latest value per user
             assert final["alice"].n_events == 4, "2 events, the keyless one once, the last one"
-            assert event_hash(f"{FORWARDED_FROM}={origin}") in final["alice"].recent_event_ids
+            assert event_hash(f"{FORWARDED_FROM}={origin}") in final["alice"].event_ids.tolist()
             assert final["bob"].n_events == final["dana"].n_events == 2
             assert app.dead == []
 

@@ -21,9 +21,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from recstream.clock import now_ms
+from recstream.ranking.user_state import item_hash
 from recstream.streams import schemas
 from recstream.streams.app import TopicNames
-from recstream.streams.handlers import key_partition
+from recstream.streams.internal import hash_key, key_partition
 from tests.conftest import AppHarness, settings_for
 
 pytestmark = pytest.mark.integration
@@ -108,8 +109,8 @@ def test_poison_pills_go_to_dead_letters_and_the_worker_goes_on(
         names.content: key_partition(fresh["item_id"].encode(), parts),
         names.events: key_partition(b"u", parts),
         names.requests: key_partition(b"u", parts),
-        # the valid event's item-activity record: keyed by its item
-        names.item_activity: key_partition(liked.encode(), parts),
+        # the valid event's item-activity record: keyed by its item's hash
+        names.item_activity: key_partition(hash_key(item_hash(liked)), parts),
     }
 
     async def scenario() -> None:
@@ -213,7 +214,11 @@ def test_poison_pills_go_to_dead_letters_and_the_worker_goes_on(
             last = {(t[0], t[1]): t[2] for t in sent}
             deadline = time.monotonic() + 60
             while True:
-                offsets = await committed(s.app_id, bootstrap)
+                # content is read by the encoding stage's own group, the rest by the worker's
+                offsets = {
+                    **await committed(s.app_id, bootstrap),
+                    **await committed(f"{s.app_id}-encode", bootstrap),
+                }
                 behind = {
                     tp: off
                     for tp, off in last.items()

@@ -3,7 +3,7 @@
 The worker is at-least-once: after SIGKILL it re-reads events past the last committed offset.
 The user state records the offsets it applied, so a redelivered event changes nothing. The
 reference is computed by an uninterrupted replay of the same events, in partition order, through
-the same update code (ranking.state.apply_event), with the item vectors the worker stored.
+the same update code (ranking.user_state.apply_event), with the item vectors the worker read.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from recstream.ranking import store as stores
-from recstream.ranking.state import UserState, apply_event
+from recstream.ranking.catalog import Catalog
+from recstream.ranking.params import model_params
+from recstream.ranking.user_state import UserState, apply_event, item_digest, item_hash
+from recstream.streams.internal import ItemMessage
 from recstream.streams.settings import RankingSettings
 from tests.conftest import AppHarness, settings_for
 
@@ -216,42 +218,37 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
             if value is not None:
                 assert p == home[orjson.loads(key)], (orjson.loads(key), p)
 
-        # The uninterrupted reference: the same events, in partition order, same update code.
-        store = stores.connect(
-            url=None,
-            api_key=None,
-            location=worker_env["RECSTREAM_QDRANT_PATH"],
-            collection=s.qdrant.collection,
-            dims={"text": 384},
-        )
-        stored = await store.get([it["item_id"] for it in items])
-        await store.close()
-        r = RankingSettings()
+        # The uninterrupted reference: the same events, in partition order, same update code,
+        # with the item vectors the worker read (its catalog, built from the items topic).
+        cat = Catalog({"text": 384})
+        for _, _, _, value in await read_topic(k.bootstrap_servers, f"{s.app_id}-items"):
+            if value is not None:
+                msg = ItemMessage.from_bytes(value)
+                cat.upsert(msg.item_id, msg.vectors)
+        params = model_params(RankingSettings()).state
         ref: dict[str, UserState] = defaultdict(UserState)
         for part, off, ev in await read_events(k.bootstrap_servers, k.topic(k.events_topic)):
-            it = stored[ev["item_id"]]
+            digest = item_digest(ev["item_id"])
             ref[ev["user_id"]] = apply_event(
                 ref[ev["user_id"]],
-                item_id=ev["item_id"],
-                item_title=it.title,
-                item_vectors=it.vectors,
+                item=item_hash(ev["item_id"]),
+                item_digest16=digest,
+                item_vectors=cat.vectors(cat.row_of[item_hash(ev["item_id"])]),
                 event_type=ev["type"],
                 ts=ev["ts"],
                 value=ev.get("value"),
-                weights=r.event_weights,
-                half_life_ms=r.interest_half_life_hours * 3_600_000,
+                params=params,
                 partition=part,
                 offset=off,
                 event_id=ev["event_id"],
-                dedupe_window=r.dedupe_window,
-                recent_positive=r.recent_positive,
             )
         assert set(ref) == set(states)
         for u, want in ref.items():
             got = states[u]
             assert got.n_events == want.n_events
             assert got.offsets == want.offsets
-            assert got.seen == want.seen and got.disliked == want.disliked
+            assert np.array_equal(got.recent, want.recent)
+            assert np.array_equal(got.disliked, want.disliked)
             assert got.last_ts == want.last_ts
             assert set(got.interest) == set(want.interest)
             for m in want.interest:

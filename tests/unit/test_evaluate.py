@@ -1,6 +1,7 @@
-"""The evaluation harness (ranking/evaluate): metric definitions with known answers, and a
-small replay through both protocols: a perfect oracle scores 1.0, a random ranker ~k/catalog,
-and recstream's model beats popularity on data with a planted co-occurrence structure."""
+"""The evaluation harness (ranking/evaluate): metric definitions with known answers, and
+small replays through both protocols: a perfect oracle scores 1.0, a random ranker ~k/catalog,
+and recstream's online model (OnlineRecstream: the stream's own step, ranking/step.py) beats
+popularity on data with a planted co-occurrence structure."""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ import numpy as np
 import orjson
 import pytest
 
-from recstream.ranking import seen
+from recstream.ranking import scoring, seen
 from recstream.ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
 from recstream.ranking.evaluate.cli import main
 from recstream.ranking.evaluate.data import Interactions, build, load_interactions
-from recstream.ranking.evaluate.metrics import query_metrics, target_ranks
-from recstream.ranking.evaluate.models import RecstreamModel, ranking_settings
+from recstream.ranking.evaluate.metrics import Accumulator, list_ranks, query_metrics, target_ranks
+from recstream.ranking.evaluate.online import OnlineRecstream, ranking_settings, replay_states
 from recstream.ranking.evaluate.protocols import prequential, split, split_indices, split_replay
-from recstream.ranking.evaluate.stream_cost import PHASES
-from recstream.ranking.features import FEATURES
-from recstream.ranking.state import UserState
+from recstream.ranking.scoring import FEATURES, Pairs
 
 
 def test_ties_count_against_the_model() -> None:
@@ -65,6 +64,12 @@ def synthetic(n_users: int = 60, n_items: int = 40, per_user: int = 12, seed: in
     return build(rows)
 
 
+def texts(data: Interactions, seed: int = 0) -> np.ndarray:
+    """Random unit "text" vectors per item (the replays' catalogs need a modality)."""
+    v = np.random.default_rng(seed).normal(size=(data.n_items, 8))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
 class Oracle:
     """Knows the future: scores the item the harness will ask about next."""
 
@@ -85,7 +90,8 @@ class Oracle:
         self.cursor = j + 1
 
 
-def test_prequential_oracle_random_and_models() -> None:
+@pytest.mark.parametrize("with_text", [False, True])
+def test_prequential_oracle_random_and_models(with_text: bool) -> None:
     data = synthetic()
     settings = ranking_settings(["learning_rate=0.05"])
     models = [
@@ -93,7 +99,7 @@ def test_prequential_oracle_random_and_models() -> None:
         RandomModel(data, seed=1),
         PopularityModel(data),
         ItemKNNModel(data),
-        RecstreamModel(data, settings, None),
+        OnlineRecstream(data, settings, texts(data) if with_text else None),
     ]
     r = prequential(data, models, k=10, progress=False)
     assert r["oracle"]["HR@10"] == 1.0 and r["oracle"]["NDCG@10"] == 1.0
@@ -116,10 +122,12 @@ def test_split_protocol() -> None:
     targets: dict[int, set[int]] = {}
     for j in np.flatnonzero(part == 2):
         targets.setdefault(int(data.user[j]), set()).add(int(data.item[j]))
-    r = split(data, [Oracle(data, targets), PopularityModel(data)], progress=False)
+    ours = OnlineRecstream(data, ranking_settings(), texts(data))
+    r = split(data, [Oracle(data, targets), PopularityModel(data), ours], progress=False)
     assert r["oracle"]["NDCG@10"] == 1.0 and r["oracle"]["Recall@10"] == 1.0
     assert r["oracle"]["Precision@10"] == pytest.approx(0.2)
     assert r["popularity"]["NDCG@10"] < 1.0
+    assert r["recstream"]["NDCG@10"] > r["popularity"]["NDCG@10"] + 0.3  # the planted order
 
 
 def test_split_replay_orders_only_the_training_part() -> None:
@@ -190,88 +198,148 @@ def test_jsonl_and_items_files(tmp_path: Path) -> None:
     assert d.item_tags[0] == ("Drama", "Comedy") and d.item_text[0] == "Ex. Drama, Comedy"
 
 
-def test_stream_path_is_timed_without_changing_what_the_model_learns() -> None:
-    """The stream's per-event path (stream_cost.py) runs beside the whole-catalog scoring on
-    the same states: it reports its cost and candidate-set size and changes no metric."""
+def test_stream_step_is_timed_by_part_without_changing_any_metric() -> None:
+    """OnlineRecstream times its stream path (state read, step, state write) every
+    ``time_every``-th event: p50 and p99 per part and in all, and no metric changes."""
     data = synthetic()
-    settings = ranking_settings(["learning_rate=0.05", "candidate_factor=1"])
-    plain = RecstreamModel(data, settings, None)
-    timed = RecstreamModel(data, settings, None, stream_cost=True, stream_repeats=2)
+    settings = ranking_settings(["learning_rate=0.05"])
+    plain = OnlineRecstream(data, settings, texts(data))
+    timed = OnlineRecstream(data, settings, texts(data), time_every=1)
     r = prequential(data, [plain], k=10, progress=False)["recstream"]
     t = prequential(data, [timed], k=10, progress=False)["recstream"]
-    assert t["HR@10"] == r["HR@10"] and t["NDCG@10"] == r["NDCG@10"]
-    assert "stream_ms_p50" not in r
-    assert 0 < t["stream_best_of_2_ms_p50"] and 0 < t["stream_ms_p99"]
-    # each part of the path is reported, for the first runs and the best
-    for phase in PHASES:
-        assert t[f"stream_{phase}_ms_p99"] >= t[f"stream_{phase}_ms_p50"] > 0, phase
-        assert t[f"stream_best_of_2_{phase}_ms_p50"] > 0, phase
-    # k * candidate_factor = 10 per source: trending + co-occurrence neighbours + the event's
-    # item (no texts, no publish times here), never more than the catalog.
-    assert 1 < t["stream_candidates_mean"] <= 21 and t["stream_candidates_max"] <= data.n_items
+    for key in ("HR@10", "NDCG@10", "Recall@10", "MRR@10", "Coverage@10", "n"):
+        assert t[key] == r[key], key
+    assert not any(key.startswith("stream_") for key in r) and plain.report() == {}
+    assert timed.report() == {key: t[key] for key in t if key.startswith("stream_")}
+    for part in ("stream_state_read_ms", "stream_step_ms", "stream_state_write_ms", "stream_ms"):
+        assert t[f"{part}_p99"] >= t[f"{part}_p50"] > 0, part
+    assert t["stream_ms_p50"] >= t["stream_step_ms_p50"]  # the whole path holds the step
+    assert len(timed.timings["total"]) == len(data)
+    every3 = OnlineRecstream(data, settings, texts(data), time_every=3)
+    for j in range(30):
+        every3.learn(j)
+    assert len(every3.timings["step"]) == 10
 
 
-def _replayed_with_item_side(sets: list[str]):  # type: ignore[no-untyped-def]
-    """A synthetic replay learned by the harness's model and, event by event, by the item
-    side's own rules (collab.CoocTable fed as the stream feeds it)."""
-    from recstream.ranking.collab import CoocTable
-    from recstream.ranking.params import cooc_params
-
-    data = synthetic(n_users=30, per_user=10)
-    settings = ranking_settings(sets)
-    model = RecstreamModel(data, settings, None)
-    table = CoocTable.empty(cooc_params(settings))
-    for j in range(len(data)):
-        st = model.states.get(int(data.user[j])) or UserState()
-        table.record(st.recent, data.item_ids[int(data.item[j])], 1.0)
+def test_ranked_lists_the_models_best_among_the_protocols_candidates() -> None:
+    """``ranked``: the step's own list for the user, without the items the protocol rules out
+    that the user's state does not know (the split's valid part), still k long."""
+    data = synthetic()
+    model = OnlineRecstream(data, ranking_settings(), texts(data))
+    for j in range(300):
         model.learn(j)
-    return data, settings, model, table
+    u, now = int(data.user[299]), int(data.ts[299])
+    st = replay_states(model, [u])[u]
+    order = [int(r) for r in model.model.recommend([st], [data.n_items], now, False)[0].rows]
+    assert len(order) >= 20
+    cand = np.ones(data.n_items, dtype=bool)
+    cand[data.item[:300][data.user[:300] == u]] = False  # what the user took: known to the state
+    cand[order[:5]] = False  # the five best: ruled out by the protocol only
+    got = model.ranked(u, now, 10, cand)
+    assert got == [r for r in order if cand[r]][:10] and len(got) == 10
 
 
-def test_harness_history_weights_equal_the_item_sides() -> None:
-    """The harness's dense item side (ranking/evaluate/models.py) publishes the same "history"
-    weights as the item side's own rule (collab.CoocTable: records with the neighbours'
-    counts, known_counts_after, history_weights) fed with the same events."""
-    sets = ["history_alpha=0.5", "learning_rate=0", "cooc_top_n=1000", "cooc_history_top_n=1000"]
-    data, _, model, table = _replayed_with_item_side(sets)
-    ids = data.item_ids
-    normalised = 0
-    for r, row_id in enumerate(ids):
-        want = dict(table.history_row(row_id))
-        raw = dict(table.neighbours(row_id))
-        for n, nb in enumerate(ids):
-            assert model.hist_t[n, r] == pytest.approx(want.get(nb, 0.0), rel=1e-5)
-            assert model.co[r, n] == pytest.approx(raw.get(nb, 0.0), rel=1e-5)
-        normalised += sum(want[nb] < raw[nb] for nb in want)
-    assert normalised > 0  # the rule did something: counts above 1 shrink entries
+def _replayed(sets: list[str]) -> tuple[Interactions, OnlineRecstream]:
+    data = synthetic(n_users=30, per_user=10)
+    model = OnlineRecstream(data, ranking_settings(["learning_rate=0", *sets]), texts(data))
+    for j in range(len(data)):
+        model.learn(j)
+    return data, model
+
+
+def test_harness_item_side_follows_the_pair_rule_and_publishes_the_strongest() -> None:
+    """The harness's item side holds, per item, the pairs of item_side's rule (r -> j:
+    decay ** (d - 1) for the d-th latest item r a user took before j, j -> r: backward * that)
+    and its count; its catalog publishes each row's cooc_top_n strongest (ties by hash)."""
+    data, model = _replayed(["cooc_top_n=4"])
+    p, cat = model.params.cooc, model.cat
+    want: dict[int, dict[int, float]] = {}
+    taken: dict[int, list[int]] = {}
+    for j in range(len(data)):
+        u, i = int(data.user[j]), int(data.item[j])
+        mine = taken.setdefault(u, [])
+        for d, r in enumerate(reversed(mine[-p.window :]), start=1):
+            row_r, row_i = want.setdefault(r, {}), want.setdefault(i, {})
+            row_r[i] = row_r.get(i, 0.0) + p.decay ** (d - 1)
+            row_i[r] = row_i.get(r, 0.0) + p.backward * p.decay ** (d - 1)
+        mine.append(i)
+    counts = np.bincount(data.item, minlength=data.n_items)
+    cut = 0
+    for r in range(data.n_items):
+        side = model.side.rows.get(int(cat.hashes[r]))
+        if side is None:
+            assert counts[r] == 0 and r not in want
+            continue
+        assert side.count == counts[r]
+        got = {cat.row_of[int(h)]: float(x) for h, x in zip(side.nb, side.w, strict=True)}
+        assert got == pytest.approx(want.get(r, {}), rel=1e-5)
+        best = sorted(got, key=lambda n: (-got[n], int(cat.hashes[n])))[: p.top_n]
+        nb, nb_w = cat.neighbours(r, p.top_n)
+        assert nb.tolist() == best
+        np.testing.assert_allclose(nb_w, [got[n] for n in best], rtol=1e-6)
+        cut += len(got) > p.top_n
+    assert cut > 0  # some rows hold more than they publish
 
 
 def test_harness_history_reads_only_the_published_entries() -> None:
-    """The harness's "history" sums only what the item side publishes per row
-    (collab.published_rows: its cooc_history_top_n strongest entries, ties by id), as the
-    stream's user side only sees that: rows that outgrow it lose their weakest entries."""
-    data, settings, model, table = _replayed_with_item_side(
-        ["learning_rate=0", "cooc_history_top_n=3"]
-    )
-    ids = data.item_ids
-    cut = 0
-    for r, row_id in enumerate(ids):
-        published = table.history_row(row_id)  # (neighbour, "history" weight), best first
-        assert [ids[n] for n in model.history_entries(r)] == [nb for nb, _ in published]
-        got = {
-            ids[n]: float(model.hist_pub_t[n, r]) for n in np.flatnonzero(model.hist_pub_t[:, r])
-        }
-        assert got == pytest.approx(dict(published), rel=1e-5)
-        cut += len(table.rows.get(row_id, {})) > len(published)
-    assert cut > 0  # some rows had more entries than they publish
-    # and "history" sums only those: one user's feature from the published entries by hand
-    user = int(data.user[0])
-    st = model.states[user]
-    f = model.features(st, int(data.ts[-1]))
-    taken = {ids[t] for t in np.flatnonzero(seen.contains_many(st.seen_filter, model.cs.seen_pos))}
-    h = np.zeros(len(ids))
-    for r, row_id in enumerate(ids):
-        h[r] = sum(w for nb, w in table.history_row(row_id) if nb in taken)
-    h /= np.maximum(model.cs.cf_count, 1.0) ** settings.history_beta
+    """The "history" feature sums only the cooc_history_top_n strongest entries of each
+    candidate's row (what the item side publishes) over the items in the user's filter,
+    / count ** history_beta, scaled by the user's maximum (history_alpha 0: raw weights)."""
+    data, model = _replayed(["cooc_history_top_n=3", "history_alpha=0"])
+    cat, p = model.cat, model.params
+    assert any(len(row.nb) > 3 for row in model.side.rows.values())
+    u = int(data.user[0])
+    st = replay_states(model, [u])[u]
+    users = scoring.resolve_users(cat, [st], p.score)
+    sc = scoring.score(cat, users, Pairs.whole(1, cat.live_rows()), int(data.ts[-1]), p.score,
+                       top_n=p.cooc.top_n, history_top_n=p.cooc.history_top_n)  # fmt: skip
+    h = np.zeros(data.n_items)
+    for r in range(data.n_items):
+        row = model.side.rows.get(int(cat.hashes[r]))
+        if row is None:
+            continue
+        for e in np.lexsort((row.nb, -row.w))[:3]:
+            if seen.contains(st.seen_filter, cat.ids[cat.row_of[int(row.nb[e])]]):
+                h[r] += float(row.w[e])
+    h /= np.maximum(np.bincount(data.item, minlength=data.n_items), 1.0) ** p.score.history_beta
     assert h.max() > 0
-    np.testing.assert_allclose(f[:, FEATURES.index("history")], h / h.max(), rtol=1e-4, atol=1e-6)
+    got = sc.features[:, FEATURES.index("history")]
+    np.testing.assert_allclose(got, h / h.max(), rtol=1e-4, atol=1e-6)
+
+
+def test_list_ranks_count_only_what_the_list_shows() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    cand = np.ones(5, dtype=bool)
+    # the model lists items 0, 3 (diversified past 1 and 2)
+    assert list_ranks([0, 3], scores, cand, [3, 1, 4]) == [1, 2, 4]
+
+
+def test_ild_is_the_mean_pairwise_distance_of_a_list() -> None:
+    v = np.array([[1, 0, 0], [0, 1, 0], [1 / np.sqrt(2), 1 / np.sqrt(2), 0]])
+    acc = Accumulator(3, 3, v)
+    acc.add([0], [], [0, 1, 2])
+    # 1 - mean cosine of the pairs: (0 + 0.7071 + 0.7071) / 3
+    assert acc.result()["ILD@3"] == pytest.approx(1 - 2 * np.sqrt(0.5) / 3, rel=1e-6)
+    assert "ILD@3" not in Accumulator(3, 3).result()
+
+
+def test_the_harness_measures_diversified_lists() -> None:
+    """With diversity on, the harness ranks the targets by the lists the step shows, and
+    those lists are further apart (ILD@10) than the score order's."""
+    rng = np.random.default_rng(5)
+    n_items, rows = 60, []
+    for u in range(40):
+        for j, i in enumerate(rng.choice(n_items, 12, replace=False)):
+            rows.append((f"u{u}", f"i{i}", float(1_700_000_000 + 60 * j + u), "like", np.nan))
+    data = build(rows)
+    # clusters of near-copies: 6 directions, 10 items around each
+    centres = rng.normal(size=(6, 8))
+    vec = np.stack([centres[k % 6] + 0.05 * rng.normal(size=8) for k in range(data.n_items)])
+    vec = (vec / np.linalg.norm(vec, axis=1, keepdims=True)).astype(np.float32)
+    out = {}
+    for lam in (0.0, 0.7):
+        model = OnlineRecstream(data, ranking_settings([f"diversity={lam}"]), vec)
+        np.testing.assert_allclose(model.item_vectors(), vec, atol=1e-6)  # the CLI's ILD vectors
+        out[lam] = prequential(data, [model], k=10, progress=False, item_vectors=vec)["recstream"]
+    assert out[0.7]["ILD@10"] > out[0.0]["ILD@10"] + 0.05
+    assert 0 < out[0.7]["HR@10"] <= 1 and out[0.7]["n"] == out[0.0]["n"]

@@ -1,5 +1,5 @@
 """Item store (ranking/store/base.py) on each embedded backend (the Qdrant engine in-process and
-qdrant-client's local mode), and the Recommender on it with real text vectors.
+qdrant-client's local mode), and the online model over real text vectors.
 
 pytest-asyncio is not a dependency: each test runs its scenario with ``asyncio.run``.
 """
@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from recstream.ranking import store as stores
-from recstream.ranking.features import FEATURES, ScoreParams
-from recstream.ranking.recommender import Recommender
-from recstream.ranking.state import UserState, apply_event
+from recstream.ranking.catalog import Catalog
+from recstream.ranking.item_side import ItemRow
+from recstream.ranking.params import model_params
+from recstream.ranking.scoring import FEATURES, ScoreParams
+from recstream.ranking.settings import RankingSettings
+from recstream.ranking.step import Event, OnlineModel
 from recstream.ranking.store import (
     NO_TREND,
     ItemRecord,
@@ -27,6 +31,7 @@ from recstream.ranking.store import (
     trend_after,
 )
 from recstream.ranking.store.client import QdrantStore
+from recstream.ranking.user_state import UserState, item_hash
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -286,67 +291,40 @@ def catalog_vectors(text_encoder: Any) -> dict[str, np.ndarray]:
     return dict(zip(ids, vecs, strict=True))
 
 
-def test_recommender_on_real_text_vectors(
-    catalog_vectors: dict[str, np.ndarray], weights: dict[str, float], backend: str
+def test_online_model_on_real_text_vectors(
+    catalog_vectors: dict[str, np.ndarray], weights: dict[str, float]
 ) -> None:
-    async def scenario(store: ItemStore) -> None:
-        await store.upsert(
-            [
-                ItemRecord(
-                    item_id=i,
-                    vectors={"text": catalog_vectors[i]},
-                    title=t,
-                    tags=(tag,),
-                    published_at=NOW - 30 * HOUR,
-                )
-                for i, (t, tag) in CATALOG.items()
-            ]
-        )
-        # some popularity elsewhere, so similarity has something to beat
-        await store.set_trends(
-            {
-                "ball-1": trend_after(NO_TREND, 20.0, NOW - HOUR, H),
-                "space-1": trend_after(NO_TREND, 5.0, NOW - HOUR, H),
-            }
-        )
-        await store.delete(["cook-5"])  # withdrawn from the catalog
-
-        state = UserState()
-        for n, (item_id, etype) in enumerate(
-            [("cook-1", "like"), ("ball-2", "view"), ("cook-2", "like"), ("ball-3", "dislike")]
-        ):
-            state = apply_event(
-                state,
-                item_id=item_id,
-                item_title=CATALOG[item_id][0],
-                item_vectors={"text": catalog_vectors[item_id]},
-                event_type=etype,
-                ts=NOW - (10 - n) * 60_000,
-                value=None,
-                weights=weights,
-                half_life_ms=72 * HOUR,
-            )
-        assert state.excluded() == {"cook-1", "cook-2", "ball-2", "ball-3"}
-        recommender = Recommender(
-            store, RANK, dims={"text": 384}, seen_filter_bits=6144, clock=lambda: NOW
-        )
-        assert set(recommender.seed_ids(state)) == {"cook-1", "cook-2", "ball-2"}  # a view is +
-        out = await recommender.recommend(state, 20)
-        got = [r.item_id for r in out]
-        assert set(got[:2]) == {"cook-3", "cook-4"}, out
-        assert not set(got) & (state.excluded() | {"cook-5"})
-        assert set(got) == set(CATALOG) - state.excluded() - {"cook-5"}  # the rest, once each
-        # explained by the liked cooking items, not by the football item also viewed
-        cooking = {f"because you liked \u201c{CATALOG[i][0]}\u201d" for i in ("cook-1", "cook-2")}
-        assert out[0].reason in cooking and out[1].reason in cooking
-        assert [r.score for r in out] == sorted((r.score for r in out), reverse=True)
-
-        top3 = await recommender.recommend(state, 3)
-        assert [r.item_id for r in top3] == got[:3]
-
-        cold = await recommender.recommend(UserState(), 5)
-        assert len(cold) == 5
-        assert cold[0].item_id == "ball-1" and cold[0].reason == "trending now"
-        assert "cook-5" not in {r.item_id for r in cold}
-
-    with_store(scenario, backend, dims={"text": 384})
+    """The online step (ranking/step.py) over a catalog of real MiniLM vectors: a user who
+    liked two cooking items gets the other cooking items first, explained by them."""
+    cat = Catalog({"text": 384})
+    for i, (t, tag) in CATALOG.items():
+        cat.upsert(i, {"text": catalog_vectors[i]}, title=t, tags=(tag,),
+                   published_at=NOW - 30 * HOUR)  # fmt: skip
+    # some popularity elsewhere, so similarity has something to beat
+    for i, w in (("ball-1", 20.0), ("space-1", 5.0)):
+        cat.set_side(item_hash(i), ItemRow(trend=trend_after(NO_TREND, w, NOW - HOUR, H)))
+    cat.delete("cook-5")  # withdrawn from the catalog
+    params = replace(model_params(RankingSettings()), score=RANK)
+    model = OnlineModel(cat, params)
+    state = UserState()
+    for n, (item_id, etype) in enumerate(
+        [("cook-1", "like"), ("ball-2", "view"), ("cook-2", "like"), ("ball-3", "dislike")]
+    ):
+        res = model.step([Event("u", item_id, etype, NOW - (10 - n) * 60_000)], [state], NOW)
+        state = res.outcomes[0].state
+    taken = {"cook-1", "cook-2", "ball-2", "ball-3"}
+    assert {int(h) for h in state.excluded()} == {item_hash(i) for i in taken}
+    (out,) = model.recommend([state], [20], NOW)
+    got = [cat.ids[int(r)] for r in out.rows]
+    assert set(got[:2]) == {"cook-3", "cook-4"}, got
+    assert set(got) == set(CATALOG) - taken - {"cook-5"}  # the rest, once each
+    # explained by the liked cooking items, not by the football item also viewed
+    cooking = {f"because you liked \u201c{CATALOG[i][0]}\u201d" for i in ("cook-1", "cook-2")}
+    assert out.reasons[0] in cooking and out.reasons[1] in cooking
+    assert list(out.scores) == sorted(out.scores, reverse=True)
+    (top3,) = model.recommend([state], [3], NOW)
+    assert [cat.ids[int(r)] for r in top3.rows] == got[:3]
+    (cold,) = model.recommend([UserState()], [5], NOW)
+    assert len(cold.rows) == 5
+    assert cat.ids[int(cold.rows[0])] == "ball-1" and cold.reasons[0] == "trending now"
+    assert "cook-5" not in {cat.ids[int(r)] for r in cold.rows}

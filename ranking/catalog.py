@@ -1,0 +1,357 @@
+"""The catalog a ranking process holds whole: items as integer rows, one matrix per modality.
+
+Every ranking worker builds the same catalog from two compacted topics (the Kafka Streams
+GlobalKTable pattern, streams/catalog_reader.py): the encoded items (vectors, metadata and
+content neighbours, from the encoding stage) and the item side (each item's popularity,
+count and co-occurrence row, ranking/item_side.py). ``recstream evaluate`` builds it from the
+dataset and feeds it the item side in-process. Ranking reads it with array operations only.
+
+Rows never move: an item keeps its row for the life of the process (a deleted item's row is
+marked dead; publishing it again revives it). Items are found by their 64-bit hashes
+(ranking.user_state.item_hash); a neighbour not (yet) in the catalog is skipped where it is
+read. The item side's rows are kept in fixed-width slots (``top`` entries, strongest first)
+allocated to items that have one; with at most ``dense_limit`` items a transposed dense copy
+of the "history" weights lets a whole-catalog scoring sum a user's taken columns instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recstream.ranking import kernels
+from recstream.ranking import seen as bloom
+from recstream.ranking.item_side import NO_TREND, CoocParams, ItemRow
+from recstream.ranking.user_state import item_digest
+
+
+@dataclass(frozen=True)
+class CatalogParams:
+    seen_bits: int = 6144  # the users' Bloom filter size (their positions are kept per row)
+    content_k: int = 20  # content neighbours kept per item
+    dense_limit: int = 4096  # catalogs up to this many rows also keep the dense history matrix
+    list_size: int = 200  # trending and fresh rows kept ready (candidates over-fetch them)
+
+
+def _grow(a: np.ndarray, n: int, fill: float | int = 0) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class Catalog:
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        cooc: CoocParams | None = None,
+        params: CatalogParams | None = None,
+        capacity: int = 1024,
+    ) -> None:
+        self.dims = dict(dims)
+        self.cooc = cooc = cooc or CoocParams()
+        self.params = params = params or CatalogParams()
+        self.n = 0  # rows in use
+        cap = max(capacity, 16)
+        self.ids: list[str] = []
+        self.titles: list[str | None] = []
+        self.tags: list[tuple[str, ...]] = []
+        self.hashes = np.zeros(cap, np.uint64)
+        self.row_of: dict[int, int] = {}
+        self.bloom_pos = np.zeros((cap, bloom.N_HASHES), np.int64)  # for params.seen_bits
+        # Per modality, only the items that have it hold a vector: the matrix vec[m] is
+        # compact, midx[i, row] the row's index into modality i's matrix (-1: none).
+        self.modalities = list(self.dims)
+        self.vec = {m: np.zeros((16, d), np.float32) for m, d in self.dims.items()}
+        self.n_vec = {m: 0 for m in self.dims}
+        self.midx = np.full((len(self.dims), cap), -1, np.int64)
+        self.published_at = np.full(cap, np.nan)
+        self.live = np.zeros(cap, bool)
+        self.trend = np.full(cap, NO_TREND)
+        self.count = np.zeros(cap, np.float64)
+        # content neighbours (hashes, resolved when read) and their cosines, best first
+        k = params.content_k
+        self.cn = np.zeros((cap, k), np.uint64)
+        self.cn_sim = np.zeros((cap, k), np.float32)
+        self.cn_len = np.zeros(cap, np.int32)
+        # item side, published: slot per row (-1: none), each slot `top` entries
+        self.top = max(cooc.top_n, cooc.history_top_n)
+        self.slot = np.full(cap, -1, np.int32)
+        self.nb = np.zeros((0, self.top), np.int32)  # neighbour rows, strongest first
+        self.nb_w = np.zeros((0, self.top), np.float32)  # raw co-occurrence weights
+        self.nb_len = np.zeros(0, np.int32)
+        self.n_slots = 0
+        self.dense_hist: np.ndarray | None = (
+            np.zeros((cap, cap), np.float32) if cap <= params.dense_limit else None
+        )
+        # item-side rows that arrived before their item: applied when it does
+        self._pending_side: dict[int, ItemRow] = {}
+        # the hashes sorted, for lookups in arrays, and those of rows added since (sorted too)
+        self._sorted_h = np.zeros(0, np.uint64)
+        self._sorted_r = np.zeros(0, np.int64)
+        self._new_h = np.zeros(0, np.uint64)
+        self._new_r = np.zeros(0, np.int64)
+        # ready lists: rows by trend (best first) and by publication time (newest first)
+        self.trending = np.zeros(0, np.int32)
+        self.fresh = np.zeros(0, np.int32)
+        self.version = 0  # bumped on every change (caches key on it)
+        # 1 / max(count, 1) ** exponent per row, per exponent (scoring's normalisers), kept
+        # current as counts change
+        self._powers: dict[float, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def capacity(self) -> int:
+        return len(self.hashes)
+
+    # -- identity -----------------------------------------------------------------------------
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """int64 rows of item hashes (-1 where not in the catalog)."""
+        h = np.asarray(hashes, dtype=np.uint64)
+        if len(h) <= 64:  # a user's few items: one dict lookup each beats the array path
+            get = self.row_of.get
+            return np.fromiter((get(x, -1) for x in h.tolist()), np.int64, len(h))
+        out = np.full(len(h), -1, np.int64)
+        for keys, rows in ((self._sorted_h, self._sorted_r), (self._new_h, self._new_r)):
+            if len(keys):
+                at = np.minimum(np.searchsorted(keys, h), len(keys) - 1)
+                hit = (keys[at] == h) & (out < 0)
+                out[hit] = rows[at[hit]]
+        return out
+
+    def _index(self, h: int, row: int) -> None:
+        """Add a new item to the lookup arrays: into the small sorted index of new items, and
+        everything into the main one once that holds more than 1,024."""
+        at = int(np.searchsorted(self._new_h, np.uint64(h)))
+        self._new_h = np.insert(self._new_h, at, np.uint64(h))
+        self._new_r = np.insert(self._new_r, at, row)
+        if len(self._new_h) > 1024:
+            order = np.argsort(self.hashes[: self.n], kind="stable")
+            self._sorted_h = self.hashes[: self.n][order]
+            self._sorted_r = order.astype(np.int64)
+            self._new_h = np.zeros(0, np.uint64)
+            self._new_r = np.zeros(0, np.int64)
+
+    def _ensure(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        cap = max(n, 2 * self.capacity)
+        self.hashes = _grow(self.hashes, cap)
+        self.bloom_pos = _grow(self.bloom_pos, cap)
+        self.vec = {m: _grow(v, cap) for m, v in self.vec.items()}
+        midx = np.full((len(self.modalities), cap), -1, np.int64)
+        midx[:, : self.midx.shape[1]] = self.midx
+        self.midx = midx
+        self.published_at = _grow(self.published_at, cap, np.nan)
+        self.live = _grow(self.live, cap, False)
+        self.trend = _grow(self.trend, cap, NO_TREND)
+        self.count = _grow(self.count, cap)
+        self._powers = {e: np.maximum(self.count, 1.0) ** -e for e in self._powers}
+        self.cn = _grow(self.cn, cap)
+        self.cn_sim = _grow(self.cn_sim, cap)
+        self.cn_len = _grow(self.cn_len, cap)
+        self.slot = _grow(self.slot, cap, -1)
+        if self.dense_hist is not None:
+            if cap > self.params.dense_limit:
+                self.dense_hist = None  # too big: scoring reads the rows instead
+            else:
+                dense = np.zeros((cap, cap), np.float32)
+                dense[: len(self.dense_hist), : len(self.dense_hist)] = self.dense_hist
+                self.dense_hist = dense
+
+    # -- items --------------------------------------------------------------------------------
+    def upsert(
+        self,
+        item_id: str,
+        vectors: Mapping[str, np.ndarray],
+        *,
+        title: str | None = None,
+        tags: Sequence[str] = (),
+        published_at: int | None = None,
+        neighbours: Sequence[tuple[str, float]] = (),
+    ) -> int:
+        """Add or replace an item; returns its row. Vectors are stored normalised (a zero
+        vector counts as absent); ``neighbours``: its content neighbours (id, cosine), best
+        first (the encoding stage's)."""
+        digest = item_digest(item_id)
+        h = int.from_bytes(digest[:8], "little")
+        row = self.row_of.get(h)
+        if row is None:
+            row = self.n
+            self._ensure(row + 1)
+            self.n += 1
+            self.ids.append(item_id)
+            self.titles.append(title)
+            self.tags.append(tuple(tags))
+            self.hashes[row] = h
+            self.row_of[h] = row
+            self._index(h, row)
+            self.bloom_pos[row] = bloom.digest_positions(digest, self.params.seen_bits)
+        else:
+            self.titles[row] = title
+            self.tags[row] = tuple(tags)
+        for i, m in enumerate(self.modalities):
+            v = vectors.get(m)
+            norm = float(np.linalg.norm(v)) if v is not None else 0.0
+            if v is not None and norm > 1e-9 and len(v) == self.dims[m]:
+                at = int(self.midx[i, row])
+                if at < 0:
+                    at = self.n_vec[m]
+                    if at >= len(self.vec[m]):
+                        self.vec[m] = _grow(self.vec[m], 2 * len(self.vec[m]))
+                    self.n_vec[m] += 1
+                    self.midx[i, row] = at
+                self.vec[m][at] = np.asarray(v, np.float32) / np.float32(norm)
+            else:
+                self.midx[i, row] = -1  # its old vector, if any, stays unused
+        self.published_at[row] = np.nan if published_at is None else float(published_at)
+        nbs = list(neighbours)[: self.params.content_k]
+        self.cn_len[row] = len(nbs)
+        if nbs:
+            self.cn[row, : len(nbs)] = [
+                int.from_bytes(item_digest(i)[:8], "little") for i, _ in nbs
+            ]
+            self.cn_sim[row, : len(nbs)] = [s for _, s in nbs]
+        revived = not self.live[row] and self.trend[row] > NO_TREND / 2
+        self.live[row] = True
+        if revived:
+            self._on_trend(row)
+        pending = self._pending_side.pop(h, None)
+        if pending is not None:
+            self.set_side(h, pending)
+        self._on_fresh(row)
+        self.version += 1
+        return row
+
+    def delete(self, item_id: str) -> None:
+        row = self.row_of.get(int.from_bytes(item_digest(item_id)[:8], "little"))
+        if row is not None and self.live[row]:
+            self.live[row] = False
+            self.trending = self.trending[self.trending != row]
+            self.fresh = self.fresh[self.fresh != row]
+            self.version += 1
+
+    # -- the item side ------------------------------------------------------------------------
+    def set_side(self, item: int, side: ItemRow) -> None:
+        """An item's published side: trend, count and its strongest ``top`` neighbours (the
+        ``top_n`` first feed "cf" and collaborative candidates, the ``history_top_n`` first
+        "history", where scoring weighs each by 1 / count(neighbour) ** history_alpha with the
+        counts known then: the result does not depend on the order rows are published in)."""
+        row = self.row_of.get(item)
+        if row is None:
+            self._pending_side[item] = side
+            return
+        if side.trend != self.trend[row]:
+            self.trend[row] = side.trend
+            self._on_trend(row)
+        if side.count != self.count[row]:
+            self.count[row] = side.count
+            c = max(side.count, 1.0)
+            for e, arr in self._powers.items():
+                arr[row] = c**-e
+        if len(side.nb) == 0 and self.slot[row] < 0:
+            self.version += 1
+            return
+        s = int(self.slot[row])
+        if s >= 0 and self.dense_hist is not None:  # the entries it published before
+            old = self.nb[s, : min(int(self.nb_len[s]), self.cooc.history_top_n)]
+            self.dense_hist[old, row] = 0.0
+        if s < 0:
+            s = self.n_slots
+            if s >= len(self.nb):
+                cap = max(16, 2 * len(self.nb))
+                self.nb = _grow(self.nb, cap)
+                self.nb_w = _grow(self.nb_w, cap)
+                self.nb_len = _grow(self.nb_len, cap)
+            self.n_slots += 1
+            self.slot[row] = s
+        m = kernels.publish_row(
+            side.nb, side.w, self.top, self._sorted_h, self._sorted_r, self._new_h,
+            self._new_r, self.nb[s], self.nb_w[s],
+        )  # fmt: skip
+        self.nb_len[s] = m
+        if self.dense_hist is not None:
+            h = min(m, self.cooc.history_top_n)
+            self.dense_hist[self.nb[s, :h], row] = self.nb_w[s, :h]
+        self.version += 1
+
+    def count_powers(self, *exponents: float) -> tuple[np.ndarray, ...]:
+        """Per exponent e, float64[capacity] 1 / max(count, 1) ** e (kept current)."""
+        out = []
+        for e in exponents:
+            arr = self._powers.get(e)
+            if arr is None or len(arr) != self.capacity:
+                arr = self._powers[e] = np.maximum(self.count, 1.0) ** -e
+            out.append(arr)
+        return tuple(out)
+
+    def neighbours(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row's first ``n`` published neighbours (rows) and raw weights, strongest first."""
+        s = int(self.slot[row])
+        if s < 0:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        m = min(int(self.nb_len[s]), n)
+        return self.nb[s, :m], self.nb_w[s, :m]
+
+    def content_neighbours(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(owner index into ``rows``, neighbour row, cosine) of the rows' content neighbours
+        that are in the catalog."""
+        rows = np.asarray(rows, np.int64)
+        lens = self.cn_len[rows]
+        if not lens.any():
+            return np.zeros(0, np.intp), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        mask = np.arange(self.params.content_k)[None, :] < lens[:, None]
+        owner = np.nonzero(mask)[0]
+        nbr = self.rows_of(self.cn[rows][mask])
+        sims = self.cn_sim[rows][mask]
+        ok = nbr >= 0
+        return owner[ok], nbr[ok], sims[ok]
+
+    # -- ready lists --------------------------------------------------------------------------
+    def _on_trend(self, row: int) -> None:
+        """Keep ``trending`` the best ``list_size`` live rows by trend. Trends only grow when
+        written and decay alike, so an item can only move up, and only when it is written."""
+        if not self.live[row]:
+            return
+        size = self.params.list_size
+        t = self.trending[self.trending != row]
+        if len(t) >= size and self.trend[row] <= self.trend[t[-1]]:
+            self.trending = t
+            return
+        at = int(np.searchsorted(-self.trend[t], -self.trend[row], side="right"))
+        self.trending = np.insert(t, at, row)[:size].astype(np.int32)
+
+    def _on_fresh(self, row: int) -> None:
+        size = self.params.list_size
+        f = self.fresh[self.fresh != row]
+        p = self.published_at[row]
+        if np.isnan(p) or (len(f) >= size and p <= self.published_at[f[-1]]):
+            self.fresh = f
+            return
+        at = int(np.searchsorted(-self.published_at[f], -p, side="right"))
+        self.fresh = np.insert(f, at, row)[:size].astype(np.int32)
+
+    def has(self, m: str, rows: np.ndarray) -> np.ndarray:
+        """bool: which rows have a vector in modality m."""
+        return self.midx[self.modalities.index(m)][rows] >= 0
+
+    def vectors(self, row: int) -> dict[str, np.ndarray]:
+        """The row's unit vectors by modality."""
+        out = {}
+        for i, m in enumerate(self.modalities):
+            at = int(self.midx[i, row])
+            if at >= 0:
+                out[m] = self.vec[m][at]
+        return out
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.live[: self.n])
+
+    def popularity_now(self, rows: np.ndarray, now_ms: int, half_life_ms: float) -> np.ndarray:
+        """The rows' current decayed popularity, from their log-space trend."""
+        k = math.log(2) / half_life_ms
+        return np.exp(np.minimum(self.trend[rows] - now_ms * k, 700.0))

@@ -1,0 +1,402 @@
+"""Compiled loops (numba) for the few places where numpy would need many small calls or a
+gathered copy of the catalog: dot products of catalog rows with users' vectors, and Bloom
+filter tests of catalog rows. Compiled once per machine into numba's cache (``cache=True``).
+
+Each has the obvious numpy definition in its docstring; tests/unit/test_kernels.py holds
+them to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, fastmath=True)
+def dots_first_rows(mat: np.ndarray, n: int, vecs: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """float32[k, n]: ``vecs @ mat[:n].T``, reading each row once for all k vectors."""
+    k, d = vecs.shape
+    out = np.empty((k, n), np.float32)
+    for r in range(n):
+        row = mat[r]
+        for j in range(k):
+            v = vecs[j]
+            acc = np.float32(0.0)
+            for x in range(d):
+                acc += row[x] * v[x]
+            out[j, r] = acc
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def dots_pairs(
+    mat: np.ndarray, rows: np.ndarray, vecs: np.ndarray, which: np.ndarray
+) -> np.ndarray:  # pragma: no cover
+    """float32[P]: ``(mat[rows] * vecs[which]).sum(1)``, without the gathered copies."""
+    p_n = len(rows)
+    d = mat.shape[1]
+    out = np.empty(p_n, np.float32)
+    for p in range(p_n):
+        row = mat[rows[p]]
+        v = vecs[which[p]]
+        acc = np.float32(0.0)
+        for x in range(d):
+            acc += row[x] * v[x]
+        out[p] = acc
+    return out
+
+
+@njit(cache=True)
+def bloom_rows(
+    flags: np.ndarray, pos: np.ndarray, rows: np.ndarray
+) -> np.ndarray:  # pragma: no cover
+    """bool[len(rows)]: whether every Bloom position of each row is set,
+    ``flags[pos[rows]].all(1)``."""
+    out = np.empty(len(rows), np.bool_)
+    h = pos.shape[1]
+    for i in range(len(rows)):
+        p = pos[rows[i]]
+        ok = True
+        for j in range(h):
+            if not flags[p[j]]:
+                ok = False
+                break
+        out[i] = ok
+    return out
+
+
+@njit(cache=True)
+def bloom_first_rows(flags: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover
+    """int64 indices of the first n rows whose Bloom positions are all set."""
+    out = np.empty(n, np.int64)
+    m = 0
+    h = pos.shape[1]
+    for r in range(n):
+        p = pos[r]
+        ok = True
+        for j in range(h):
+            if not flags[p[j]]:
+                ok = False
+                break
+        if ok:
+            out[m] = r
+            m += 1
+    return out[:m]
+
+
+@njit(cache=True)
+def column_sums(dense: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover
+    """float64[n]: ``dense[cols, :n].sum(0)`` (the rows ``cols`` of a row-major matrix)."""
+    out = np.zeros(n, np.float64)
+    for c in cols:
+        row = dense[c]
+        for r in range(n):
+            out[r] += row[r]
+    return out
+
+
+@njit(cache=True)
+def _find(r: np.ndarray, lo: int, hi: int, row: int) -> int:  # pragma: no cover
+    """Index of ``row`` in the sorted r[lo:hi], or -1."""
+    a, b = lo, hi
+    while a < b:
+        mid = (a + b) // 2
+        if r[mid] < row:
+            a = mid + 1
+        else:
+            b = mid
+    return a if a < hi and r[a] == row else -1
+
+
+@njit(cache=True)
+def _in_filter(flags: np.ndarray, b: int, pos: np.ndarray, row: int) -> bool:  # pragma: no cover
+    for j in range(pos.shape[1]):
+        if not flags[b, pos[row, j]]:
+            return False
+    return True
+
+
+# no "nnan"/"ninf": items without a publication time are NaN, excluded pairs -inf
+@njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def score_pairs(
+    vecs,
+    midx,
+    mw,  # catalog: tuple of float32[n_m, d_m] unit rows, int64[M, cap] (-1: none)
+    inv_cf,
+    inv_hist,
+    trend,
+    pub,  # float64[cap]: 1 / max(count, 1) ** cf_beta, ** history_beta
+    slot,
+    nb,
+    nb_w,
+    inv_alpha,  # float64[cap]: 1 / max(count, 1) ** history_alpha (a neighbour's weight)
+    nb_len,  # the item side's published rows
+    bloom_pos,
+    dense,
+    use_dense,
+    n_cat,  # int64[cap, H]; float32[cap, cap] "history" (transposed)
+    interests,
+    ihas,  # tuple of float32[B, d_m] unit long-term interests, bool[M, B]
+    seed_start,
+    seed_row,
+    seed_a,  # the users' seeds (latest positive items), by user
+    flags,
+    fhas,  # bool[B, bits] seen filters, bool[B]
+    ex_start,
+    ex_row,  # the users' exact exclusions, by user
+    weights,  # float32[B, F]
+    u,
+    r,
+    start,  # the pairs: user, row (sorted within a user), int64[B + 1]
+    inv_seed,
+    now,
+    trend_k,
+    fresh_k,
+    top_n,
+    hist_n,  # inv_seed: 1 / max(count, 1) ** cf_alpha
+):  # pragma: no cover
+    """The features (raw and scaled), scores and divisors of ranking.scoring, over the pairs
+    (see its module doc; tests/unit/test_kernels.py checks it against plain Python). Returns
+    raw float32[P, 6], scaled float32[P, 6], scores float64[P] (excluded: -inf), the users'
+    divisors float32[B, 6] and, per pair, the seed (index into seed_row) contributing most to
+    its cf (-1: none)."""
+    n_mod = len(vecs)
+    n_users = len(start) - 1
+    n_pairs = len(r)
+    raw = np.zeros((n_pairs, 6), np.float32)
+    feats = np.zeros((n_pairs, 6), np.float32)
+    scores = np.zeros(n_pairs, np.float64)
+    scales = np.ones((n_users, 6), np.float32)
+    best_seed = np.full(n_pairs, -1, np.int64)
+    best_term = np.zeros(n_pairs, np.float64)
+    for b in range(n_users):
+        lo, hi = start[b], start[b + 1]
+        if hi == lo:
+            continue
+        s0, s1 = seed_start[b], seed_start[b + 1]
+        # content and recent: cosines with the long- and short-term interests
+        for m in range(n_mod):
+            mat = vecs[m]
+            d = mat.shape[1]
+            wm = mw[m]
+            short = np.zeros(d, np.float32)
+            any_short = False
+            for s in range(s0, s1):
+                si = midx[m, seed_row[s]]
+                if si >= 0:
+                    any_short = True
+                    a = np.float32(seed_a[s])
+                    for x in range(d):
+                        short[x] += a * mat[si, x]
+            if any_short:
+                norm = np.float32(0.0)
+                for x in range(d):
+                    norm += short[x] * short[x]
+                norm = np.sqrt(norm)
+                if norm > 1e-9:
+                    for x in range(d):
+                        short[x] /= norm
+                else:
+                    any_short = False
+            long_ok = ihas[m, b]
+            if not long_ok and not any_short:
+                continue
+            iv = interests[m][b]
+            for p in range(lo, hi):
+                vi = midx[m, r[p]]
+                if vi < 0:
+                    continue
+                dl = np.float32(0.0)
+                ds = np.float32(0.0)
+                for x in range(d):
+                    v = mat[vi, x]
+                    dl += v * iv[x]
+                    ds += v * short[x]
+                if long_ok:
+                    raw[p, 0] += wm * dl
+                    feats[p, 0] += wm  # the weight sum so far (divided below)
+                if any_short:
+                    raw[p, 1] += wm * ds
+                    feats[p, 1] += wm
+        for p in range(lo, hi):
+            for j in range(2):
+                if feats[p, j] > 0:
+                    raw[p, j] /= feats[p, j]
+                feats[p, j] = 0.0
+        # cf: the seeds' published neighbours, through a binary search in the user's rows
+        for s in range(s0, s1):
+            sr = seed_row[s]
+            sl = slot[sr]
+            if sl < 0:
+                continue
+            scale = seed_a[s] * inv_seed[sr]
+            m_n = min(nb_len[sl], top_n)
+            for e in range(m_n):
+                p = _find(r, lo, hi, nb[sl, e])
+                if p >= 0:
+                    t = nb_w[sl, e] * scale
+                    raw[p, 2] += t
+                    if t > best_term[p]:
+                        best_term[p] = t
+                        best_seed[p] = s
+        # history: every row the user's filter holds (its column of the transposed rows,
+        # summed over the catalog in one contiguous pass), or the candidates' own rows
+        if fhas[b]:
+            # the dense pass costs the catalog's rows, the row pass each pair's entries
+            if use_dense and (hi - lo) * hist_n > 4 * n_cat:
+                hsum = np.zeros(n_cat, np.float32)
+                for t in range(n_cat):
+                    if _in_filter(flags, b, bloom_pos, t):
+                        col = dense[t]
+                        ia = np.float32(inv_alpha[t])
+                        for x in range(n_cat):
+                            hsum[x] += col[x] * ia
+                for p in range(lo, hi):
+                    raw[p, 5] = hsum[r[p]]
+            else:
+                for p in range(lo, hi):
+                    sl = slot[r[p]]
+                    if sl < 0:
+                        continue
+                    acc = 0.0
+                    for e in range(min(nb_len[sl], hist_n)):
+                        t = nb[sl, e]
+                        if _in_filter(flags, b, bloom_pos, t):
+                            acc += nb_w[sl, e] * inv_alpha[t]
+                    raw[p, 5] = acc
+        mx2 = 0.0
+        mx3 = 0.0
+        mx5 = 0.0
+        for p in range(lo, hi):
+            row = r[p]
+            raw[p, 2] = raw[p, 2] * inv_cf[row]
+            x = trend[row] - now * trend_k
+            # softplus, stable: log(1 + e^x) = max(x, 0) + log1p(e^-|x|)
+            ax = x if x > 0.0 else -x
+            raw[p, 3] = (x if x > 0.0 else 0.0) + np.log1p(np.exp(-ax))
+            if not np.isnan(pub[row]):
+                age = now - pub[row]
+                raw[p, 4] = np.exp(-(age if age > 0.0 else 0.0) * fresh_k)
+            raw[p, 5] = raw[p, 5] * inv_hist[row]
+            mx2 = max(mx2, raw[p, 2])
+            mx3 = max(mx3, raw[p, 3])
+            mx5 = max(mx5, raw[p, 5])
+        if mx2 > 0:
+            scales[b, 2] = mx2
+        if mx3 > 0:
+            scales[b, 3] = mx3
+        if mx5 > 0:
+            scales[b, 5] = mx5
+        w = weights[b]
+        for p in range(lo, hi):
+            acc = 0.0
+            for j in range(6):
+                feats[p, j] = raw[p, j] / scales[b, j]
+                acc += feats[p, j] * w[j]
+            scores[p] = acc
+            if fhas[b] and _in_filter(flags, b, bloom_pos, r[p]):
+                scores[p] = -np.inf
+        for x in range(ex_start[b], ex_start[b + 1]):
+            p = _find(r, lo, hi, ex_row[x])
+            if p >= 0:
+                scores[p] = -np.inf
+    return raw, feats, scores, scales, best_seed
+
+
+@njit(cache=True)
+def top_pairs(scores, hashes, r, start, ks):  # pragma: no cover
+    """Each user's ks[b] best finite-score pairs, best first, ties by the row's item hash:
+    indices into the pairs (-1 padded), int64[B, max(ks)]."""
+    n_users = len(start) - 1
+    kmax = 0
+    for b in range(n_users):
+        kmax = max(kmax, ks[b])
+    out = np.full((n_users, kmax), -1, np.int64)
+    for b in range(n_users):
+        k = ks[b]
+        n = 0
+        for p in range(start[b], start[b + 1]):
+            s = scores[p]
+            if not np.isfinite(s):
+                continue
+            h = hashes[r[p]]
+            # insertion into the sorted top list (score desc, hash asc)
+            j = n
+            while j > 0:
+                q = out[b, j - 1]
+                sq = scores[q]
+                if sq > s or (sq == s and hashes[r[q]] < h):
+                    break
+                if j < k:
+                    out[b, j] = q
+                j -= 1
+            if j < k:
+                out[b, j] = p
+                if n < k:
+                    n += 1
+    return out
+
+
+@njit(cache=True)
+def merge_row(nb, w, add_nb, add_w):  # pragma: no cover
+    """An item-side row (neighbour hashes, sorted, and weights) plus updates (sorted, unique):
+    the weights of neighbours in both are summed. Returns the new (nb, w)."""
+    n, m = len(nb), len(add_nb)
+    out_nb = np.empty(n + m, np.uint64)
+    out_w = np.empty(n + m, np.float32)
+    i = j = k = 0
+    while i < n or j < m:
+        if j >= m or (i < n and nb[i] < add_nb[j]):
+            out_nb[k] = nb[i]
+            out_w[k] = w[i]
+            i += 1
+        elif i >= n or add_nb[j] < nb[i]:
+            out_nb[k] = add_nb[j]
+            out_w[k] = add_w[j]
+            j += 1
+        else:
+            out_nb[k] = nb[i]
+            out_w[k] = w[i] + add_w[j]
+            i += 1
+            j += 1
+        k += 1
+    return out_nb[:k], out_w[:k]
+
+
+@njit(cache=True)
+def _lookup(sorted_h, sorted_r, h):  # pragma: no cover
+    a, b = 0, len(sorted_h)
+    while a < b:
+        mid = (a + b) // 2
+        if sorted_h[mid] < h:
+            a = mid + 1
+        else:
+            b = mid
+    if a < len(sorted_h) and sorted_h[a] == h:
+        return sorted_r[a]
+    return -1
+
+
+@njit(cache=True)
+def publish_row(nb, w, top, sorted_h, sorted_r, new_h, new_r, out_nb, out_w):  # pragma: no cover
+    """An item-side row's published form: its ``top`` strongest entries (ties by neighbour
+    hash), each resolved to a catalog row (through the sorted hash index, then the index of
+    items added since; unknown neighbours skipped), with its raw weight. Returns how many were
+    written."""
+    idx = np.arange(len(w))
+    if len(w) > 2 * top and top > 0:  # only what can be published is sorted
+        thr = -np.partition(-w, top - 1)[top - 1]
+        idx = np.flatnonzero(w >= thr)  # ascending: ties keep nb's order below
+    order = idx[np.argsort(-w[idx], kind="mergesort")]
+    m = 0
+    for e in range(min(top, len(order))):
+        i = order[e]
+        row = _lookup(sorted_h, sorted_r, nb[i])
+        if row < 0:
+            row = _lookup(new_h, new_r, nb[i])
+        if row < 0:
+            continue
+        out_nb[m] = row
+        out_w[m] = w[i]
+        m += 1
+    return m

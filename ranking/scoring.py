@@ -1,0 +1,261 @@
+"""Features and scores of many users' candidates at once, over (user, row) pairs.
+
+A batch of users and their candidate rows is flattened into pairs ``u`` (the user's index in
+the batch) and ``r`` (a catalog row), sorted by user; every feature is an array over the pairs,
+computed with a handful of array operations for the whole batch. Features, each scaled to
+about [0, 1] within a user's candidates so fixed weights mean the same for every user:
+
+  content     cosine of the user's long-term interest and the item, weighted over the
+              modalities both have (RankingSettings.modality_weights)
+  recent      the same with the user's short-term interest: the recency-weighted sum of their
+              latest positive items' vectors
+  cf          co-occurrence with those latest items ("seeds"): each seed's published row entry
+              for the item * the seed's recency weight / count(seed) ** cf_alpha, summed,
+              / count(item) ** cf_beta, divided by the user's maximum
+  popularity  the item's decayed popularity, log-scaled to [0, 1] among the user's candidates
+  freshness   0.5 ** (age / freshness_half_life)
+  history     the item's own published row summed over the neighbours in the user's seen
+              filter (every item they ever took), each entry w / count(neighbour) **
+              history_alpha, / count(item) ** history_beta, divided by the user's maximum
+
+score = features . (prior + the user's learned deltas, ranking.learner).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recstream.ranking import kernels
+from recstream.ranking import seen as bloom
+from recstream.ranking.catalog import Catalog
+from recstream.ranking.user_state import UserState
+
+FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history")
+N_FEATURES = len(FEATURES)
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    prior: tuple[float, ...]  # one weight per FEATURES entry
+    modality_weights: Mapping[str, float]
+    trending_half_life_ms: float
+    freshness_half_life_ms: float
+    cf_alpha: float = 0.5  # co-occurrence / count(seed) ** alpha
+    cf_beta: float = 0.5  # ... / count(candidate) ** beta
+    recency_decay: float = 0.8  # weight of the d-th latest positive item: decay ** (d - 1)
+    recent_window: int = 16  # latest positive items used as seeds
+    history_beta: float = 0.7  # history / count(candidate) ** beta
+    # An anchor was "liked" (reasons) when taken with at least this event weight.
+    liked_weight: float = 0.7
+    # Diversity (ranking.explain.diversify: maximal marginal relevance): 0 ranks by score.
+    diversity: float = 0.0
+    diversity_pool: int = 3
+
+
+@dataclass
+class Users:
+    """What scoring reads of a batch of users, resolved against the catalog once, as the flat
+    arrays the scoring kernel takes (seeds and exclusions grouped by user)."""
+
+    states: list[UserState]
+    interests: tuple[np.ndarray, ...]  # per catalog modality: float32[B, d] unit interests
+    ihas: np.ndarray  # bool[M, B]
+    seed_start: np.ndarray  # int64[B + 1]: user b's seeds are seed_row[seed_start[b]:...]
+    seed_row: np.ndarray  # int64[S]: each seed's catalog row (latest positive items)
+    seed_a: np.ndarray  # float64[S]: its recency weight, decay ** (d - 1)
+    seed_w: np.ndarray  # float32[S]: the weight of the user's event on it (liked or not)
+    ex_start: np.ndarray  # int64[B + 1]
+    ex_row: np.ndarray  # int64[X]: exact exclusions (recent and disliked items)
+    flags: np.ndarray  # bool[B, bits]: seen filters
+    fhas: np.ndarray  # bool[B]: whether a user has one
+    weights: np.ndarray  # float32[B, N_FEATURES]: prior + the user's deltas
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def seed_u(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self)), np.diff(self.seed_start))
+
+    @property
+    def ex_u(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self)), np.diff(self.ex_start))
+
+
+def user_weights(params: ScoreParams, deltas: np.ndarray) -> np.ndarray:
+    """prior + the user's deltas; deltas of another length (a state from before a feature was
+    added) are ignored."""
+    w = np.zeros(N_FEATURES, dtype=np.float32)
+    prior = np.asarray(params.prior, dtype=np.float32)[:N_FEATURES]
+    w[: len(prior)] = prior
+    if len(deltas) == N_FEATURES:
+        w = w + np.asarray(deltas, dtype=np.float32)
+    return w
+
+
+def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams) -> Users:
+    """Seeds (each user's latest positive items in the catalog, newest first, weight decay **
+    (d - 1)), exact exclusions, seen filters and interests of a batch of users."""
+    B = len(states)
+    bits = cat.params.seen_bits
+    interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
+    ihas = np.zeros((len(cat.modalities), B), bool)
+    seed_rows, seed_ws, ex_rows = [], [], []
+    seed_n, ex_n = np.zeros(B, np.int64), np.zeros(B, np.int64)
+    flags = np.zeros((B, bits), bool)
+    fhas = np.zeros(B, bool)
+    weights = np.zeros((B, N_FEATURES), np.float32)
+    for b, st in enumerate(states):
+        for i, m in enumerate(cat.modalities):
+            v = st.interest.get(m)
+            if v is not None and len(v) == cat.dims[m]:
+                n = float(np.linalg.norm(v))
+                if n > 1e-9:
+                    interests[i][b] = v / np.float32(n)
+                    ihas[i, b] = True
+        positive = st.recent_w[::-1] > 0
+        rec = st.recent[::-1][positive][: params.recent_window]
+        rows = cat.rows_of(rec)
+        known = rows >= 0
+        rows = rows[known]
+        seed_rows.append(rows)
+        seed_ws.append(st.recent_w[::-1][positive][: params.recent_window][known])
+        seed_n[b] = len(rows)
+        ex = cat.rows_of(st.excluded())
+        ex = np.sort(ex[ex >= 0])
+        ex_rows.append(ex)
+        ex_n[b] = len(ex)
+        if st.seen_filter and len(st.seen_filter) * 8 == bits:
+            flags[b] = bloom.flags(st.seen_filter)
+            fhas[b] = True
+        weights[b] = user_weights(params, st.weights)
+    seed_start = np.concatenate([[0], np.cumsum(seed_n)])
+    seed_a = np.concatenate(
+        [params.recency_decay ** np.arange(n, dtype=np.float64) for n in seed_n]
+    ) if B else np.zeros(0)  # fmt: skip
+    return Users(
+        list(states),
+        interests,
+        ihas,
+        seed_start,
+        np.concatenate(seed_rows).astype(np.int64) if B else np.zeros(0, np.int64),
+        seed_a,
+        np.concatenate(seed_ws).astype(np.float32) if B else np.zeros(0, np.float32),
+        np.concatenate([[0], np.cumsum(ex_n)]),
+        np.concatenate(ex_rows).astype(np.int64) if B else np.zeros(0, np.int64),
+        flags,
+        fhas,
+        weights,
+    )
+
+
+@dataclass
+class Scored:
+    raw: np.ndarray  # float32[P, N_FEATURES] before the per-user scaling
+    features: np.ndarray  # float32[P, N_FEATURES] scaled
+    scores: np.ndarray  # float64[P], excluded pairs -inf
+    scales: np.ndarray  # float32[B, N_FEATURES]: the users' divisors
+    best_seed: np.ndarray  # int64[P]: the seed contributing most to the pair's cf (-1: none)
+
+
+def score(
+    cat: Catalog,
+    users: Users,
+    pairs: Pairs,
+    now_ms: int,
+    params: ScoreParams,
+    *,
+    top_n: int,
+    history_top_n: int,
+) -> Scored:
+    """Every pair's features and score (the compiled kernels.score_pairs)."""
+    dense = cat.dense_hist
+    inv_seed, inv_cf, inv_hist, inv_alpha = cat.count_powers(
+        params.cf_alpha, params.cf_beta, params.history_beta, cat.cooc.history_alpha
+    )
+    vecs = tuple(cat.vec[m] for m in cat.modalities)
+    midx, interests, ihas = cat.midx, users.interests, users.ihas
+    mw = np.asarray([params.modality_weights.get(m, 1.0) for m in cat.modalities], np.float64)
+    if not vecs:  # a catalog of no modality (collaborative only): one that no item has
+        vecs, interests = (np.zeros((1, 1), np.float32),), (np.zeros((len(users), 1), np.float32),)
+        midx = np.full((1, cat.midx.shape[1]), -1, np.int64)
+        ihas, mw = np.zeros((1, len(users)), bool), np.zeros(1, np.float64)
+    raw, feats, s, scales, best = kernels.score_pairs(
+        vecs, midx, mw,
+        inv_cf, inv_hist, cat.trend, cat.published_at,
+        cat.slot, cat.nb, cat.nb_w, inv_alpha, cat.nb_len,
+        cat.bloom_pos,
+        dense if dense is not None else np.zeros((1, 1), np.float32),
+        dense is not None,
+        len(cat),
+        interests, ihas,
+        users.seed_start, users.seed_row, users.seed_a,
+        users.flags, users.fhas,
+        users.ex_start, users.ex_row,
+        users.weights,
+        pairs.u.astype(np.int64), pairs.r.astype(np.int64), pairs.starts.astype(np.int64),
+        inv_seed,
+        float(now_ms),
+        math.log(2) / params.trending_half_life_ms,
+        math.log(2) / params.freshness_half_life_ms,
+        int(top_n), int(history_top_n),
+    )  # fmt: skip
+    return Scored(raw, feats, s, scales, best)
+
+
+@dataclass
+class Pairs:
+    """Candidate (user, row) pairs of a batch, sorted by user, each user's rows unique."""
+
+    u: np.ndarray  # intp[P]
+    r: np.ndarray  # int64[P]
+    starts: np.ndarray  # intp[B + 1]: user b's pairs are starts[b]:starts[b + 1]
+    full: bool = False  # every user has the same rows (the whole live catalog)
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    @classmethod
+    def build(cls, n_users: int, u: np.ndarray, r: np.ndarray) -> Pairs:
+        key = np.unique(u.astype(np.int64) * (1 << 32) + r.astype(np.int64))
+        uu = (key >> 32).astype(np.intp)
+        rr = key & ((1 << 32) - 1)
+        starts = np.searchsorted(uu, np.arange(n_users + 1))
+        return cls(uu, rr, starts)
+
+    @classmethod
+    def whole(cls, n_users: int, rows: np.ndarray) -> Pairs:
+        n = len(rows)
+        return cls(
+            np.repeat(np.arange(n_users), n),
+            np.tile(rows.astype(np.int64), n_users),
+            np.arange(n_users + 1) * n,
+            full=True,
+        )
+
+    def index(self, u: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The pair index of each (u, r), -1 where it is not a pair."""
+        key = self.u.astype(np.int64) * (1 << 32) + self.r
+        q = u.astype(np.int64) * (1 << 32) + r.astype(np.int64)
+        at = np.minimum(np.searchsorted(key, q), max(len(key) - 1, 0))
+        ok = (len(key) > 0) & (key[at] == q) if len(key) else np.zeros(len(q), bool)
+        return np.where(ok, at, -1)
+
+
+def slot_entries(
+    cat: Catalog, rows: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index into ``rows``, slot, column) of the first ``n`` published entries of each row."""
+    slots = cat.slot[rows]
+    has = np.flatnonzero(slots >= 0)
+    if not len(has):
+        z = np.zeros(0, np.intp)
+        return z, z, z
+    sl = slots[has]
+    lens = np.minimum(cat.nb_len[sl], n)
+    owner, col = np.nonzero(np.arange(n)[None, :] < lens[:, None])
+    return has[owner], sl[owner], col

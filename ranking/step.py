@@ -1,0 +1,295 @@
+"""The online step: recstream's model, run by the stream worker and by ``recstream evaluate``.
+
+``OnlineModel.step`` takes one round of parsed events (distinct users) with their users'
+current states and returns, per event, the new state and the ranked, explained list, plus
+the item-side updates the events cause. ``OnlineModel.recommend`` ranks for users without
+changing them (requests). Pure and synchronous: the Faust handler (streams/handlers.py) is
+parse, read states, step, write states, send; the evaluator (ranking/evaluate/models.py)
+replays a dataset through the same calls.
+
+Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)
+pairs): the candidate rows of each user (the whole catalog while it is small, else the
+co-occurrence and content neighbours of their latest items, trending and fresh items, and the
+event's item); for each positive event of a user with history, the features under the state
+before the event and one pairwise learning step (ranking/learner.py) from where the taken item
+stood among those ranked above it; the state update (ranking/user_state.py); the features
+under the new state, each user's list and its reasons (ranking/explain.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from recstream.ranking import explain, scoring
+from recstream.ranking.catalog import Catalog
+from recstream.ranking.item_side import CoocParams, Update, updates_for_event
+from recstream.ranking.learner import bpr_step
+from recstream.ranking.scoring import Pairs, ScoreParams, Users
+from recstream.ranking.user_state import (
+    StateParams,
+    UserState,
+    apply_event,
+    event_weight,
+    item_digest,
+)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    score: ScoreParams
+    state: StateParams
+    cooc: CoocParams
+    k: int = 10
+    candidate_factor: int = 4  # candidates per source = k * this
+    full_scan_limit: int = 4096  # score the whole catalog while it has at most this many items
+    learning_rate: float = 0.01
+    learning_l2: float = 0.01
+    learning_negatives: int = 5
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    item_id: str
+    type: str
+    ts: int
+    value: float | None = None
+    dedupe_id: str | None = None  # the event_id (or a forwarded copy's origin)
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass
+class Ranked:
+    """A ranked, explained list: catalog rows best first, their scores and reasons."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    reasons: list[str]
+
+    def items(self, cat: Catalog) -> list[tuple[str, float, str]]:
+        return [
+            (cat.ids[int(r)], float(s), why)
+            for r, s, why in zip(self.rows, self.scores, self.reasons, strict=True)
+        ]
+
+
+@dataclass
+class Outcome:
+    status: Literal["applied", "duplicate", "unknown_item"]
+    state: UserState  # the state after the event (the same one for a duplicate)
+    ranked: Ranked | None = None
+
+
+@dataclass
+class StepResult:
+    outcomes: list[Outcome]
+    updates: list[Update] = field(default_factory=list)  # item side, in event order
+
+
+class OnlineModel:
+    def __init__(self, catalog: Catalog, params: ModelParams) -> None:
+        self.cat = catalog
+        self.p = params
+
+    # -- candidates ---------------------------------------------------------------------------
+    def candidates(
+        self, users: Users, extra: Sequence[int | None] = (), ks: Sequence[int] = ()
+    ) -> Pairs:
+        """Each user's candidate rows as pairs. ``extra``: a row to add per user (the item an
+        event is about, so learning sees it) or None."""
+        cat, B = self.cat, len(users)
+        live = cat.live_rows()
+        if len(live) <= self.p.full_scan_limit:
+            return Pairs.whole(B, live)
+        limits = [k * self.p.candidate_factor for k in (ks or [self.p.k] * B)]
+        us: list[tuple[np.ndarray, np.ndarray]] = []
+        # co-occurrence: the seeds' published neighbours, summed seed-weighted
+        seed, sl, col = scoring.slot_entries(cat, users.seed_row, self.p.cooc.top_n)
+        if len(seed):
+            (inv_seed,) = cat.count_powers(self.p.score.cf_alpha)
+            scale = users.seed_a * inv_seed[users.seed_row]
+            nb = cat.nb[sl, col].astype(np.int64)
+            w = cat.nb_w[sl, col] * scale[seed]
+            us.append(self._top_per_user(users.seed_u[seed], nb, w, users, limits))
+        # content: the seeds' content neighbours, by recency weight * cosine
+        owner, nbr, sims = cat.content_neighbours(users.seed_row)
+        if len(owner):
+            us.append(self._top_per_user(users.seed_u[owner], nbr, sims * users.seed_a[owner],
+                                         users, limits))  # fmt: skip
+        # trending and fresh: the same for everyone (excluded ones are dropped when scored)
+        common = np.unique(
+            np.concatenate([cat.trending[: 2 * max(limits)], cat.fresh[: 2 * max(limits)]])
+        )
+        if len(common):
+            us.append((np.repeat(np.arange(B), len(common)), np.tile(common.astype(np.int64), B)))
+        for b, row in enumerate(extra):
+            if row is not None:
+                us.append((np.asarray([b]), np.asarray([row], np.int64)))
+        if not us:
+            return Pairs.build(B, np.zeros(0, np.intp), np.zeros(0, np.int64))
+        u = np.concatenate([x for x, _ in us])
+        r = np.concatenate([y for _, y in us])
+        keep = cat.live[r]
+        return Pairs.build(B, u[keep], r[keep])
+
+    def _top_per_user(
+        self, u: np.ndarray, r: np.ndarray, w: np.ndarray, users: Users, limits: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's ``limit`` rows with the largest summed weight (exact exclusions and dead
+        rows dropped first), ties by row."""
+        key = u.astype(np.int64) * (1 << 32) + r
+        uniq, inv = np.unique(key, return_inverse=True)
+        total = np.bincount(inv, weights=w, minlength=len(uniq))
+        uu, rr = (uniq >> 32).astype(np.intp), uniq & ((1 << 32) - 1)
+        ok = self.cat.live[rr]
+        if len(users.ex_row):
+            xkey = users.ex_u.astype(np.int64) * (1 << 32) + users.ex_row
+            ok &= ~np.isin(uniq, xkey)
+        uu, rr, total = uu[ok], rr[ok], total[ok]
+        order = np.lexsort((rr, -total, uu))
+        uu, rr = uu[order], rr[order]
+        starts = np.searchsorted(uu, np.arange(len(users) + 1))
+        rank = np.arange(len(uu)) - starts[uu]
+        lim = np.asarray(limits)[uu]
+        sel = rank < lim
+        return uu[sel], rr[sel]
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _score(self, users: Users, pairs: Pairs, now_ms: int) -> scoring.Scored:
+        return scoring.score(
+            self.cat, users, pairs, now_ms, self.p.score,
+            top_n=self.p.cooc.top_n, history_top_n=self.p.cooc.history_top_n,
+        )  # fmt: skip
+
+    def _lists(
+        self, users: Users, pairs: Pairs, sc: scoring.Scored, ks: Sequence[int],
+        explained: bool = True,
+    ) -> list[Ranked]:  # fmt: skip
+        listed = explain.pick(self.cat, pairs, sc.scores, ks, self.p.score)
+        flat = np.concatenate(listed) if listed else np.zeros(0, np.intp)
+        if explained:
+            why = explain.reasons(self.cat, users, pairs, sc, flat, self.p.score)
+        else:
+            why = [""] * len(flat)
+        out, at = [], 0
+        for lst in listed:
+            out.append(Ranked(pairs.r[lst], sc.scores[lst], why[at : at + len(lst)]))
+            at += len(lst)
+        return out
+
+    def recommend(
+        self, states: Sequence[UserState], ks: Sequence[int], now_ms: int, explain: bool = True
+    ) -> list[Ranked]:
+        """Lists for users, from their current states (nothing changes); ``explain`` False:
+        without reasons (the evaluator's)."""
+        users = scoring.resolve_users(self.cat, states, self.p.score)
+        pairs = self.candidates(users, ks=ks)
+        return self._lists(users, pairs, self._score(users, pairs, now_ms), ks, explain)
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self, events: Sequence[Event], states: Sequence[UserState], now_ms: int) -> StepResult:
+        """One round: events of distinct users, each with its user's current state."""
+        cat, p = self.cat, self.p
+        outcomes: list[Outcome | None] = [None] * len(events)
+        after: list[UserState] = []
+        before: list[UserState] = []
+        extra: list[int | None] = []
+        index: list[int] = []  # event index of each scored user
+        learners: list[int] = []  # positions in `index` that learn
+        updates: list[Update] = []
+        for n, (ev, st) in enumerate(zip(events, states, strict=True)):
+            if st.is_duplicate(ev.partition, ev.offset, ev.dedupe_id):
+                outcomes[n] = Outcome("duplicate", st)
+                before.append(st)
+                after.append(st)
+                extra.append(None)
+                index.append(n)
+                continue
+            digest = item_digest(ev.item_id)
+            h = int.from_bytes(digest[:8], "little")
+            row = cat.row_of.get(h)
+            if row is None or not cat.live[row]:
+                outcomes[n] = Outcome("unknown_item", st)
+                continue
+            vectors = cat.vectors(row)
+            new = apply_event(
+                st, item=h, item_digest16=digest, item_vectors=vectors, event_type=ev.type,
+                ts=ev.ts, value=ev.value, params=p.state, partition=ev.partition,
+                offset=ev.offset, event_id=ev.dedupe_id,
+            )  # fmt: skip
+            w = event_weight(ev.type, ev.value, p.state.event_weights)
+            if w > 0:
+                updates.extend(updates_for_event(st.recent, st.recent_w, h, w, ev.ts, p.cooc))
+                if p.learning_rate > 0 and st.n_events:
+                    learners.append(len(index))
+            outcomes[n] = Outcome("applied", new)
+            before.append(st)
+            after.append(new)
+            extra.append(row)
+            index.append(n)
+        if not index:
+            return StepResult([o for o in outcomes if o is not None], updates)
+        if learners:
+            self._learn(before, after, learners, extra, now_ms)
+        users_after = scoring.resolve_users(cat, after, p.score)
+        pairs = self.candidates(users_after, extra)
+        sc = self._score(users_after, pairs, now_ms)
+        lists = self._lists(users_after, pairs, sc, [p.k] * len(index))
+        for b, n in enumerate(index):
+            o = outcomes[n]
+            assert o is not None
+            st = after[b]
+            if o.status == "applied":  # what the user is shown now, to learn from next time
+                st.shown = cat.hashes[lists[b].rows].copy()
+                st.scales = sc.scales[b].copy()
+            o.state = st
+            o.ranked = lists[b]
+        return StepResult([o for o in outcomes if o is not None], updates)
+
+    def _learn(
+        self,
+        before: Sequence[UserState],
+        after: list[UserState],
+        learners: Sequence[int],
+        extra: Sequence[int | None],
+        now_ms: int,
+    ) -> None:
+        """One BPR step per learning user: the taken item against the items shown above it in
+        the user's last list (all of them when it was not listed), their features under the
+        state before the event, scaled as that list's were; the new deltas go into the state
+        after it."""
+        p = self.p
+        states = [before[b] for b in learners]
+        users = scoring.resolve_users(self.cat, states, p.score)
+        us, rs, negatives = [], [], []
+        for j, b in enumerate(learners):
+            taken = extra[b]
+            assert taken is not None
+            shown = self.cat.rows_of(states[j].shown)
+            pos = np.flatnonzero(shown == taken)
+            above = shown[: int(pos[0])] if len(pos) else shown
+            above = above[above >= 0][: p.learning_negatives]
+            negatives.append(above)
+            us.append(np.full(len(above) + 1, j, np.intp))
+            rs.append(np.concatenate([[taken], above]).astype(np.int64))
+        pairs = Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs))
+        raw = self._score(users, pairs, now_ms).raw
+        for j, b in enumerate(learners):
+            st = states[j]
+            if not len(negatives[j]) or len(st.scales) != scoring.N_FEATURES:
+                continue
+            lo, hi = int(pairs.starts[j]), int(pairs.starts[j + 1])
+            rows = pairs.r[lo:hi]
+            f = raw[lo:hi] / st.scales
+            taken = int(np.flatnonzero(rows == extra[b])[0])
+            above = np.asarray([int(np.flatnonzero(rows == r)[0]) for r in negatives[j]])
+            deltas = bpr_step(
+                st.weights.tolist(), p.score.prior, f[taken], f[above],
+                p.learning_rate, p.learning_l2,
+            )  # fmt: skip
+            after[b].weights = np.asarray(deltas, np.float32)

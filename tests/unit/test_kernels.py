@@ -1,0 +1,302 @@
+"""The compiled kernels (ranking/kernels.py) against their plain numpy definitions on random
+data, and the scoring kernel (through ranking.scoring.score) against a straightforward
+reference of the six features written out here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from recstream.ranking import kernels, seen
+from recstream.ranking.catalog import Catalog, CatalogParams
+from recstream.ranking.item_side import NO_TREND, CoocParams, ItemRow
+from recstream.ranking.scoring import Pairs, ScoreParams, resolve_users, score
+from recstream.ranking.user_state import StateParams, UserState, apply_event, item_digest, item_hash
+
+HASHES = np.asarray([item_hash(f"h{i}") for i in range(200)], np.uint64)  # half past 2**63
+
+
+def test_dots_first_rows_and_dots_pairs() -> None:
+    rng = np.random.default_rng(0)
+    mat = rng.standard_normal((50, 16)).astype(np.float32)
+    vecs = rng.standard_normal((3, 16)).astype(np.float32)
+    got = kernels.dots_first_rows(mat, 40, vecs)
+    assert got.shape == (3, 40) and got.dtype == np.float32
+    np.testing.assert_allclose(got, vecs @ mat[:40].T, rtol=1e-5, atol=1e-5)
+    rows, which = rng.integers(0, 50, 200), rng.integers(0, 3, 200)
+    got = kernels.dots_pairs(mat, rows, vecs, which)
+    np.testing.assert_allclose(got, (mat[rows] * vecs[which]).sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_bloom_rows_and_bloom_first_rows() -> None:
+    rng = np.random.default_rng(1)
+    flags = rng.random(256) < 0.7
+    pos = rng.integers(0, 256, (80, 4))
+    rows = rng.integers(0, 80, 300)
+    every = flags[pos].all(1)
+    assert 5 < every.sum() < 75  # both outcomes occur
+    assert kernels.bloom_rows(flags, pos, rows).tolist() == every[rows].tolist()
+    assert kernels.bloom_first_rows(flags, pos, 60).tolist() == np.flatnonzero(every[:60]).tolist()
+
+
+def test_column_sums() -> None:
+    rng = np.random.default_rng(2)
+    dense = rng.random((30, 40)).astype(np.float32)
+    cols = rng.integers(0, 30, 25)  # with repeats
+    got = kernels.column_sums(dense, cols, 35)
+    np.testing.assert_allclose(got, dense[cols, :35].astype(np.float64).sum(0), rtol=1e-12)
+    assert kernels.column_sums(dense, cols[:0], 35).tolist() == [0.0] * 35
+
+
+def test_merge_row() -> None:
+    rng = np.random.default_rng(3)
+    for n, m in [(0, 0), (0, 5), (7, 0), (40, 30), (60, 60)]:
+        nb = np.sort(rng.choice(HASHES[:80], n, replace=False))
+        add_nb = np.sort(rng.choice(HASHES[:80], m, replace=False))
+        w = rng.random(n).astype(np.float32)
+        add_w = rng.random(m).astype(np.float32)
+        want: dict[int, np.float32] = dict(zip(nb.tolist(), w, strict=True))
+        for h, x in zip(add_nb.tolist(), add_w, strict=True):
+            want[h] = want[h] + x if h in want else x
+        got_nb, got_w = kernels.merge_row(nb, w, add_nb, add_w)
+        assert got_nb.dtype == np.uint64 and got_w.dtype == np.float32
+        assert got_nb.tolist() == sorted(want)
+        assert got_w.tolist() == [float(want[h]) for h in sorted(want)]
+
+
+def test_top_pairs_best_first_ties_by_hash_without_infinities() -> None:
+    rng = np.random.default_rng(4)
+    sizes, ks = [0, 5, 30, 50, 12], np.asarray([3, 4, 10, 60, 0])
+    r = np.concatenate([np.sort(rng.choice(200, n, replace=False)) for n in sizes])
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    scores = rng.integers(0, 5, len(r)).astype(np.float64)  # many ties
+    scores[rng.random(len(r)) < 0.2] = -np.inf
+    got = kernels.top_pairs(scores, HASHES, r, start, ks)
+    assert got.shape == (5, 60)
+    for b in range(5):
+        ps = [p for p in range(start[b], start[b + 1]) if np.isfinite(scores[p])]
+        want = sorted(ps, key=lambda p: (-scores[p], int(HASHES[r[p]])))[: ks[b]]
+        assert got[b].tolist() == want + [-1] * (60 - len(want))
+    assert (got[3] >= 0).sum() == np.isfinite(scores[start[3] : start[4]]).sum() < 60
+
+
+def test_publish_row() -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.permutation(60)  # the rows of HASHES[:60]; the rest are not in the catalog
+    main = np.argsort(HASHES[:40])
+    new = 40 + np.argsort(HASHES[40:60])
+    nb = np.sort(rng.choice(HASHES[:80], 30, replace=False))
+    w = rng.integers(1, 6, 30).astype(np.float32)  # ties
+    out_nb, out_w = np.zeros(12, np.int32), np.zeros(12, np.float32)
+    m = kernels.publish_row(
+        nb, w, 12, HASHES[main], rows[main], HASHES[new], rows[new], out_nb, out_w
+    )
+    row_of = {int(HASHES[i]): int(rows[i]) for i in range(60)}
+    top = sorted(range(30), key=lambda i: (-w[i], int(nb[i])))[:12]
+    want = [(row_of[int(nb[i])], w[i]) for i in top if int(nb[i]) in row_of]
+    assert 0 < m == len(want) < 12
+    assert out_nb[:m].tolist() == [x for x, _ in want]
+    assert out_w[:m].tolist() == [float(y) for _, y in want]
+    # a row much longer than what it publishes is selected, not sorted whole: the same answer
+    long_nb = np.sort(rng.choice(HASHES[:80], 70, replace=False))
+    long_w = rng.integers(1, 4, 70).astype(np.float32)  # many ties at the threshold
+    for top in (3, 5, 12):
+        out_nb, out_w = np.zeros(top, np.int32), np.zeros(top, np.float32)
+        m = kernels.publish_row(
+            long_nb, long_w, top, HASHES[main], rows[main], HASHES[new], rows[new], out_nb, out_w
+        )
+        first = sorted(range(70), key=lambda i: (-long_w[i], int(long_nb[i])))[:top]
+        want = [(row_of[int(long_nb[i])], long_w[i]) for i in first if int(long_nb[i]) in row_of]
+        assert out_nb[:m].tolist() == [x for x, _ in want]
+        assert out_w[:m].tolist() == [float(y) for _, y in want]
+
+
+# -- the scoring kernel -----------------------------------------------------------------------
+
+NOW = 1_700_000_000_000
+HOUR = 3_600_000
+N, BITS = 300, 512
+DIMS = {"text": 8, "image": 4}
+COOC = CoocParams(top_n=5, history_top_n=8, history_alpha=0.25)  # slots of 8
+TOP = 8
+SP = ScoreParams(
+    prior=(1.0, 0.8, 0.6, 0.4, 0.3, 0.5),
+    modality_weights={"text": 1.0, "image": 0.5},
+    trending_half_life_ms=24 * HOUR,
+    freshness_half_life_ms=72 * HOUR,
+    cf_alpha=0.5,
+    cf_beta=0.3,
+    recency_decay=0.8,
+    recent_window=6,
+    history_beta=0.7,
+)
+WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "skip": -0.5, "dislike": -2.0}
+
+
+@dataclass
+class Item:
+    id: str
+    vecs: dict[str, np.ndarray]  # unit vectors
+    pub: int | None
+    side: ItemRow
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def make_items(rng: np.random.Generator) -> list[Item]:
+    """N items, every fourth without an image, every seventh without a publication time, a
+    few published in the future; rows of up to TOP neighbours, some not in the catalog."""
+    out = []
+    k = math.log(2) / SP.trending_half_life_ms
+    for i in range(N):
+        vecs = {"text": unit(rng.standard_normal(8))}
+        if i % 4:
+            vecs["image"] = unit(rng.standard_normal(4))
+        pub = None if i % 7 == 0 else NOW - int(rng.integers(-HOUR, 200 * HOUR))
+        trend = NO_TREND if i % 5 == 0 else NOW * k + float(rng.normal(0, 2))
+        nbs = rng.choice(N + 20, int(rng.integers(0, TOP + 1)), replace=False)
+        pairs = sorted((item_hash(f"item-{j}"), float(rng.integers(1, 6))) for j in nbs)
+        side = ItemRow(
+            trend,
+            float(rng.integers(0, 30)),
+            np.asarray([h for h, _ in pairs], np.uint64),
+            np.asarray([w for _, w in pairs], np.float32),
+        )
+        out.append(Item(f"item-{i}", vecs, pub, side))
+    return out
+
+
+def build(items: list[Item], dense_limit: int, rng: np.random.Generator) -> Catalog:
+    cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS, dense_limit=dense_limit))
+    for it in items:
+        cat.upsert(it.id, it.vecs, published_at=it.pub)
+        cat.set_side(item_hash(it.id), ItemRow(it.side.trend, it.side.count))
+    for it in items[::3]:  # a stale row first, replaced below
+        stale = np.sort(rng.choice(N, 6, replace=False)).astype(np.uint64)
+        stale_h = np.sort(np.asarray([item_hash(f"item-{j}") for j in stale], np.uint64))
+        cat.set_side(
+            item_hash(it.id), ItemRow(it.side.trend, it.side.count, stale_h, np.ones(6, np.float32))
+        )
+    for it in items:
+        cat.set_side(item_hash(it.id), it.side)
+    return cat
+
+
+def make_users(items: list[Item], rng: np.random.Generator) -> list[UserState]:
+    p = StateParams(event_weights=WEIGHTS, half_life_ms=48 * HOUR, seen_filter_bits=BITS)
+    states = [UserState()]  # nothing yet
+    for n, types in [(1, ["like"]), (15, list(WEIGHTS)), (40, list(WEIGHTS)), (6, ["skip"])]:
+        s, ts = UserState(), NOW - 100 * HOUR
+        for _ in range(n):
+            it = items[int(rng.integers(0, N))]
+            ts += int(rng.integers(0, 2 * HOUR))
+            etype = str(rng.choice(types))
+            s = apply_event(
+                s, item=item_hash(it.id), item_digest16=item_digest(it.id), item_vectors=it.vecs,
+                event_type=etype, ts=ts, value=None, params=p,
+            )  # fmt: skip
+        states.append(s)
+    states[3].weights = np.asarray([0.1, -0.2, 0.3, 0.0, 0.05, -0.1], np.float32)
+    return states
+
+
+def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple:
+    """Raw features, scaled features and scores of the pairs by their definitions, and each
+    pair's cf terms by seed (its index among all the users' seeds)."""
+    row_of = {item_hash(it.id): r for r, it in enumerate(items)}
+    count = [max(it.side.count, 1.0) for it in items]
+    published = []  # per row: its strongest TOP entries in the catalog: (row, w, history w)
+    for it in items:
+        es = sorted(
+            zip(it.side.nb.tolist(), it.side.w.tolist(), strict=True), key=lambda e: (-e[1], e[0])
+        )
+        known = [(row_of[h], w) for h, w in es[:TOP] if h in row_of]
+        published.append([(j, w, w / count[j] ** COOC.history_alpha) for j, w in known])
+    k_tr = math.log(2) / SP.trending_half_life_ms
+    raw, feats = np.zeros((len(pairs), 6)), np.zeros((len(pairs), 6))
+    scores = np.zeros(len(pairs))
+    terms: list[dict[int, float]] = [{} for _ in range(len(pairs))]
+    base = 0  # the user's first seed among all seeds
+    for b, st in enumerate(states):
+        lo, hi = int(pairs.starts[b]), int(pairs.starts[b + 1])
+        newest = zip(st.recent[::-1].tolist(), st.recent_w[::-1].tolist(), strict=True)
+        seeds = [row_of[h] for h, w in newest if w > 0][: SP.recent_window]
+        a = [SP.recency_decay**d for d in range(len(seeds))]
+        long = {m: unit(v) for m, v in st.interest.items() if np.linalg.norm(v) > 1e-9}
+        short = {}
+        for m in DIMS:
+            vs = [a[d] * items[j].vecs[m] for d, j in enumerate(seeds) if m in items[j].vecs]
+            if vs and np.linalg.norm(sum(vs)) > 1e-9:
+                short[m] = unit(sum(vs))
+        taken = [bool(st.seen_filter) and seen.contains(st.seen_filter, it.id) for it in items]
+        for p in range(lo, hi):
+            r = int(pairs.r[p])
+            it = items[r]
+            for f, user in ((0, long), (1, short)):  # weighted mean over the shared modalities
+                both = [m for m in DIMS if m in user and m in it.vecs]
+                den = sum(SP.modality_weights[m] for m in both)
+                num = sum(SP.modality_weights[m] * float(user[m] @ it.vecs[m]) for m in both)
+                raw[p, f] = num / den if den else 0.0
+            for d, s in enumerate(seeds):
+                for j, w, _ in published[s][: COOC.top_n]:
+                    if j == r:
+                        terms[p][base + d] = a[d] * w / count[s] ** SP.cf_alpha
+            raw[p, 2] = sum(terms[p].values()) / count[r] ** SP.cf_beta
+            raw[p, 3] = np.logaddexp(0.0, it.side.trend - NOW * k_tr)  # softplus
+            if it.pub is not None:
+                raw[p, 4] = 0.5 ** (max(NOW - it.pub, 0) / SP.freshness_half_life_ms)
+            hist = [hw for j, _, hw in published[r][: COOC.history_top_n] if taken[j]]
+            raw[p, 5] = sum(hist) / count[r] ** SP.history_beta
+        base += len(seeds)
+        feats[lo:hi] = raw[lo:hi]
+        for f in (2, 3, 5):  # divided by the user's max among their pairs
+            top = raw[lo:hi, f].max(initial=0.0)
+            feats[lo:hi, f] /= top if top > 0 else 1.0
+        w = np.asarray(SP.prior) + (st.weights if len(st.weights) == 6 else 0.0)
+        scores[lo:hi] = feats[lo:hi] @ w
+        for p in range(lo, hi):
+            it = items[int(pairs.r[p])]
+            if st.has_seen(it.id) or item_hash(it.id) in st.disliked.tolist():
+                scores[p] = -np.inf
+    return raw, feats, scores, terms
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "subset"])
+@pytest.mark.parametrize("dense_limit", [4096, 16], ids=["dense", "rows"])
+def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> None:
+    rng = np.random.default_rng(11)
+    items = make_items(rng)
+    states = make_users(items, rng)
+    cat = build(items, dense_limit, rng)
+    assert (cat.dense_hist is None) == (dense_limit == 16)
+    if whole:
+        pairs = Pairs.whole(len(states), cat.live_rows())
+    else:  # a random third of the catalog, and the user's own latest items
+        us = [np.full(100 + len(st.recent), b) for b, st in enumerate(states)]
+        rs = [np.concatenate([rng.integers(0, N, 100), cat.rows_of(st.recent)]) for st in states]
+        pairs = Pairs.build(len(states), np.concatenate(us), np.concatenate(rs))
+    users = resolve_users(cat, states, SP)
+    sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
+    raw, feats, scores, terms = reference(items, states, pairs)
+    assert (raw != 0).any(0).all()  # every feature is exercised
+    np.testing.assert_allclose(sc.raw, raw, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sc.features, feats, rtol=1e-4, atol=1e-5)
+    out = np.isneginf(scores)
+    assert 0 < out.sum() < len(out)
+    assert np.isneginf(sc.scores).tolist() == out.tolist()
+    np.testing.assert_allclose(sc.scores[~out], scores[~out], rtol=1e-4, atol=1e-5)
+    for b in range(len(states)):
+        lo, hi = pairs.starts[b], pairs.starts[b + 1]
+        for f in (2, 3, 5):
+            top = raw[lo:hi, f].max(initial=0.0)
+            assert sc.scales[b, f] == pytest.approx(top if top > 0 else 1.0, rel=1e-5)
+    for p in range(len(pairs)):  # the seed with the largest cf term
+        if terms[p]:
+            assert terms[p][int(sc.best_seed[p])] == pytest.approx(max(terms[p].values()))
+        else:
+            assert sc.best_seed[p] == -1
