@@ -42,6 +42,9 @@ def _grow(a: np.ndarray, n: int, fill: float | int = 0) -> np.ndarray:
     return out
 
 
+_NO_DENSE = np.zeros((1, 1), np.float32)  # publish_row's dense matrix when there is none
+
+
 class Catalog:
     def __init__(
         self,
@@ -257,9 +260,7 @@ class Catalog:
             self.version += 1
             return
         s = int(self.slot[row])
-        if s >= 0 and self.dense_hist is not None:  # the entries it published before
-            old = self.nb[s, : min(int(self.nb_len[s]), self.cooc.history_top_n)]
-            self.dense_hist[old, row] = 0.0
+        old = 0 if s < 0 else int(self.nb_len[s])
         if s < 0:
             s = self.n_slots
             if s >= len(self.nb):
@@ -269,14 +270,13 @@ class Catalog:
                 self.nb_len = _grow(self.nb_len, cap)
             self.n_slots += 1
             self.slot[row] = s
-        m = kernels.publish_row(
+        self.nb_len[s] = kernels.publish_row(
             side.nb, side.w, self.top, self._sorted_h, self._sorted_r, self._new_h,
-            self._new_r, self.nb[s], self.nb_w[s],
+            self._new_r, self.nb[s], self.nb_w[s], old,
+            self.dense_hist if self.dense_hist is not None else _NO_DENSE,
+            self.dense_hist is not None, row,
+            self.cooc.history_top_n,
         )  # fmt: skip
-        self.nb_len[s] = m
-        if self.dense_hist is not None:
-            h = min(m, self.cooc.history_top_n)
-            self.dense_hist[self.nb[s, :h], row] = self.nb_w[s, :h]
         self.version += 1
 
     def count_powers(self, *exponents: float) -> tuple[np.ndarray, ...]:

@@ -378,25 +378,48 @@ def _lookup(sorted_h, sorted_r, h):  # pragma: no cover
 
 
 @njit(cache=True)
-def publish_row(nb, w, top, sorted_h, sorted_r, new_h, new_r, out_nb, out_w):  # pragma: no cover
+def publish_row(
+    nb,
+    w,
+    top,
+    sorted_h,
+    sorted_r,
+    new_h,
+    new_r,
+    out_nb,
+    out_w,
+    old_len,
+    dense,
+    use_dense,
+    row,
+    hist_n,
+):  # pragma: no cover
     """An item-side row's published form: its ``top`` strongest entries (ties by neighbour
     hash), each resolved to a catalog row (through the sorted hash index, then the index of
-    items added since; unknown neighbours skipped), with its raw weight. Returns how many were
-    written."""
+    items added since; unknown neighbours skipped), with its raw weight, written over the
+    slot ``out_nb``/``out_w`` (which held ``old_len`` entries). With a dense history matrix
+    (``use_dense``), column ``row`` is kept equal to the slot's first
+    ``hist_n`` entries. Returns how many were written."""
+    if use_dense:
+        for e in range(min(old_len, hist_n)):
+            dense[out_nb[e], row] = 0.0
     idx = np.arange(len(w))
-    if len(w) > 2 * top and top > 0:  # only what can be published is sorted
+    if len(w) > top and top > 0:  # only what can be published is sorted
         thr = -np.partition(-w, top - 1)[top - 1]
         idx = np.flatnonzero(w >= thr)  # ascending: ties keep nb's order below
     order = idx[np.argsort(-w[idx], kind="mergesort")]
     m = 0
     for e in range(min(top, len(order))):
         i = order[e]
-        row = _lookup(sorted_h, sorted_r, nb[i])
-        if row < 0:
-            row = _lookup(new_h, new_r, nb[i])
-        if row < 0:
+        r = _lookup(sorted_h, sorted_r, nb[i])
+        if r < 0:
+            r = _lookup(new_h, new_r, nb[i])
+        if r < 0:
             continue
-        out_nb[m] = row
+        out_nb[m] = r
         out_w[m] = w[i]
         m += 1
+    if use_dense:
+        for e in range(min(m, hist_n)):
+            dense[out_nb[e], row] = out_w[e]
     return m

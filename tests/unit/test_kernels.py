@@ -83,6 +83,9 @@ def test_top_pairs_best_first_ties_by_hash_without_infinities() -> None:
     assert (got[3] >= 0).sum() == np.isfinite(scores[start[3] : start[4]]).sum() < 60
 
 
+NO_DENSE = np.zeros((1, 1), np.float32)
+
+
 def test_publish_row() -> None:
     rng = np.random.default_rng(5)
     rows = rng.permutation(60)  # the rows of HASHES[:60]; the rest are not in the catalog
@@ -92,7 +95,20 @@ def test_publish_row() -> None:
     w = rng.integers(1, 6, 30).astype(np.float32)  # ties
     out_nb, out_w = np.zeros(12, np.int32), np.zeros(12, np.float32)
     m = kernels.publish_row(
-        nb, w, 12, HASHES[main], rows[main], HASHES[new], rows[new], out_nb, out_w
+        nb,
+        w,
+        12,
+        HASHES[main],
+        rows[main],
+        HASHES[new],
+        rows[new],
+        out_nb,
+        out_w,
+        0,
+        NO_DENSE,
+        False,
+        0,
+        12,
     )
     row_of = {int(HASHES[i]): int(rows[i]) for i in range(60)}
     top = sorted(range(30), key=lambda i: (-w[i], int(nb[i])))[:12]
@@ -106,8 +122,9 @@ def test_publish_row() -> None:
     for top in (3, 5, 12):
         out_nb, out_w = np.zeros(top, np.int32), np.zeros(top, np.float32)
         m = kernels.publish_row(
-            long_nb, long_w, top, HASHES[main], rows[main], HASHES[new], rows[new], out_nb, out_w
-        )
+            long_nb, long_w, top, HASHES[main], rows[main], HASHES[new], rows[new], out_nb,
+            out_w, 0, NO_DENSE, False, 0, top,
+        )  # fmt: skip
         first = sorted(range(70), key=lambda i: (-long_w[i], int(long_nb[i])))[:top]
         want = [(row_of[int(long_nb[i])], long_w[i]) for i in first if int(long_nb[i]) in row_of]
         assert out_nb[:m].tolist() == [x for x, _ in want]
