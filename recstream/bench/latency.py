@@ -173,6 +173,8 @@ async def _run(args: argparse.Namespace) -> int:
             runs.append(run)
             _print_run(run)
             _write(args, report, runs)
+        if runs:
+            print(table(runs), flush=True)
         if args.ingest:
             report["ingest"] = await _ingest_run(settings, args, work)
             _write(args, report, runs)
@@ -291,7 +293,7 @@ def _print_run(run: dict[str, Any]) -> None:
         return (
             f"  {name:9s} p50 {r['p50_ms']:7.1f}  p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  "
             f"max {r['max_ms']:7.1f} ms  achieved {r['achieved_rate']:7.1f}/s  "
-            f"lost {r['unanswered']}"
+            f"unanswered at the end {r['unanswered']}"
         )
 
     if "relay" in run:
@@ -307,6 +309,38 @@ def _print_run(run: dict[str, Any]) -> None:
         f"lag first/last third {run['lag_first_third']:.0f}/{run['lag_last_third']:.0f}",
         flush=True,
     )
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """The runs as one Markdown table (what docs/benchmarks.md holds): per offered rate, each
+    system's p50 / p99 and the rate it answered; the worker's CPU, peak RSS and backlog."""
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r or "p50_ms" not in r:
+            return "-"
+        return f"{_ms(r['p50_ms'])} / {_ms(r['p99_ms'])}, {r['achieved_rate']:,.1f}/s"
+
+    lines = [
+        "| offered | bare relay | Faust relay | recstream | recstream CPU, peak RSS, backlog "
+        "first -> last third |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        worker = (
+            f"{run['worker_cpu_percent']:.0f}%, {run['worker_peak_rss_mb']:,.0f} MB, "
+            f"{run['lag_first_third']:,.0f} -> {run['lag_last_third']:,.0f}"
+            if "p50_ms" in run
+            else "-"
+        )
+        lines.append(
+            f"| {run['rate']:,}/s | {cell(run.get('relay'))} | {cell(run.get('faust_relay'))} "
+            f"| {cell(run)} | {worker} |"
+        )
+    return "\n".join(lines)
+
+
+def _ms(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.1f} ms"
 
 
 def _write(args: argparse.Namespace, report: dict[str, Any], runs: list[dict[str, Any]]) -> None:
