@@ -97,7 +97,7 @@ def column_sums(dense: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:  # p
 
 @njit(cache=True)
 def _find(r: np.ndarray, lo: int, hi: int, row: int) -> int:  # pragma: no cover
-    """Index of ``row`` in the sorted r[lo:hi], or -1."""
+    """Index of ``row`` (a row, or an item hash) in the sorted r[lo:hi], or -1."""
     a, b = lo, hi
     while a < b:
         mid = (a + b) // 2
@@ -365,16 +365,9 @@ def merge_row(nb, w, add_nb, add_w):  # pragma: no cover
 
 @njit(cache=True)
 def _lookup(sorted_h, sorted_r, h):  # pragma: no cover
-    a, b = 0, len(sorted_h)
-    while a < b:
-        mid = (a + b) // 2
-        if sorted_h[mid] < h:
-            a = mid + 1
-        else:
-            b = mid
-    if a < len(sorted_h) and sorted_h[a] == h:
-        return sorted_r[a]
-    return -1
+    """The row of item hash ``h`` through a sorted hash index, or -1."""
+    at = _find(sorted_h, 0, len(sorted_h), h)
+    return sorted_r[at] if at >= 0 else -1
 
 
 @njit(cache=True)

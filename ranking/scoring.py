@@ -61,7 +61,6 @@ class Users:
     """What scoring reads of a batch of users, resolved against the catalog once, as the flat
     arrays the scoring kernel takes (seeds and exclusions grouped by user)."""
 
-    states: list[UserState]
     interests: tuple[np.ndarray, ...]  # per catalog modality: float32[B, d] unit interests
     ihas: np.ndarray  # bool[M, B]
     seed_start: np.ndarray  # int64[B + 1]: user b's seeds are seed_row[seed_start[b]:...]
@@ -75,7 +74,7 @@ class Users:
     weights: np.ndarray  # float32[B, N_FEATURES]: prior + the user's deltas
 
     def __len__(self) -> int:
-        return len(self.states)
+        return len(self.weights)
 
     @property
     def seed_u(self) -> np.ndarray:
@@ -138,7 +137,6 @@ def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams
         [params.recency_decay ** np.arange(n, dtype=np.float64) for n in seed_n]
     ) if B else np.zeros(0)  # fmt: skip
     return Users(
-        list(states),
         interests,
         ihas,
         seed_start,

@@ -56,11 +56,11 @@ class RankingSettings(BaseSettings):
     # Per-user memory kept in state: recent event ids (dedupe) and recent liked items (reasons).
     dedupe_window: int = Field(default=32, ge=0, le=255)
     recent_positive: int = Field(default=5, ge=1, le=255)
-    # Bounded user state (ranking/state.py): the latest items kept exactly (short-term interest,
-    # collaborative seeds, vector-store exclusions) and the Bloom filter of all seen items.
+    # Bounded user state (ranking/user_state.py): the latest items kept exactly (short-term
+    # interest, collaborative seeds, exact exclusions) and the Bloom filter of all seen items.
     recent_items: int = Field(default=24, ge=1, le=255)
     seen_filter_bits: int = Field(default=6144, ge=64, le=65536)
-    # Learned scorer (ranking/features.py): prior weights of the features content (long-term
+    # Learned scorer (ranking/scoring.py): prior weights of the features content (long-term
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
     # popularity, freshness and history (the candidate's own co-occurrence row summed over
     # every item the user took); each user learns deltas on top (ranking/learner.py).
@@ -87,7 +87,7 @@ class RankingSettings(BaseSettings):
     cf_beta: float = Field(default=0.5, ge=0)  # ... / count(candidate) ** beta
     recency_decay: float = Field(default=0.8, gt=0, le=1)  # seed d steps back weighs decay**d
     seed_items: int = Field(default=16, ge=1)  # recent items used as collaborative seeds
-    # Item side (ranking/collab.py): pairs per event, their decay with distance, the weight of
+    # Item side (ranking/item_side.py): pairs per event, their decay with distance, the weight of
     # the reverse direction, row size kept per item, neighbours published per item.
     cooc_window: int = Field(default=16, ge=1)
     cooc_decay: float = Field(default=0.9, gt=0, le=1)

@@ -4,7 +4,7 @@
 current states and returns, per event, the new state and the ranked, explained list, plus
 the item-side updates the events cause. ``OnlineModel.recommend`` ranks for users without
 changing them (requests). Pure and synchronous: the Faust handler (streams/handlers.py) is
-parse, read states, step, write states, send; the evaluator (ranking/evaluate/models.py)
+parse, read states, step, write states, send; the evaluator (ranking/evaluate/online.py)
 replays a dataset through the same calls.
 
 Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)

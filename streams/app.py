@@ -129,6 +129,8 @@ def build_app(
     reader: CatalogReader,
     encode_stage: EncodeStage | None = None,
 ) -> tuple[faust.App, Handlers]:
+    """The worker's Faust app over ``model``; ``reader`` started and caught up already (the
+    app's task keeps it reading), ``encode_stage`` (if any) started by the app's task."""
     k = settings.kafka
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes one level
     app = RecstreamApp(settings.app_id, **faust_config(settings))
@@ -237,8 +239,8 @@ def build_app(
     bind(item_activity, "item-activity", None, handlers.on_item_activity)
 
     @app.task
-    async def catalog() -> None:
-        await guarded(_serve(reader))
+    async def catalog() -> None:  # started and caught up before the app (streams/worker.py)
+        await guarded(_keep_reading(reader))
 
     if encode_stage is not None:
 
@@ -249,11 +251,13 @@ def build_app(
     return app, handlers
 
 
-async def _serve(service: CatalogReader | EncodeStage) -> None:
-    """Run a service until the worker stops (the catalog reader may have been started, and
-    caught up, before the Faust app: streams/worker.py)."""
-    if not (isinstance(service, CatalogReader) and service.started):
-        await service.start()
+async def _serve(stage: EncodeStage) -> None:
+    await stage.start()
+    await _keep_reading(stage)
+
+
+async def _keep_reading(service: CatalogReader | EncodeStage) -> None:
+    """Run a started service until the worker stops."""
     try:
         await service.run()
     finally:

@@ -73,10 +73,6 @@ class CatalogReader:
         self._consumer.assign(self._tps)
         await self._consumer.seek_to_beginning(*self._tps)
 
-    @property
-    def started(self) -> bool:
-        return self._consumer is not None
-
     async def catch_up(self) -> None:
         """Read until both topics' ends as of now, then set ``ready`` (the worker calls this
         before it joins its consumer group: it serves nothing from a partial catalog)."""
@@ -95,11 +91,7 @@ class CatalogReader:
         self.ready.set()
 
     async def run(self) -> None:
-        """Read forever (a task of the worker), catching up first if not done yet."""
-        if not self.started:
-            await self.start()
-        if not self.ready.is_set():
-            await self.catch_up()
+        """Read forever (a task of the worker), after ``start`` and ``catch_up``."""
         while True:
             await self._read_some()
 
