@@ -9,7 +9,9 @@ by cosine within its topic, where its nearest items are (two items of one topic 
 
 The bench writes the items to ``<app_id>-items`` and the hot items' popularity to the
 item-stats Table's changelog (streams/internal.py) before the worker starts: the worker's
-catalog reader loads them as it would a catalog encoded earlier.
+catalog reader loads them as it would a catalog encoded earlier. With content flowing beside
+the events (``recstream bench --content-rate``), the same items are written into the encoding
+stage's store first, so a new item's neighbours are searched among all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from recstream.ranking.item_side import NO_TREND, ItemRow, trend_after
+from recstream.ranking.store import ItemRecord, ItemStore
 from recstream.ranking.user_state import item_hash
 from recstream.streams.internal import ItemMessage, hash_key, key_partition
 
@@ -108,4 +111,22 @@ async def publish(
         await producer.flush()
     finally:
         await producer.stop()
+    return time.monotonic() - t0
+
+
+async def fill_store(store: ItemStore, cache: Path, n: int, seed: int) -> float:
+    """Write the catalog into an item store (what the encoding stage searches for a new item's
+    content neighbours); returns the seconds it took."""
+    t0 = time.monotonic()
+    data = synthetic(cache, n, seed)
+    await store.ensure_collection()
+    for at in range(0, n, 1000):
+        await store.upsert([
+            ItemRecord(
+                item_id=item_id(i), vectors={"text": data["vectors"][i]},
+                title=f"synthetic item {i}", tags=(f"topic-{data['topic'][i]}",),
+                kind="synthetic",
+            )
+            for i in range(at, min(n, at + 1000))
+        ])  # fmt: skip
     return time.monotonic() - t0

@@ -10,6 +10,7 @@ is stored and searchable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -135,3 +136,89 @@ async def ingest_run(
         await consumer.stop()
         await producer.stop()
         await stop(proc)
+
+
+async def encoder_ready(settings: Settings, prefix: str, proc: Any) -> None:
+    """Wait until the encoding worker of run ``prefix`` has indexed a warm-up item."""
+    k = settings.kafka
+    consumer = await _consumer(k.bootstrap_servers, prefix + k.indexed_topic, proc)
+    producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(prefix + k.content_topic, orjson.dumps(
+            {"item_id": "warm", "title": "warm up"}), key=b"warm")  # fmt: skip
+        deadline = time.monotonic() + 300
+        while True:
+            if time.monotonic() > deadline or proc.returncode is not None:
+                raise RuntimeError(f"the encoding worker never indexed (exit {proc.returncode})")
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                if any(orjson.loads(m.value).get("item_id") == "warm" for m in msgs):
+                    return
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def content_beside(
+    settings: Settings, prefix: str, proc: Any, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Real texts published at ``rate`` items/s for ``seconds`` to run ``prefix``'s content
+    topic, while its events flow: each item timed from publish to its content-indexed record
+    (waiting up to 30 s after the last), and the encoding worker's peak RSS."""
+    import psutil
+
+    k = settings.kafka
+    consumer = await _consumer(k.bootstrap_servers, prefix + k.indexed_topic, proc)
+    producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    ps = psutil.Process(proc.pid)
+    rss: list[float] = []
+    base = load_catalog()
+    sent: dict[str, float] = {}
+    done: dict[str, float] = {}
+    n = int(rate * seconds)
+
+    async def read() -> None:
+        while len(done) < n:
+            batches = await consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for msgs in batches.values():
+                for m in msgs:
+                    i = orjson.loads(m.value).get("item_id")
+                    if i in sent and i not in done:
+                        done[i] = now
+            with contextlib.suppress(psutil.Error):
+                rss.append(ps.memory_info().rss / 2**20)
+
+    reader = asyncio.create_task(read())
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            b = base[i % len(base)]
+            it = {**b, "item_id": f"new-{i}", "title": f"{b.get('title', '')} (part {i})"}
+            sent[it["item_id"]] = time.perf_counter()
+            await producer.send(prefix + k.content_topic, orjson.dumps(it),
+                                key=it["item_id"].encode())  # fmt: skip
+        await producer.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), timeout=30)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await consumer.stop()
+        await producer.stop()
+    lat = np.array([(done[i] - sent[i]) * 1000 for i in done]) if done else np.array([np.nan])
+    return {
+        "content": {
+            "items": n,
+            "rate": rate,
+            "indexed": len(done),
+            "searchable_p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "searchable_p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "searchable_max_ms": round(float(np.max(lat)), 1),
+            "encoder_peak_rss_mb": round(max(rss, default=0.0), 1),
+        }
+    }

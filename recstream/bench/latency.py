@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from recstream.bench import catalog
+from recstream.bench.ingest import content_beside, encoder_ready
 from recstream.bench.load import (
     LoadResult,
     Procs,
@@ -46,6 +49,7 @@ from recstream.bench.load import (
 from recstream.streams import broker as brokers
 from recstream.streams.app import TopicNames, topic_specs
 from recstream.streams.settings import EncoderSettings, Settings
+from recstream.streams.worker import open_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic: --items random vectors written into the store; ml-100k: MovieLens-100k's "
         "1,682 films published to the content topic and encoded by the worker (real MiniLM "
         "vectors), and its 100,000 ratings replayed in time order as the events",
+    )
+    p.add_argument(
+        "--content-rate",
+        type=float,
+        default=0.0,
+        help="text items/s published to the content topic during each worker run (encoded by "
+        "a separate `--role encode` worker whose store holds the synthetic catalog); reported: "
+        "publish -> content-indexed p50/p99 while the events flow",
     )
     p.add_argument("--no-relay", action="store_true", help="skip the two relays' runs")
     p.add_argument(
@@ -259,20 +271,43 @@ async def _worker_run(
             args.items, args.seed,
         )  # fmt: skip
         print(f"  catalog of {args.items} items published in {secs:.1f} s", flush=True)
-    proc = await start_worker(env, run_dir / "worker.log")
+    # The synthetic catalog is encoded already: a ranking-only worker serves the events (an
+    # ml-100k replay needs the worker's encoder for its films), and with --content-rate a
+    # separate encoding worker, over a store holding the catalog, encodes the new items.
+    content = args.content_rate > 0 and args.replay is None
+    encoder = None
+    if content:
+        ws = Settings()
+        ws.qdrant.path = env["RECSTREAM_QDRANT_PATH"]
+        store = open_store(ws, ws.encoder.dims())
+        try:
+            secs = await catalog.fill_store(store, cache, args.items, args.seed)
+        finally:
+            await store.close()
+        print(f"  the encoding stage's store filled with the catalog in {secs:.1f} s", flush=True)
+        encoder = await start_worker(env, run_dir / "encoder.log", role="encode")
+    role = "all" if args.replay is not None else "rank"
+    proc = await start_worker(env, run_dir / "worker.log", role=role)
     events, recs = prefix + k.events_topic, prefix + k.recommendations_topic
     try:
         if args.replay is not None:
             await publish_items(settings, proc, prefix, args.replay)
+        during: Callable[[float], Awaitable[dict[str, Any]]] | None = None
+        if encoder is not None:
+            await encoder_ready(settings, prefix, encoder)
+            during = functools.partial(content_beside, settings, prefix, encoder, args.content_rate)
+
         res: LoadResult = await drive(
             settings, Procs(proc, env), events, recs, rate, args, "recstream",
-            requests_topic=prefix + k.requests_topic, spy_svg=args.profile,
+            requests_topic=prefix + k.requests_topic, spy_svg=args.profile, during=during,
         )  # fmt: skip
     finally:
         await stop(proc)
+        if encoder is not None:
+            await stop(encoder)
         if args.workdir is None:  # a temporary run folder: its store goes now
             shutil.rmtree(run_dir, ignore_errors=True)
-    return res.summary()
+    return {**res.summary(), "worker_role": role}
 
 
 async def _ingest_run(settings: Settings, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -309,6 +344,15 @@ def _print_run(run: dict[str, Any]) -> None:
         f"lag first/last third {run['lag_first_third']:.0f}/{run['lag_last_third']:.0f}",
         flush=True,
     )
+    c = run.get("content")
+    if c:
+        print(
+            f"  content   {c['indexed']}/{c['items']} text items at {c['rate']:g}/s searchable "
+            f"p50 {c['searchable_p50_ms']:.1f}  p99 {c['searchable_p99_ms']:.1f}  "
+            f"max {c['searchable_max_ms']:.1f} ms  encoder peak RSS "
+            f"{c['encoder_peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
 
 
 def table(runs: list[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class LoadResult:
     lag: list[tuple[float, int]] = field(default_factory=list)  # (s since start, unanswered)
     cpu: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    during: dict[str, Any] = field(default_factory=dict)  # what ran beside the events
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -68,16 +70,20 @@ class LoadResult:
             "worker_cpu_percent": round(float(np.mean(self.cpu[1:third * 3])), 1)
             if len(self.cpu) > 1 else 0.0,
             "worker_peak_rss_mb": round(max(self.rss_mb, default=0.0), 1),
+            **self.during,
         }  # fmt: skip
 
 
-async def start_worker(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+async def start_worker(
+    env: dict[str, str], log_path: Path, role: str = "all"
+) -> asyncio.subprocess.Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")  # noqa: ASYNC230 - a local file, once per run
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "recstream.streams.cli", "worker", env=env, stdout=log, stderr=log
-        )
+            sys.executable, "-m", "recstream.streams.cli", "worker", "--role", role, env=env,
+            stdout=log, stderr=log,
+        )  # fmt: skip
     finally:
         log.close()  # the child holds its own descriptor
 
@@ -130,7 +136,11 @@ async def drive(
     *,
     requests_topic: str | None = None,
     spy_svg: Path | None = None,
+    during: Callable[[float], Awaitable[dict[str, Any]]] | None = None,
 ) -> LoadResult:
+    """Events at ``rate`` for ``args.seconds`` once the process answers; ``during(seconds)``,
+    if given, runs beside them from the first timed event, and its result joins the
+    summary."""
     bootstrap = settings.kafka.bootstrap_servers
     rng = np.random.default_rng(args.seed + rate)
     consumer = await _consumer(bootstrap, recs, procs.proc)
@@ -181,6 +191,7 @@ async def drive(
     type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
     t0 = time.perf_counter()
     reader = asyncio.create_task(read())
+    side: asyncio.Task[dict[str, Any]] | None = None
     try:
         # Ready: a warm-up event answered (the worker may still be joining its group).
         deadline = time.monotonic() + 240
@@ -204,6 +215,8 @@ async def drive(
                 *(["--format", "raw"] if spy_svg.suffix == ".txt" else []),
             )  # fmt: skip
         t0 = time.perf_counter()
+        if during is not None:
+            side = asyncio.create_task(during(args.seconds))
         next_sample = 1.0
         while True:
             el = time.perf_counter() - t0
@@ -230,11 +243,15 @@ async def drive(
             if time.perf_counter() - t0 >= next_sample:
                 _sample(res, ps, time.perf_counter() - t0, answered)
                 next_sample += 1.0
+        if side is not None:
+            res.during = await side
         if spy is not None:
             await spy.wait()
     finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        for task in (reader, side):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (reader, side) if t is not None), return_exceptions=True)
         await consumer.stop()
         await producer.stop()
     return res
