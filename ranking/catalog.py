@@ -115,16 +115,9 @@ class Catalog:
     def rows_of(self, hashes: np.ndarray) -> np.ndarray:
         """int64 rows of item hashes (-1 where not in the catalog)."""
         h = np.asarray(hashes, dtype=np.uint64)
-        if len(h) <= 64:  # a user's few items: one dict lookup each beats the array path
-            get = self.row_of.get
-            return np.fromiter((get(x, -1) for x in h.tolist()), np.int64, len(h))
-        out = np.full(len(h), -1, np.int64)
-        for keys, rows in ((self._sorted_h, self._sorted_r), (self._new_h, self._new_r)):
-            if len(keys):
-                at = np.minimum(np.searchsorted(keys, h), len(keys) - 1)
-                hit = (keys[at] == h) & (out < 0)
-                out[hit] = rows[at[hit]]
-        return out
+        return kernels.lookup_rows(
+            self._sorted_h, self._sorted_r, self._new_h, self._new_r, h.ravel()
+        )
 
     def _index(self, h: int, row: int) -> None:
         """Add a new item to the lookup arrays: into the small sorted index of new items, and

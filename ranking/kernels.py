@@ -416,3 +416,105 @@ def publish_row(
         for e in range(min(m, hist_n)):
             dense[out_nb[e], row] = out_w[e]
     return m
+
+
+@njit(cache=True)
+def quantize(v):  # pragma: no cover
+    """int8 codes and float32 scale of a float32 vector: ``scale = float32(max|v| / 127)``,
+    ``codes = clip(rint(v / scale), -127, 127)`` (all zeros, scale 0, for a zero vector)."""
+    top = 0.0
+    for x in v:
+        a = abs(x)
+        if a > top:
+            top = a
+    q = np.zeros(len(v), np.int8)
+    scale = np.float32(top / 127.0)
+    if scale == 0:
+        return q, np.float32(0.0)
+    for i in range(len(v)):
+        c = np.rint(v[i] / scale)
+        if c > 127:
+            c = 127
+        elif c < -127:
+            c = -127
+        q[i] = np.int8(c)
+    return q, scale
+
+
+@njit(cache=True)
+def top_summed(u, r, w, n_users, limits, live, ex_u, ex_row, total, mark):  # pragma: no cover
+    """Each user's ``limits[b]`` rows with the largest summed weight over the (u, r, w)
+    entries, live rows not among the user's exclusions (``ex_u``/``ex_row``, grouped by user),
+    ties by row; returned as (users, rows) grouped by user, each user's best first.
+    ``total``: float64[capacity] of zeros, ``mark``: int8[capacity] of zeros (both left so)."""
+    grouped = True
+    for i in range(1, len(u)):
+        if u[i] < u[i - 1]:
+            grouped = False
+            break
+    order = np.arange(len(u)) if grouped else np.argsort(u, kind="mergesort")
+    out_u = np.empty(len(u), np.int64)
+    out_r = np.empty(len(u), np.int64)
+    n_out = 0
+    touched = np.empty(len(u), np.int64)
+    lo = 0
+    x = 0
+    for b in range(n_users):
+        hi = lo
+        while hi < len(order) and u[order[hi]] == b:
+            hi += 1
+        n_t = 0
+        for e in range(lo, hi):
+            i = order[e]
+            row = r[i]
+            if mark[row] == 0:
+                mark[row] = 1
+                touched[n_t] = row
+                n_t += 1
+            total[row] += w[i]
+        while x < len(ex_u) and ex_u[x] < b:
+            x += 1
+        while x < len(ex_u) and ex_u[x] == b:
+            if mark[ex_row[x]] == 1:
+                mark[ex_row[x]] = 2
+            x += 1
+        rows = touched[:n_t].copy()
+        vals = np.empty(n_t, np.float64)
+        keep = 0
+        for t in range(n_t):
+            row = rows[t]
+            s = total[row]
+            ok = mark[row] == 1 and live[row]
+            total[row] = 0.0
+            mark[row] = 0
+            if ok:
+                rows[keep] = row
+                vals[keep] = s
+                keep += 1
+        rows, vals = rows[:keep], vals[:keep]
+        lim = limits[b]
+        if 0 < lim < keep:  # only what can be listed is sorted (ties at the edge kept)
+            thr = -np.partition(-vals, lim - 1)[lim - 1]
+            sel = np.flatnonzero(vals >= thr)
+            rows, vals = rows[sel], vals[sel]
+        srt = np.argsort(rows, kind="mergesort")
+        rows, vals = rows[srt], vals[srt]
+        best = np.argsort(-vals, kind="mergesort")
+        for t in range(min(limits[b], keep)):
+            out_u[n_out] = b
+            out_r[n_out] = rows[best[t]]
+            n_out += 1
+        lo = hi
+    return out_u[:n_out], out_r[:n_out]
+
+
+@njit(cache=True)
+def lookup_rows(sorted_h, sorted_r, new_h, new_r, hashes):  # pragma: no cover
+    """int64 rows of item hashes through the two sorted hash indexes (-1: unknown)."""
+    out = np.empty(len(hashes), np.int64)
+    for i in range(len(hashes)):
+        r = _lookup(sorted_h, sorted_r, hashes[i])
+        if r < 0:
+            r = _lookup(new_h, new_r, hashes[i])
+        out[i] = r
+    return out

@@ -108,34 +108,35 @@ def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams
     flags = np.zeros((B, bits), bool)
     fhas = np.zeros(B, bool)
     weights = np.zeros((B, N_FEATURES), np.float32)
+    prior = user_weights(params, np.zeros(0, np.float32))
+    decay = params.recency_decay ** np.arange(max(params.recent_window, 0), dtype=np.float64)
     for b, st in enumerate(states):
         for i, m in enumerate(cat.modalities):
             v = st.interest.get(m)
             if v is not None and len(v) == cat.dims[m]:
-                n = float(np.linalg.norm(v))
+                n = float(np.sqrt(np.dot(v, v)))
                 if n > 1e-9:
                     interests[i][b] = v / np.float32(n)
                     ihas[i, b] = True
-        positive = st.recent_w[::-1] > 0
-        rec = st.recent[::-1][positive][: params.recent_window]
-        rows = cat.rows_of(rec)
+        positive = np.flatnonzero(st.recent_w[::-1] > 0)[: params.recent_window]
+        rec = st.recent[::-1][positive]
+        ex = st.excluded()
+        both = cat.rows_of(np.concatenate([rec, ex]))
+        rows = both[: len(rec)]
         known = rows >= 0
-        rows = rows[known]
-        seed_rows.append(rows)
-        seed_ws.append(st.recent_w[::-1][positive][: params.recent_window][known])
-        seed_n[b] = len(rows)
-        ex = cat.rows_of(st.excluded())
+        seed_rows.append(rows[known])
+        seed_ws.append(st.recent_w[::-1][positive][known])
+        seed_n[b] = int(known.sum())
+        ex = both[len(rec) :]
         ex = np.sort(ex[ex >= 0])
         ex_rows.append(ex)
         ex_n[b] = len(ex)
         if st.seen_filter and len(st.seen_filter) * 8 == bits:
             flags[b] = bloom.flags(st.seen_filter)
             fhas[b] = True
-        weights[b] = user_weights(params, st.weights)
+        weights[b] = prior + st.weights if len(st.weights) == N_FEATURES else prior
     seed_start = np.concatenate([[0], np.cumsum(seed_n)])
-    seed_a = np.concatenate(
-        [params.recency_decay ** np.arange(n, dtype=np.float64) for n in seed_n]
-    ) if B else np.zeros(0)  # fmt: skip
+    seed_a = np.concatenate([decay[:n] for n in seed_n]) if B else np.zeros(0)
     return Users(
         interests,
         ihas,

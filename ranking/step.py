@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from recstream.ranking import explain, scoring
+from recstream.ranking import explain, kernels, scoring
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.item_side import CoocParams, Update, updates_for_event
 from recstream.ranking.learner import bpr_step
@@ -95,6 +95,9 @@ class OnlineModel:
     def __init__(self, catalog: Catalog, params: ModelParams) -> None:
         self.cat = catalog
         self.p = params
+        # scratch of _top_per_user's kernel, one entry per catalog row (kept zero between calls)
+        self._total = np.zeros(0, np.float64)
+        self._mark = np.zeros(0, np.int8)
 
     # -- candidates ---------------------------------------------------------------------------
     def candidates(
@@ -142,22 +145,14 @@ class OnlineModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each user's ``limit`` rows with the largest summed weight (exact exclusions and dead
         rows dropped first), ties by row."""
-        key = u.astype(np.int64) * (1 << 32) + r
-        uniq, inv = np.unique(key, return_inverse=True)
-        total = np.bincount(inv, weights=w, minlength=len(uniq))
-        uu, rr = (uniq >> 32).astype(np.intp), uniq & ((1 << 32) - 1)
-        ok = self.cat.live[rr]
-        if len(users.ex_row):
-            xkey = users.ex_u.astype(np.int64) * (1 << 32) + users.ex_row
-            ok &= ~np.isin(uniq, xkey)
-        uu, rr, total = uu[ok], rr[ok], total[ok]
-        order = np.lexsort((rr, -total, uu))
-        uu, rr = uu[order], rr[order]
-        starts = np.searchsorted(uu, np.arange(len(users) + 1))
-        rank = np.arange(len(uu)) - starts[uu]
-        lim = np.asarray(limits)[uu]
-        sel = rank < lim
-        return uu[sel], rr[sel]
+        cap = len(self.cat.live)
+        if len(self._total) != cap:
+            self._total, self._mark = np.zeros(cap, np.float64), np.zeros(cap, np.int8)
+        return kernels.top_summed(
+            u.astype(np.int64), r.astype(np.int64), w.astype(np.float64), len(users),
+            np.asarray(limits, np.int64), self.cat.live, users.ex_u.astype(np.int64),
+            users.ex_row.astype(np.int64), self._total, self._mark,
+        )  # fmt: skip
 
     # -- scoring ------------------------------------------------------------------------------
     def _score(self, users: Users, pairs: Pairs, now_ms: int) -> scoring.Scored:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from recstream.ranking import kernels
 from recstream.ranking import seen as bloom
 
 STATE_VERSION = 3
@@ -67,12 +68,10 @@ def event_hash(event_id: str) -> int:
 
 def quantize(v: np.ndarray) -> tuple[np.ndarray, float]:
     """int8 codes and a float32 scale; ``dequantize`` of them is what the state holds."""
-    v = np.asarray(v, dtype=np.float32)
-    top = float(np.max(np.abs(v))) if v.size else 0.0
-    scale = np.float32(top / 127.0) if top > 0 else np.float32(0.0)
-    if scale == 0:
-        return np.zeros(v.shape, np.int8), 0.0
-    q = np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.ndim != 1:
+        v = v.ravel()
+    q, scale = kernels.quantize(v)
     return q, float(scale)
 
 

@@ -142,6 +142,8 @@ async def _run(args: argparse.Namespace) -> int:
         local = brokers.LocalKafka(port=brokers.free_port_run(2), heap_mb=k.local_heap_mb)
         local.start()
         k.bootstrap_servers = local.bootstrap_servers
+        node = local.node(1).process
+        args.broker_pid = node.pid if node is not None else None
     work = args.workdir or Path(tempfile.mkdtemp(prefix="recstream-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cache = settings.data_dir.parent / "bench"

@@ -46,6 +46,7 @@ class LoadResult:
     lag: list[tuple[float, int]] = field(default_factory=list)  # (s since start, unanswered)
     cpu: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    broker_cpu: list[float] = field(default_factory=list)  # the local broker's, if any
     during: dict[str, Any] = field(default_factory=dict)  # what ran beside the events
 
     def summary(self) -> dict[str, Any]:
@@ -70,6 +71,8 @@ class LoadResult:
             "worker_cpu_percent": round(float(np.mean(self.cpu[1:third * 3])), 1)
             if len(self.cpu) > 1 else 0.0,
             "worker_peak_rss_mb": round(max(self.rss_mb, default=0.0), 1),
+            "broker_cpu_percent": round(float(np.mean(self.broker_cpu[1:third * 3])), 1)
+            if len(self.broker_cpu) > 1 else None,
             **self.during,
         }  # fmt: skip
 
@@ -207,6 +210,10 @@ async def drive(
         await asyncio.sleep(1.0)
         ps = psutil.Process(procs.proc.pid)
         ps.cpu_percent()
+        pid = getattr(args, "broker_pid", None)
+        broker = psutil.Process(pid) if pid else None
+        if broker is not None:
+            broker.cpu_percent()
         spy = None
         if spy_svg is not None and procs.env is not None:
             spy = await asyncio.create_subprocess_exec(
@@ -230,7 +237,7 @@ async def drive(
                 await producer.send(events, val, key=key)
                 res.sent += 1
             if el >= next_sample:
-                _sample(res, ps, el, answered)
+                _sample(res, ps, el, answered, broker)
                 if int(el) % 5 == 0:
                     print(f"  {name} {el:4.0f}s sent {res.sent} answered "
                           f"{len(res.latencies_ms)} lag {res.lag[-1][1]} cpu {res.cpu[-1]:.0f}% "
@@ -241,7 +248,7 @@ async def drive(
         while len(res.latencies_ms) < res.sent and time.perf_counter() < drain_until:
             await asyncio.sleep(0.1)
             if time.perf_counter() - t0 >= next_sample:
-                _sample(res, ps, time.perf_counter() - t0, answered)
+                _sample(res, ps, time.perf_counter() - t0, answered, broker)
                 next_sample += 1.0
         if side is not None:
             res.during = await side
@@ -292,10 +299,18 @@ async def publish_items(
         await producer.stop()
 
 
-def _sample(res: LoadResult, ps: psutil.Process, el: float, answered: set[str]) -> None:
+def _sample(
+    res: LoadResult,
+    ps: psutil.Process,
+    el: float,
+    answered: set[str],
+    broker: psutil.Process | None = None,
+) -> None:
     try:
         res.cpu.append(ps.cpu_percent())
         res.rss_mb.append(ps.memory_info().rss / 2**20)
+        if broker is not None:
+            res.broker_cpu.append(broker.cpu_percent())
     except psutil.Error:
         pass
     res.lag.append((el, res.sent - len(res.latencies_ms)))
