@@ -37,7 +37,9 @@ class CatalogParams:
 
 
 def _grow(a: np.ndarray, n: int, fill: float | int = 0) -> np.ndarray:
-    out = np.full((n, *a.shape[1:]), fill, dtype=a.dtype)
+    # zeros: the pages past the copy stay untouched (not resident) until written
+    shape = (n, *a.shape[1:])
+    out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, dtype=a.dtype)
     out[: len(a)] = a
     return out
 
@@ -138,7 +140,8 @@ class Catalog:
         cap = max(n, 2 * self.capacity)
         self.hashes = _grow(self.hashes, cap)
         self.bloom_pos = _grow(self.bloom_pos, cap)
-        self.vec = {m: _grow(v, cap) for m, v in self.vec.items()}
+        # (the vector matrices are compact, grown by upsert as vectors arrive: a modality no
+        # item has stays 16 rows)
         midx = np.full((len(self.modalities), cap), -1, np.int64)
         midx[:, : self.midx.shape[1]] = self.midx
         self.midx = midx

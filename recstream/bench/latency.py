@@ -331,6 +331,11 @@ def _print_run(run: dict[str, Any]) -> None:
             f"  {name:9s} p50 {r['p50_ms']:7.1f}  p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  "
             f"max {r['max_ms']:7.1f} ms  achieved {r['achieved_rate']:7.1f}/s  "
             f"unanswered at the end {r['unanswered']}"
+            + (
+                f"  broker CPU {r['broker_cpu_percent']:.0f}%"
+                if r.get("broker_cpu_percent")
+                else ""
+            )
         )
 
     if "relay" in run:
