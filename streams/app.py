@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
 from recstream.ranking.step import OnlineModel
 from recstream.streams.broker import TopicSpec
 from recstream.streams.catalog_reader import CatalogReader
-from recstream.streams.encode_stage import EncodeStage
 from recstream.streams.faust_internals import RecstreamApp, set_current_event
 from recstream.streams.handlers import Handlers, Msg
 from recstream.streams.settings import Settings
 from recstream.streams.skip_guard import SkipGuard
+
+if TYPE_CHECKING:  # a ranking-only worker never loads the encoders, the store or their deps
+    from recstream.streams.encode_stage import EncodeStage
 
 log = logging.getLogger(__name__)
 

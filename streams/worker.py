@@ -15,20 +15,22 @@ import contextlib
 import gc
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import faust
 
-from recstream.encoders.pipeline import ContentEncoder
-from recstream.ranking import store as stores
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.params import model_params
 from recstream.ranking.step import OnlineModel
-from recstream.ranking.store import MODALITY_DIMS, ItemStore
 from recstream.streams import broker as brokers
 from recstream.streams.app import TopicNames, build_app, topic_specs
 from recstream.streams.catalog_reader import CatalogReader
-from recstream.streams.encode_stage import EncodeStage
 from recstream.streams.settings import DEFAULT_BOOTSTRAP, Settings
+
+if TYPE_CHECKING:  # imported where used: a ranking-only worker loads no encoder, store or
+    # their dependencies (onnxruntime, tokenizers, Pillow, PyAV, qdrant-client)
+    from recstream.ranking.store import ItemStore
+    from recstream.streams.encode_stage import EncodeStage
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def open_store(settings: Settings, dims: dict[str, int]) -> ItemStore:
     """The item store the settings name: a Qdrant server (RECSTREAM_QDRANT_URL), else the
     embedded engine (RECSTREAM_QDRANT_BACKEND). Every modality's vector exists from the start
     (an item may lack any), plus RECSTREAM_QDRANT_EXTRA_VECTORS."""
+    from recstream.ranking import store as stores
+    from recstream.ranking.store import MODALITY_DIMS
+
     q = settings.qdrant
     if not q.url and settings.qdrant_location() != ":memory:":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,9 @@ def new_catalog(settings: Settings) -> Catalog:
 def encode_stage(settings: Settings, names: TopicNames) -> EncodeStage:
     """The encoding stage: every enabled modality's encoder (exported on first use), the
     media fetcher and the item store."""
+    from recstream.encoders.pipeline import ContentEncoder
+    from recstream.streams.encode_stage import EncodeStage
+
     encoder = ContentEncoder.from_settings(settings.encoder, settings.media)
     store = open_store(settings, dict(encoder.dims))
     e = settings.encoder

@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +294,7 @@ async def _worker_run(
     try:
         if args.replay is not None:
             await publish_items(settings, proc, prefix, args.replay)
-        during: Callable[[float], Awaitable[dict[str, Any]]] | None = None
+        during: Callable[[float], Coroutine[Any, Any, dict[str, Any]]] | None = None
         if encoder is not None:
             await encoder_ready(settings, prefix, encoder)
             during = functools.partial(content_beside, settings, prefix, encoder, args.content_rate)

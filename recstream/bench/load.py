@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ async def drive(
     *,
     requests_topic: str | None = None,
     spy_svg: Path | None = None,
-    during: Callable[[float], Awaitable[dict[str, Any]]] | None = None,
+    during: Callable[[float], Coroutine[Any, Any, dict[str, Any]]] | None = None,
 ) -> LoadResult:
     """Events at ``rate`` for ``args.seconds`` once the process answers; ``during(seconds)``,
     if given, runs beside them from the first timed event, and its result joins the
