@@ -59,6 +59,7 @@ class Catalog:
         self.cooc = cooc = cooc or CoocParams()
         self.params = params = params or CatalogParams()
         self.n = 0  # rows in use
+        self.n_live = 0  # of which live (not deleted)
         cap = max(capacity, 16)
         self.ids: list[str] = []
         self.titles: list[str | None] = []
@@ -216,6 +217,8 @@ class Catalog:
             ]
             self.cn_sim[row, : len(nbs)] = [s for _, s in nbs]
         revived = not self.live[row] and self.trend[row] > NO_TREND / 2
+        if not self.live[row]:
+            self.n_live += 1
         self.live[row] = True
         if revived:
             self._on_trend(row)
@@ -230,6 +233,7 @@ class Catalog:
         row = self.row_of.get(int.from_bytes(item_digest(item_id)[:8], "little"))
         if row is not None and self.live[row]:
             self.live[row] = False
+            self.n_live -= 1
             self.trending = self.trending[self.trending != row]
             self.fresh = self.fresh[self.fresh != row]
             self.version += 1

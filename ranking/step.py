@@ -106,9 +106,8 @@ class OnlineModel:
         """Each user's candidate rows as pairs. ``extra``: a row to add per user (the item an
         event is about, so learning sees it) or None."""
         cat, B = self.cat, len(users)
-        live = cat.live_rows()
-        if len(live) <= self.p.full_scan_limit:
-            return Pairs.whole(B, live)
+        if cat.n_live <= self.p.full_scan_limit:
+            return Pairs.whole(B, cat.live_rows())
         limits = [k * self.p.candidate_factor for k in (ks or [self.p.k] * B)]
         us: list[tuple[np.ndarray, np.ndarray]] = []
         # co-occurrence: the seeds' published neighbours, summed seed-weighted
