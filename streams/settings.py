@@ -118,11 +118,13 @@ class Settings(BaseSettings):
     web_enabled: bool = False
     web_port: int = 6066
     # User events are handled in stream batches of up to events_batch_size events, an event
-    # waiting at most events_batch_ms for others to join (Faust's take_events): one store read
+    # waiting at most events_batch_ms for others to join (Faust's take_events): one online step
     # per batch round for all its users, one item-activity record per partition per round.
-    # 1: one event at a time.
+    # 1: one event at a time. 10 ms, measured on Apache Kafka (docs/benchmarks.md): a step's
+    # cost is mostly per round, so at 500 events/s 2 ms batches (one or two events) saturated
+    # the worker (p50 1.6 s, backlog growing) where 10 ms kept up (p50 91 ms); 20 ms no better.
     events_batch_size: int = Field(default=64, ge=1)
-    events_batch_ms: int = Field(default=2, ge=1)
+    events_batch_ms: int = Field(default=10, ge=1)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
