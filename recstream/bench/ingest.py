@@ -51,6 +51,27 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     return uris
 
 
+async def read_indexed(
+    consumer: Any,
+    sent: dict[str, float],
+    done: dict[str, float],
+    n: int,
+    each_poll: Callable[[], None] | None = None,
+) -> None:
+    """Until ``n`` of the items ``sent`` are indexed: each one's time in ``done``, when this
+    process reads its content-indexed record."""
+    while len(done) < n:
+        batches = await consumer.getmany(timeout_ms=200)
+        now = time.perf_counter()
+        for msgs in batches.values():
+            for m in msgs:
+                i = orjson.loads(m.value).get("item_id")
+                if i in sent and i not in done:
+                    done[i] = now
+        if each_poll is not None:
+            each_poll()
+
+
 async def ingest_run(
     settings: Settings,
     n: int,
@@ -87,17 +108,8 @@ async def ingest_run(
             if orjson.loads(m.value).get("item_id") == "warm":
                 break
 
-        async def read() -> None:  # concurrently: a record's time is when the app sees it
-            while len(done) < n:
-                batches = await consumer.getmany(timeout_ms=200)
-                now = time.perf_counter()
-                for msgs in batches.values():
-                    for m in msgs:
-                        i = orjson.loads(m.value).get("item_id")
-                        if i in sent and i not in done:
-                            done[i] = now
-
-        reader = asyncio.create_task(read())
+        # concurrently: a record's time is when the app sees it
+        reader = asyncio.create_task(read_indexed(consumer, sent, done, n))
         t0 = time.perf_counter()
         for i in range(n):
             if rate > 0:  # steady pace: item i leaves at t0 + i / rate
@@ -178,19 +190,11 @@ async def content_beside(
     done: dict[str, float] = {}
     n = int(rate * seconds)
 
-    async def read() -> None:
-        while len(done) < n:
-            batches = await consumer.getmany(timeout_ms=200)
-            now = time.perf_counter()
-            for msgs in batches.values():
-                for m in msgs:
-                    i = orjson.loads(m.value).get("item_id")
-                    if i in sent and i not in done:
-                        done[i] = now
-            with contextlib.suppress(psutil.Error):
-                rss.append(ps.memory_info().rss / 2**20)
+    def sample_rss() -> None:
+        with contextlib.suppress(psutil.Error):
+            rss.append(ps.memory_info().rss / 2**20)
 
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(read_indexed(consumer, sent, done, n, sample_rss))
     try:
         t0 = time.perf_counter()
         for i in range(n):

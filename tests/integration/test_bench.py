@@ -52,3 +52,26 @@ def test_report_is_written_without_matplotlib(tmp_path: Path, monkeypatch, capsy
     assert orjson.loads(args.report.read_bytes())["runs"] == [run]
     assert not (tmp_path / "r.png").exists()
     assert "plot skipped" in capsys.readouterr().out
+
+
+def test_bench_times_content_beside_the_events(worker_env: dict[str, str], tmp_path: Path):
+    """--content-rate: new texts go to a separate encoding worker while a ranking-only worker
+    answers the events; each is timed to its content-indexed record."""
+    report = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    cmd = [sys.executable, "-m", "recstream.streams.cli", "bench", "--no-relay", "--rate", "10",
+           "--seconds", "4", "--items", "500", "--users", "20", "--content-rate", "2",
+           "--report", str(report)]  # fmt: skip
+    env = {**worker_env, "TMPDIR": str(scratch)}
+    run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, timeout=420)
+    out = (run.stdout + run.stderr).decode(errors="replace")
+    assert run.returncode == 0, out[-4000:]
+    rep = orjson.loads(report.read_bytes())
+    assert rep["worker_role"] == "rank"
+    assert rep["answered"] == rep["sent"] >= 30, out[-2000:]
+    content = rep["content"]
+    assert content["items"] == 8 and content["indexed"] == 8, content
+    assert 0 < content["searchable_p50_ms"] <= content["searchable_p99_ms"]
+    assert content["encoder_peak_rss_mb"] > 50
+    assert "content" in out and "searchable" in out
