@@ -86,6 +86,71 @@ def test_top_pairs_best_first_ties_by_hash_without_infinities() -> None:
 NO_DENSE = np.zeros((1, 1), np.float32)
 
 
+def test_quantize() -> None:
+    rng = np.random.default_rng(5)
+    for n in range(300):
+        v = (rng.standard_normal(64) * rng.random() ** 3).astype(np.float32)
+        if n % 7 == 0:
+            v = np.round(v * 4) / 4  # exact halves: rint rounds them to even
+        if n % 11 == 0:
+            v[:] = 0
+        q, scale = kernels.quantize(v)
+        top = float(np.max(np.abs(v)))
+        want_scale = np.float32(top / 127.0)
+        assert scale == want_scale and q.dtype == np.int8
+        if want_scale == 0:
+            assert not q.any()
+        else:
+            want = np.clip(np.rint(v / want_scale), -127, 127).astype(np.int8)
+            np.testing.assert_array_equal(q, want)
+
+
+def _top_summed_reference(u, r, w, n_users, limits, live, ex_u, ex_row):
+    key = u * (1 << 32) + r
+    uniq, inv = np.unique(key, return_inverse=True)
+    total = np.bincount(inv, weights=w, minlength=len(uniq))
+    uu, rr = uniq >> 32, uniq & ((1 << 32) - 1)
+    ok = live[rr] & ~np.isin(uniq, ex_u * (1 << 32) + ex_row)
+    uu, rr, total = uu[ok], rr[ok], total[ok]
+    order = np.lexsort((rr, -total, uu))
+    uu, rr = uu[order], rr[order]
+    starts = np.searchsorted(uu, np.arange(n_users + 1))
+    sel = np.arange(len(uu)) - starts[uu] < np.asarray(limits)[uu]
+    return uu[sel], rr[sel]
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_top_summed(grouped: bool) -> None:
+    """Each user's best rows by summed weight, exclusions and dead rows dropped, ties by row
+    (weights in quarters: many ties at every limit)."""
+    rng = np.random.default_rng(6)
+    cap, n_users = 300, 7
+    live = rng.random(cap) < 0.9
+    u = np.sort(rng.integers(0, n_users, 2000)) if grouped else rng.integers(0, n_users, 2000)
+    r = rng.integers(0, cap, 2000)
+    w = rng.integers(1, 8, 2000) / 4.0
+    ex_u = np.sort(rng.integers(0, n_users, 60))
+    ex_row = rng.integers(0, cap, 60)
+    limits = np.asarray([0, 1, 5, 40, 300, 17, 3], np.int64)
+    total, mark = np.zeros(cap), np.zeros(cap, np.int8)
+    got = kernels.top_summed(u, r, w, n_users, limits, live, ex_u, ex_row, total, mark)
+    want = _top_summed_reference(u, r, w, n_users, limits, live, ex_u, ex_row)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert not total.any() and not mark.any()  # the scratch is left zero
+
+
+def test_lookup_rows() -> None:
+    order = np.argsort(HASHES[:150])
+    new = np.argsort(HASHES[150:180]) + 150
+    queries = np.concatenate([HASHES, np.asarray([1, 2**64 - 1], np.uint64)])
+    got = kernels.lookup_rows(
+        HASHES[order], order.astype(np.int64), HASHES[new], new.astype(np.int64), queries
+    )
+    want = [i if i < 180 else -1 for i in range(200)] + [-1, -1]
+    assert got.tolist() == want
+
+
 def test_publish_row() -> None:
     rng = np.random.default_rng(5)
     rows = rng.permutation(60)  # the rows of HASHES[:60]; the rest are not in the catalog
