@@ -53,6 +53,13 @@ def trend_after(trend: float, weight: float, ts: int, half_life_ms: float) -> fl
     return hi + math.log1p(math.exp(lo - hi))
 
 
+def popularity_now(trend: float, now_ms: int, half_life_ms: float) -> float:
+    """The decayed popularity a ``trend`` stands for at ``now_ms`` (0 for NO_TREND)."""
+    if trend <= NO_TREND / 2:
+        return 0.0
+    return math.exp(min(trend - now_ms * math.log(2) / half_life_ms, 700.0))
+
+
 def cooc_pairs(
     recent: Sequence[int] | np.ndarray,
     recent_w: Sequence[float] | np.ndarray,

@@ -68,10 +68,7 @@ def event_hash(event_id: str) -> int:
 
 def quantize(v: np.ndarray) -> tuple[np.ndarray, float]:
     """int8 codes and a float32 scale; ``dequantize`` of them is what the state holds."""
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    if v.ndim != 1:
-        v = v.ravel()
-    q, scale = kernels.quantize(v)
+    q, scale = kernels.quantize(np.ascontiguousarray(v, dtype=np.float32).ravel())
     return q, float(scale)
 
 

@@ -15,7 +15,6 @@ from recstream.ranking.store.base import (
     CONTENT_FIELDS,
     CONTENT_VECTORS,
     MODALITY_DIMS,
-    NO_TREND,
     ORDER_KEYS,
     Backend,
     CandidateQuery,
@@ -26,8 +25,6 @@ from recstream.ranking.store.base import (
     content_vectors,
     point_id,
     point_uuid,
-    popularity_now,
-    trend_after,
     unit_list,
 )
 
@@ -40,15 +37,12 @@ __all__ = [
     "ItemRecord",
     "ItemStore",
     "MODALITY_DIMS",
-    "NO_TREND",
     "ORDER_KEYS",
     "StoredItem",
     "content_payload",
     "content_vectors",
     "point_id",
     "point_uuid",
-    "popularity_now",
-    "trend_after",
     "unit_list",
     "connect",
 ]

@@ -17,14 +17,14 @@ Payload per point: ``item_id``, ``title``, ``tags``, ``published_at`` (epoch ms)
 and ``trend``: the item's time-decayed popularity kept comparable across items without ever
 rewriting idle items. A counter ``pop`` decaying with half-life H is stored in log space as
 ``trend = ln(pop) + t * ln2 / H`` (t = time of its last update); ordering by ``trend`` is
-ordering by the current decayed popularity, and ``pop_now = exp(trend - now * ln2 / H)``.
+ordering by the current decayed popularity, and ``pop_now = exp(trend - now * ln2 / H)``
+(ranking/item_side.py: ``trend_after``, ``popularity_now``).
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +32,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from recstream.ranking.item_side import NO_TREND
+
 _ID_NAMESPACE = uuid.UUID("6f1c7f0e-6a2b-4f7e-9d0e-3b9a3c5d7e11")
-NO_TREND = -1.0e18  # an item nobody interacted with yet sorts last
 MODALITY_DIMS = {"text": 384, "image": 1280, "audio": 512}
 CONTENT_VECTORS = frozenset(MODALITY_DIMS)
 CONTENT_FIELDS = ("item_id", "title", "tags", "published_at", "kind")
@@ -114,23 +115,6 @@ class StoredItem:
     @classmethod
     def from_point(cls, point: Any) -> StoredItem:
         return cls.from_parts(point.payload, point.vector, getattr(point, "score", None))
-
-
-def trend_after(trend: float, weight: float, ts: int, half_life_ms: float) -> float:
-    """Add ``weight`` at time ``ts`` to a log-space decayed counter (see module doc)."""
-    k = math.log(2) / half_life_ms
-    scaled = ts * k
-    if trend <= NO_TREND / 2:
-        return math.log(weight) + scaled
-    # ln(exp(trend) + weight * exp(scaled)), computed stably
-    hi, lo = max(trend, math.log(weight) + scaled), min(trend, math.log(weight) + scaled)
-    return hi + math.log1p(math.exp(lo - hi))
-
-
-def popularity_now(trend: float, now_ms: int, half_life_ms: float) -> float:
-    if trend <= NO_TREND / 2:
-        return 0.0
-    return math.exp(min(trend - now_ms * math.log(2) / half_life_ms, 700.0))
 
 
 def content_payload(r: ItemRecord, old: StoredItem | None) -> dict[str, Any]:

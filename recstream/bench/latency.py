@@ -131,6 +131,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.rate is None:
         args.rate = [] if args.ingest else [200]
+    if args.content_rate > 0 and args.catalog != "synthetic":
+        _parser().error("--content-rate runs beside the synthetic catalog only")
     return asyncio.run(_run(args))
 
 
@@ -276,10 +278,8 @@ async def _worker_run(
     # The synthetic catalog is encoded already: a ranking-only worker serves the events (an
     # ml-100k replay needs the worker's encoder for its films), and with --content-rate a
     # separate encoding worker, over a store holding the catalog, encodes the new items.
-    content = args.content_rate > 0 and args.replay is None
     encoder = None
-    if content:
-        ws = Settings()
+    if args.content_rate > 0:  # (the synthetic catalog: checked in main)
         ws.qdrant.path = env["RECSTREAM_QDRANT_PATH"]
         store = open_store(ws, ws.encoder.dims())
         try:

@@ -17,19 +17,12 @@ import pytest
 
 from recstream.ranking import store as stores
 from recstream.ranking.catalog import Catalog
-from recstream.ranking.item_side import ItemRow
+from recstream.ranking.item_side import NO_TREND, ItemRow, popularity_now, trend_after
 from recstream.ranking.params import model_params
 from recstream.ranking.scoring import FEATURES, ScoreParams
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import Event, OnlineModel
-from recstream.ranking.store import (
-    NO_TREND,
-    ItemRecord,
-    ItemStore,
-    point_id,
-    popularity_now,
-    trend_after,
-)
+from recstream.ranking.store import ItemRecord, ItemStore, point_id
 from recstream.ranking.store.client import QdrantStore
 from recstream.ranking.user_state import UserState, item_hash
 

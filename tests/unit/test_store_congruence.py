@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from recstream.ranking import store as stores
+from recstream.ranking.item_side import NO_TREND
 from recstream.ranking.store import (
     CANDIDATE_FIELDS,
-    NO_TREND,
     CandidateQuery,
     ItemRecord,
     ItemStore,
