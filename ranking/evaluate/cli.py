@@ -1,24 +1,43 @@
 """``recstream evaluate``: replay interaction data through recstream's online model and the
 baselines, print a table and write a JSON report.
 
-    recstream evaluate --data ml-100k|PATH [--items PATH] --protocol prequential|split \
-        --report OUT.json [--models recstream,popularity,item-knn] [--limit N]
+    recstream evaluate --data ml-100k|ml-latest-small|ibm-articles|PATH [--items PATH] \
+        --protocol prequential|split --report OUT.json [--models recstream,popularity,...]
+
+A data file that cannot be read, or models that do not fit the protocol, end with one
+sentence on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from recstream.ranking.evaluate.data import Interactions, load_interactions, load_ml100k
+from recstream.ranking.evaluate.data import DATASETS, DataError, Interactions, load_interactions
 
-MODELS = ("recstream", "popularity", "item-knn", "random")
-DEFAULT_MODELS = "recstream,popularity,item-knn"
+MODELS = ("recstream", "popularity", "item-knn", "random", "ease")
+DEFAULT_MODELS = {
+    "prequential": "recstream,popularity,item-knn",
+    "split": "recstream,popularity,item-knn,ease",
+}
+BATCH_MODELS = ("ease",)  # fit once on a training part: the split protocol only
+
+
+class UsageError(Exception):
+    """Options that do not go together: the message is one sentence."""
+
+
+DATA_HELP = (
+    "ml-100k, ml-latest-small, ibm-articles (fetched from PyPI wheels into the cache; "
+    "ibm-articles has no timestamps: its events keep the file's row order, a second a row), "
+    "or a CSV / JSON-lines file"
+)
 TABLE_COLUMNS = (
     "HR@10",
     "NDCG@10",
@@ -38,11 +57,15 @@ TABLE_COLUMNS = (
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recstream evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="ml-100k, or a CSV / JSON-lines file")
-    p.add_argument("--items", type=Path, help="item texts (CSV or JSON lines)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--items", type=Path, help="item texts (CSV or JSON lines) for a --data file")
     p.add_argument("--protocol", choices=("prequential", "split"), default="prequential")
     p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list of {', '.join(MODELS)}")
+    p.add_argument(
+        "--models",
+        help=f"comma list of {', '.join(MODELS)} (default: prequential "
+        f"{DEFAULT_MODELS['prequential']}; split {DEFAULT_MODELS['split']})",
+    )
     p.add_argument("--limit", type=int, help="only the first N interactions (time order)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=2020, help="split protocol shuffle seed")
@@ -75,13 +98,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load(spec: str, items: Path | None) -> Interactions:
-    if spec == "ml-100k":
-        return load_ml100k()
+    """A named dataset or a file; DataError when it cannot be read."""
+    if spec in DATASETS:
+        if items is not None:
+            raise UsageError(f"--items is for a --data file; {spec} brings its own item texts")
+        return DATASETS[spec]()
+    if not Path(spec).exists():
+        raise DataError(f"{spec}: no such file (datasets by name: {', '.join(DATASETS)})")
     return load_interactions(Path(spec), items)
 
 
+def model_names(spec: str | None, protocol: str) -> list[str]:
+    """The --models list; UsageError for an unknown model or one the protocol cannot run."""
+    names = [n.strip() for n in (spec or DEFAULT_MODELS[protocol]).split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise UsageError(f"unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+    batch = [n for n in names if n in BATCH_MODELS]
+    if batch and protocol != "split":
+        raise UsageError(
+            f"{batch[0]} is fit once on a training part, not learned online: use it with "
+            "--protocol split"
+        )
+    return names
+
+
 def build_models(names: list[str], data: Interactions, args: argparse.Namespace) -> list[Any]:
-    from recstream.ranking.evaluate.baselines import ItemKNNModel, PopularityModel, RandomModel
+    from recstream.ranking.evaluate.baselines import (
+        EASEModel,
+        ItemKNNModel,
+        PopularityModel,
+        RandomModel,
+    )
 
     out: list[Any] = []
     for name in names:
@@ -101,6 +149,8 @@ def build_models(names: list[str], data: Interactions, args: argparse.Namespace)
             out.append(ItemKNNModel(data))
         elif name == "random":
             out.append(RandomModel(data))
+        elif name == "ease":
+            out.append(EASEModel(data))
         else:
             raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return out
@@ -118,7 +168,16 @@ def table(results: dict[str, dict[str, Any]], columns: tuple[str, ...] = TABLE_C
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    data = load(args.data, args.items)
+    try:
+        names = model_names(args.models, args.protocol)
+        data = load(args.data, args.items)
+    except (DataError, UsageError) as e:
+        print(f"recstream evaluate: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.data}: {len(data):,} interactions, {data.n_users:,} users, "
+        f"{data.n_items:,} items" + "".join(f"; {note}" for note in data.notes)
+    )
     if args.limit:
         data = data.head(args.limit)
     from recstream.ranking.evaluate.protocols import prequential, split, split_replay
@@ -126,7 +185,6 @@ def main(argv: list[str]) -> int:
     part = None
     if args.protocol == "split":
         data, part = split_replay(data, args.seed, args.split_order)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = build_models(names, data, args)
 
     # the item texts' vectors (when recstream encoded them): every model's lists' ILD@k
@@ -157,6 +215,7 @@ def main(argv: list[str]) -> int:
             "seconds": round(elapsed, 2),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "settings_overrides": args.set,
+            "data_notes": data.notes,
             "models": list(results),
             **results,  # report["recstream"]["HR@10"], report["item-knn"]["NDCG@10"], ...
         }
