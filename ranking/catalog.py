@@ -102,6 +102,9 @@ class Catalog:
         # ready lists: rows by trend (best first) and by publication time (newest first)
         self.trending = np.zeros(0, np.int32)
         self.fresh = np.zeros(0, np.int32)
+        # per modality: count, sum and sum of squares of sampled cosines between items (each
+        # new vector against a few earlier ones): how alike a typical pair is in this catalog
+        self.cos_stats = {m: np.zeros(3) for m in self.dims}
         self.version = 0  # bumped on every change (caches key on it)
         # 1 / max(count, 1) ** exponent per row, per exponent (scoring's normalisers), kept
         # current as counts change
@@ -206,6 +209,7 @@ class Catalog:
                     self.n_vec[m] += 1
                     self.midx[i, row] = at
                 self.vec[m][at] = np.asarray(v, np.float32) / np.float32(norm)
+                self._sample_cosines(m, at)
             else:
                 self.midx[i, row] = -1  # its old vector, if any, stays unused
         self.published_at[row] = np.nan if published_at is None else float(published_at)
@@ -228,6 +232,24 @@ class Catalog:
         self._on_fresh(row)
         self.version += 1
         return row
+
+    def _sample_cosines(self, m: str, at: int) -> None:
+        """Fold the cosines of vector ``at`` with up to four earlier ones of modality ``m``
+        (fixed positions, so a replay samples the same) into ``cos_stats``."""
+        earlier = sorted({at - 1, at // 2, at // 3, (at * 7) // 11} - {at})
+        idx = np.asarray([j for j in earlier if 0 <= j < at], np.intp)
+        if len(idx):
+            c = self.vec[m][idx] @ self.vec[m][at]
+            self.cos_stats[m] += (len(c), float(c.sum()), float((c * c).sum()))
+
+    def cosine_spread(self, m: str) -> tuple[float, float]:
+        """(mean, standard deviation) of the cosine of two items of modality ``m`` (sampled);
+        (0, 0) before any sample (unrelated directions, no spread known)."""
+        n, s1, s2 = self.cos_stats[m]
+        if not n:
+            return 0.0, 0.0
+        mean = s1 / n
+        return float(mean), float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
 
     def delete(self, item_id: str) -> None:
         row = self.row_of.get(int.from_bytes(item_digest(item_id)[:8], "little"))

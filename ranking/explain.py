@@ -3,14 +3,16 @@
 ``pick``: each user's k best pairs by score (ties by item hash, so the order does not depend on
 the candidates' order), or, with ``diversity`` > 0, maximal marginal relevance over the
 k * diversity_pool best. ``reasons``: one sentence per listed pair, from the feature term that
-contributed most (features * the user's weights):
-  cf          "popular with people who watched <the seed contributing most>"
+contributed most (features * the user's weights) among those that can be stated truthfully:
+  cf          "popular with people who watched <the seed contributing most>" (none: the next)
   content / recent  "because you liked <anchor>" when the anchor (the user's latest positive
-              item most like the candidate) was taken with an event weight >= liked_weight,
-              else "similar to <anchor>"
+              item most like the candidate) is really like it (``really_similar``) and was taken
+              with an event weight >= liked_weight, "similar to <anchor>" when not taken so;
+              no anchor really like it: the next term
   history     as cf when a seed contributes, else "popular with people who watch what you
               watch" (the neighbours it counted are only known by their Bloom bits)
-  popularity  "trending now";  freshness  "new in <first tag>" ("new" without tags)
+  popularity  "trending now";  popular  "popular";  freshness  "new in <first tag>" ("new"
+              without tags); no term that can be named: "more from the catalog"
 """
 
 from __future__ import annotations
@@ -89,6 +91,43 @@ def pick(
     return out
 
 
+# "Really similar": a cosine more than one standard deviation above the mean cosine of two
+# items of the catalog, or at least halfway from that mean to identical (Catalog.cosine_spread,
+# per modality), whatever the encoder's own scale (text cosines near 0 for unrelated items,
+# image cosines far higher). MiniLM on a catalog of four topics: same-topic pairs 0.34-0.60,
+# mean 0.44; other pairs at most 0.31; all pairs 0.23 +- 0.15 (tests/unit/test_store.py).
+SIMILAR_SD = 1.0
+SIMILAR_HALFWAY = 0.5
+
+
+def really_similar(
+    cat: Catalog, a: np.ndarray, b: np.ndarray, mw: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether rows a[i] and b[i] are really similar (``SIMILAR_SD``, ``SIMILAR_HALFWAY``), and
+    how much: their likeness, (cosine - mean) / (1 - mean), weighted over the modalities both
+    have (-inf where they share none)."""
+    like = np.zeros(len(a))
+    sds = np.zeros(len(a))
+    den = np.zeros(len(a))
+    for i, m in enumerate(cat.modalities):
+        ia, ib = cat.midx[i][a], cat.midx[i][b]
+        both = (ia >= 0) & (ib >= 0)
+        if not both.any():
+            continue
+        mean, sd = cat.cosine_spread(m)
+        mean = min(mean, 0.99)
+        wm = mw.get(m, 1.0)
+        mat = cat.vec[m]
+        dots = kernels.dots_pairs(mat, np.maximum(ia, 0), mat, np.maximum(ib, 0))
+        like += np.where(both, wm * (dots - mean) / (1.0 - mean), 0.0)
+        sds += np.where(both, wm * ((dots - mean) / sd if sd > 0 else 0.0), 0.0)
+        den += np.where(both, wm, 0.0)
+    ok = den > 0
+    like = np.divide(like, den, out=np.full(len(a), -np.inf), where=ok)
+    sds = np.divide(sds, den, out=np.zeros(len(a)), where=ok)
+    return ok & ((sds > SIMILAR_SD) | (like >= SIMILAR_HALFWAY)), like
+
+
 def reasons(
     cat: Catalog,
     users: Users,
@@ -97,64 +136,76 @@ def reasons(
     listed: np.ndarray,
     params: ScoreParams,
 ) -> list[str]:
-    """One sentence per listed pair index (see the module doc)."""
+    """One sentence per listed pair index (see the module doc): from the feature term that
+    contributed most, or, where that term cannot be stated truthfully (content with no seed
+    really similar to the item, co-occurrence with no seed to name), the next one."""
     if len(listed) == 0:
         return []
     u = pairs.u[listed]
     contrib = scored.features[listed] * users.weights[u]
-    top = np.argmax(contrib, axis=1)
-    best_term = contrib[np.arange(len(listed)), top]
-    names = [
-        FEATURES[t] if v > 0 else "" for t, v in zip(top.tolist(), best_term.tolist(), strict=True)
-    ]
-    cf_seed = scored.best_seed[listed]
-    # the anchor: the user's seed most like the listed item
-    anchor = np.full(len(listed), -1, np.int64)
-    want = np.asarray([n for n, nm in enumerate(names) if nm in ("content", "recent")], np.intp)
-    if len(want):
-        su = u[want]
-        lens = users.seed_start[su + 1] - users.seed_start[su]
-        rep = np.repeat(np.arange(len(want)), lens)
-        if len(rep):
-            sidx = np.concatenate(
-                [np.arange(users.seed_start[x], users.seed_start[x + 1]) for x in su]
-            )
-            sims = modal_cosines(
-                cat, pairs.r[listed[want]][rep], users.seed_row[sidx],
-                params.modality_weights, -1.0,
-            )  # fmt: skip
-            order = np.lexsort((-sims, rep))
-            first = np.unique(rep[order], return_index=True)
-            best = order[first[1]]
-            good = sims[best] > -1.0
-            anchor[want[first[0][good]]] = sidx[best[good]]
-    out = []
+    order = np.argsort(-contrib, axis=1, kind="stable").tolist()
+    cf_seed = scored.best_seed[listed].tolist()
+    anchor = _anchors(cat, users, pairs.r[listed], u, contrib, params)
     seed_row = users.seed_row
     liked = (users.seed_w >= np.float32(params.liked_weight)).tolist()
-    for name, r, cs, s in zip(
-        names, pairs.r[listed].tolist(), cf_seed.tolist(), anchor.tolist(), strict=True
-    ):
-        if name in ("cf", "history"):
-            if cs >= 0:
-                out.append(
-                    f"popular with people who watched \u201c{_title(cat, seed_row[cs])}\u201d"
-                )
-                continue
-            if name == "history":
-                out.append("popular with people who watch what you watch")
-                continue
-            name = "popularity"
-        if name in ("content", "recent"):
-            if s >= 0:
-                verb = "because you liked" if liked[s] else "similar to"
-                out.append(f"{verb} \u201c{_title(cat, seed_row[s])}\u201d")
+    rows = pairs.r[listed].tolist()
+    out = []
+    for n, r in enumerate(rows):
+        why = "more from the catalog"  # nothing it was listed for can be named
+        for t in order[n]:
+            if contrib[n, t] <= 0:
+                break
+            name = FEATURES[t]
+            if name in ("cf", "history") and cf_seed[n] >= 0:
+                seed = _title(cat, seed_row[cf_seed[n]])
+                why = f"popular with people who watched \u201c{seed}\u201d"
+            elif name == "history":
+                why = "popular with people who watch what you watch"
+            elif name in ("content", "recent") and anchor[n] >= 0:
+                verb = "because you liked" if liked[anchor[n]] else "similar to"
+                why = f"{verb} \u201c{_title(cat, seed_row[anchor[n]])}\u201d"
+            elif name == "popularity":
+                why = "trending now"
+            elif name == "popular":
+                why = "popular"
+            elif name == "freshness":
+                why = f"new in {cat.tags[r][0]}" if cat.tags[r] else "new"
             else:
-                out.append("matches your interests")
-        elif name == "freshness":
-            out.append(f"new in {cat.tags[r][0]}" if cat.tags[r] else "new")
-        else:
-            out.append("trending now")
+                continue  # not stated truthfully: the next term
+            break
+        out.append(why)
     return out
+
+
+def _anchors(
+    cat: Catalog,
+    users: Users,
+    rows: np.ndarray,
+    u: np.ndarray,
+    contrib: np.ndarray,
+    params: ScoreParams,
+) -> list[int]:
+    """Per listed row whose content terms count: the user's seed (index into seed_row) most
+    like it, if it is really like it (``really_similar``); else -1."""
+    anchor = np.full(len(rows), -1, np.int64)
+    want = np.flatnonzero((contrib[:, 0] > 0) | (contrib[:, 1] > 0))
+    if not len(want):
+        return anchor.tolist()
+    su = u[want]
+    lens = users.seed_start[su + 1] - users.seed_start[su]
+    rep = np.repeat(np.arange(len(want)), lens)
+    if not len(rep):
+        return anchor.tolist()
+    sidx = np.concatenate([np.arange(users.seed_start[x], users.seed_start[x + 1]) for x in su])
+    similar, like = really_similar(
+        cat, rows[want][rep], users.seed_row[sidx], params.modality_weights
+    )
+    order = np.lexsort((-like, rep))
+    first = np.unique(rep[order], return_index=True)
+    best = order[first[1]]
+    good = similar[best]
+    anchor[want[first[0][good]]] = sidx[best[good]]
+    return anchor.tolist()
 
 
 def _title(cat: Catalog, row: int) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+N_FEATURES = 7  # ranking.scoring.FEATURES, in that order
+
 
 @njit(cache=True, fastmath=True)
 def dots_first_rows(mat: np.ndarray, n: int, vecs: np.ndarray) -> np.ndarray:  # pragma: no cover
@@ -126,6 +128,7 @@ def score_pairs(
     inv_hist,
     trend,
     pub,  # float64[cap]: 1 / max(count, 1) ** cf_beta, ** history_beta
+    count,  # float64[cap]: the items' interaction counts
     slot,
     nb,
     nb_w,
@@ -157,16 +160,16 @@ def score_pairs(
 ):  # pragma: no cover
     """The features (raw and scaled), scores and divisors of ranking.scoring, over the pairs
     (see its module doc; tests/unit/test_kernels.py checks it against plain Python). Returns
-    raw float32[P, 6], scaled float32[P, 6], scores float64[P] (excluded: -inf), the users'
-    divisors float32[B, 6] and, per pair, the seed (index into seed_row) contributing most to
-    its cf (-1: none)."""
+    raw float32[P, F], scaled float32[P, F], scores float64[P] (excluded: -inf), the users'
+    divisors float32[B, F] (F = N_FEATURES) and, per pair, the seed (index into seed_row)
+    contributing most to its cf (-1: none)."""
     n_mod = len(vecs)
     n_users = len(start) - 1
     n_pairs = len(r)
-    raw = np.zeros((n_pairs, 6), np.float32)
-    feats = np.zeros((n_pairs, 6), np.float32)
+    raw = np.zeros((n_pairs, N_FEATURES), np.float32)
+    feats = np.zeros((n_pairs, N_FEATURES), np.float32)
     scores = np.zeros(n_pairs, np.float64)
-    scales = np.ones((n_users, 6), np.float32)
+    scales = np.ones((n_users, N_FEATURES), np.float32)
     best_seed = np.full(n_pairs, -1, np.int64)
     best_term = np.zeros(n_pairs, np.float64)
     for b in range(n_users):
@@ -204,7 +207,11 @@ def score_pairs(
             iv = interests[m][b]
             for p in range(lo, hi):
                 vi = midx[m, r[p]]
-                if vi < 0:
+                if vi < 0:  # the item lacks the modality: no evidence of likeness (cosine 0)
+                    if long_ok:
+                        feats[p, 0] += wm
+                    if any_short:
+                        feats[p, 1] += wm
                     continue
                 dl = np.float32(0.0)
                 ds = np.float32(0.0)
@@ -267,6 +274,7 @@ def score_pairs(
         mx2 = 0.0
         mx3 = 0.0
         mx5 = 0.0
+        mx6 = 0.0
         for p in range(lo, hi):
             row = r[p]
             raw[p, 2] = raw[p, 2] * inv_cf[row]
@@ -278,19 +286,23 @@ def score_pairs(
                 age = now - pub[row]
                 raw[p, 4] = np.exp(-(age if age > 0.0 else 0.0) * fresh_k)
             raw[p, 5] = raw[p, 5] * inv_hist[row]
+            raw[p, 6] = np.log1p(count[row])
             mx2 = max(mx2, raw[p, 2])
             mx3 = max(mx3, raw[p, 3])
             mx5 = max(mx5, raw[p, 5])
+            mx6 = max(mx6, raw[p, 6])
         if mx2 > 0:
             scales[b, 2] = mx2
         if mx3 > 0:
             scales[b, 3] = mx3
         if mx5 > 0:
             scales[b, 5] = mx5
+        if mx6 > 0:
+            scales[b, 6] = mx6
         w = weights[b]
         for p in range(lo, hi):
             acc = 0.0
-            for j in range(6):
+            for j in range(N_FEATURES):
                 feats[p, j] = raw[p, j] / scales[b, j]
                 acc += feats[p, j] * w[j]
             scores[p] = acc

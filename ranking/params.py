@@ -51,4 +51,7 @@ def model_params(s: RankingSettings) -> ModelParams:
         learning_rate=s.learning_rate,
         learning_l2=s.learning_l2,
         learning_negatives=s.learning_negatives,
+        learning_random_negatives=s.learning_random_negatives,
+        shared_learning_rate=s.shared_learning_rate,
+        shared_l2=s.shared_l2,
     )

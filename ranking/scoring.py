@@ -5,20 +5,25 @@ the batch) and ``r`` (a catalog row), sorted by user; every feature is an array 
 computed with a handful of array operations for the whole batch. Features, each scaled to
 about [0, 1] within a user's candidates so fixed weights mean the same for every user:
 
-  content     cosine of the user's long-term interest and the item, weighted over the
-              modalities both have (RankingSettings.modality_weights)
+  content     cosine of the user's long-term interest and the item: the weighted mean
+              (RankingSettings.modality_weights) over the modalities the user has, one the
+              item lacks counting as an unrelated item's cosine, 0 (no evidence of likeness)
   recent      the same with the user's short-term interest: the recency-weighted sum of their
               latest positive items' vectors
   cf          co-occurrence with those latest items ("seeds"): each seed's published row entry
               for the item * the seed's recency weight / count(seed) ** cf_alpha, summed,
               / count(item) ** cf_beta, divided by the user's maximum
-  popularity  the item's decayed popularity, log-scaled to [0, 1] among the user's candidates
+  popularity  the item's decayed popularity ("trending"), log-scaled to [0, 1] among the
+              user's candidates
   freshness   0.5 ** (age / freshness_half_life)
   history     the item's own published row summed over the neighbours in the user's seen
               filter (every item they ever took), each entry w / count(neighbour) **
               history_alpha, / count(item) ** history_beta, divided by the user's maximum
+  popular     the item's interactions over all time, log-scaled like popularity: with the
+              decayed one, the learned weights find the pace of the catalog's own popularity
+              (events seconds or days apart) without a half-life chosen for one dataset
 
-score = features . (prior + the user's learned deltas, ranking.learner).
+score = features . (the shared weights + the user's learned deltas, ranking.learner).
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from recstream.ranking import seen as bloom
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.user_state import UserState
 
-FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history")
+FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history", "popular")
 N_FEATURES = len(FEATURES)
+assert N_FEATURES == kernels.N_FEATURES
 
 
 @dataclass(frozen=True)
 class ScoreParams:
-    prior: tuple[float, ...]  # one weight per FEATURES entry
+    prior: tuple[float, ...]  # the shared weights' start, one per FEATURES entry
     modality_weights: Mapping[str, float]
     trending_half_life_ms: float
     freshness_half_life_ms: float
@@ -71,7 +77,7 @@ class Users:
     ex_row: np.ndarray  # int64[X]: exact exclusions (recent and disliked items)
     flags: np.ndarray  # bool[B, bits]: seen filters
     fhas: np.ndarray  # bool[B]: whether a user has one
-    weights: np.ndarray  # float32[B, N_FEATURES]: prior + the user's deltas
+    weights: np.ndarray  # float32[B, N_FEATURES]: the shared weights + the user's deltas
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -85,20 +91,17 @@ class Users:
         return np.repeat(np.arange(len(self)), np.diff(self.ex_start))
 
 
-def user_weights(params: ScoreParams, deltas: np.ndarray) -> np.ndarray:
-    """prior + the user's deltas; deltas of another length (a state from before a feature was
-    added) are ignored."""
-    w = np.zeros(N_FEATURES, dtype=np.float32)
-    prior = np.asarray(params.prior, dtype=np.float32)[:N_FEATURES]
-    w[: len(prior)] = prior
-    if len(deltas) == N_FEATURES:
-        w = w + np.asarray(deltas, dtype=np.float32)
-    return w
-
-
-def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams) -> Users:
+def resolve_users(
+    cat: Catalog,
+    states: Sequence[UserState],
+    params: ScoreParams,
+    shared: Sequence[np.ndarray | None] | None = None,
+) -> Users:
     """Seeds (each user's latest positive items in the catalog, newest first, weight decay **
-    (d - 1)), exact exclusions, seen filters and interests of a batch of users."""
+    (d - 1)), exact exclusions, seen filters, interests and weights of a batch of users.
+    ``shared``: per user, the shared weights in effect (None: their start, ``params.prior``);
+    the user's deltas are added (deltas of another length, from a state written before a
+    feature was added, are ignored)."""
     B = len(states)
     bits = cat.params.seen_bits
     interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
@@ -108,7 +111,7 @@ def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams
     flags = np.zeros((B, bits), bool)
     fhas = np.zeros(B, bool)
     weights = np.zeros((B, N_FEATURES), np.float32)
-    prior = user_weights(params, np.zeros(0, np.float32))
+    prior = np.asarray(params.prior, np.float32)
     decay = params.recency_decay ** np.arange(max(params.recent_window, 0), dtype=np.float64)
     for b, st in enumerate(states):
         for i, m in enumerate(cat.modalities):
@@ -134,7 +137,8 @@ def resolve_users(cat: Catalog, states: Sequence[UserState], params: ScoreParams
         if st.seen_filter and len(st.seen_filter) * 8 == bits:
             flags[b] = bloom.flags(st.seen_filter)
             fhas[b] = True
-        weights[b] = prior + st.weights if len(st.weights) == N_FEATURES else prior
+        base = prior if shared is None or shared[b] is None else shared[b]
+        weights[b] = base + st.weights if len(st.weights) == N_FEATURES else base
     seed_start = np.concatenate([[0], np.cumsum(seed_n)])
     seed_a = np.concatenate([decay[:n] for n in seed_n]) if B else np.zeros(0)
     return Users(
@@ -185,7 +189,7 @@ def score(
         ihas, mw = np.zeros((1, len(users)), bool), np.zeros(1, np.float64)
     raw, feats, s, scales, best = kernels.score_pairs(
         vecs, midx, mw,
-        inv_cf, inv_hist, cat.trend, cat.published_at,
+        inv_cf, inv_hist, cat.trend, cat.published_at, cat.count,
         cat.slot, cat.nb, cat.nb_w, inv_alpha, cat.nb_len,
         cat.bloom_pos,
         dense if dense is not None else np.zeros((1, 1), np.float32),

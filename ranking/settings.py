@@ -60,20 +60,22 @@ class RankingSettings(BaseSettings):
     # interest, collaborative seeds, exact exclusions) and the Bloom filter of all seen items.
     recent_items: int = Field(default=24, ge=1, le=255)
     seen_filter_bits: int = Field(default=6144, ge=64, le=65536)
-    # Learned scorer (ranking/scoring.py): prior weights of the features content (long-term
+    # Learned scorer (ranking/scoring.py, ranking/learner.py): the features content (long-term
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
-    # popularity, freshness and history (the candidate's own co-occurrence row summed over
-    # every item the user took); each user learns deltas on top (ranking/learner.py).
-    # content/recent 0.5: ML-100k prequential is unchanged by them (HR@10 0.193 vs 0.191 at
-    # 0.05), while content-rich catalogs need them (demo taste match 47% vs 20-24%).
+    # popularity (decayed), freshness, history (the candidate's own co-occurrence row summed
+    # over every item the user took) and popular (all-time interactions), each scaled to about
+    # [0, 1] within a list. Their weights are learned online from every user's events (the
+    # shared weights) with each user's deltas on top; these are where the shared weights start:
+    # equal, since before any evidence no feature has a claim to count more than another.
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
-            "content": 0.5,
-            "recent": 0.5,
+            "content": 1.0,
+            "recent": 1.0,
             "cf": 1.0,
-            "popularity": 0.3,
-            "freshness": 0.1,
+            "popularity": 1.0,
+            "freshness": 1.0,
             "history": 1.0,
+            "popular": 1.0,
         }
     )
     # history (whole-history co-occurrence through the seen filter) / count(candidate) ** beta
@@ -97,10 +99,21 @@ class RankingSettings(BaseSettings):
     # entries of each item's published "history" row (cf_pos/cf_w), its strongest first; the
     # RecBole split protocol wants ~400 (docs/evaluation.md), each costs the per-event path
     cooc_history_top_n: int = Field(default=400, ge=1)
-    # Online learning of the user's weight deltas from what they took of earlier lists.
+    # Online learning of the user's weight deltas (ranking/learner.py).
     learning_rate: float = Field(default=0.01, ge=0)
     learning_l2: float = Field(default=0.01, ge=0)
-    learning_negatives: int = Field(default=5, ge=0)
+    # Each learning step compares the item taken with this many catalog items drawn uniformly
+    # (BPR's negatives) and, optionally, with the items shown above it in the user's last list
+    # (learning_negatives: off, since every such pair is one the list had the wrong way round,
+    # so they only ever shrink the weights: ML-100k prequential HR@10 0.149 with them at 30k
+    # events against 0.175 without, docs/evaluation.md).
+    learning_negatives: int = Field(default=0, ge=0)
+    learning_random_negatives: int = Field(default=5, ge=0)
+    # Online learning of the shared weights from every user's events: a step per event along
+    # its gradient (as the user's deltas take), and a weak pull toward zero (a tenth of the
+    # users'), so a feature that does not help fades and the weights stay bounded.
+    shared_learning_rate: float = Field(default=0.01, ge=0)
+    shared_l2: float = Field(default=0.001, ge=0)
     # Reasons: a recent item counts as "liked" ("because you liked <title>") when taken with
     # at least this event weight (like, share, complete, click, a view watched >= 90%).
     reason_liked_weight: float = 0.7

@@ -27,7 +27,7 @@ import numpy as np
 from recstream.ranking import explain, kernels, scoring
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.item_side import CoocParams, Update, updates_for_event
-from recstream.ranking.learner import bpr_step
+from recstream.ranking.learner import bpr_gradient, user_step
 from recstream.ranking.scoring import Pairs, ScoreParams, Users
 from recstream.ranking.user_state import (
     StateParams,
@@ -36,6 +36,8 @@ from recstream.ranking.user_state import (
     event_weight,
     item_digest,
 )
+
+_MERSENNE = (1 << 61) - 1
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,12 @@ class ModelParams:
     k: int = 10
     candidate_factor: int = 4  # candidates per source = k * this
     full_scan_limit: int = 4096  # score the whole catalog while it has at most this many items
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # the user's deltas
     learning_l2: float = 0.01
-    learning_negatives: int = 5
+    learning_negatives: int = 0  # items shown above the taken one, at most
+    learning_random_negatives: int = 5  # and catalog items drawn uniformly
+    shared_learning_rate: float = 0.01  # the shared weights (ranking/learner.py)
+    shared_l2: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class Outcome:
 class StepResult:
     outcomes: list[Outcome]
     updates: list[Update] = field(default_factory=list)  # item side, in event order
+    # the shared weights' gradient of each event that learned (event index -> float64[F]),
+    # every one taken at the weights the round was given (ranking/learner.SharedWeights.learn)
+    gradients: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class OnlineModel:
@@ -177,17 +185,31 @@ class OnlineModel:
         return out
 
     def recommend(
-        self, states: Sequence[UserState], ks: Sequence[int], now_ms: int, explain: bool = True
+        self,
+        states: Sequence[UserState],
+        ks: Sequence[int],
+        now_ms: int,
+        explain: bool = True,
+        shared: Sequence[np.ndarray | None] | None = None,
     ) -> list[Ranked]:
         """Lists for users, from their current states (nothing changes); ``explain`` False:
-        without reasons (the evaluator's)."""
-        users = scoring.resolve_users(self.cat, states, self.p.score)
+        without reasons (the evaluator's); ``shared``: per user, the shared weights in effect
+        (None: their start)."""
+        users = scoring.resolve_users(self.cat, states, self.p.score, shared)
         pairs = self.candidates(users, ks=ks)
         return self._lists(users, pairs, self._score(users, pairs, now_ms), ks, explain)
 
     # -- the step -----------------------------------------------------------------------------
-    def step(self, events: Sequence[Event], states: Sequence[UserState], now_ms: int) -> StepResult:
-        """One round: events of distinct users, each with its user's current state."""
+    def step(
+        self,
+        events: Sequence[Event],
+        states: Sequence[UserState],
+        now_ms: int,
+        shared: Sequence[np.ndarray | None] | None = None,
+    ) -> StepResult:
+        """One round: events of distinct users, each with its user's current state and the
+        shared weights in effect for it (``shared``, per event; None: their start). The
+        shared weights do not change here: the result has each learning event's gradient."""
         cat, p = self.cat, self.p
         outcomes: list[Outcome | None] = [None] * len(events)
         after: list[UserState] = []
@@ -219,7 +241,7 @@ class OnlineModel:
             w = event_weight(ev.type, ev.value, p.state.event_weights)
             if w > 0:
                 updates.extend(updates_for_event(st.recent, st.recent_w, h, w, ev.ts, p.cooc))
-                if p.learning_rate > 0 and st.n_events:
+                if (p.learning_rate > 0 or p.shared_learning_rate > 0) and st.n_events:
                     learners.append(len(index))
             outcomes[n] = Outcome("applied", new)
             before.append(st)
@@ -228,9 +250,12 @@ class OnlineModel:
             index.append(n)
         if not index:
             return StepResult([o for o in outcomes if o is not None], updates)
+        base = [None if shared is None else shared[n] for n in index]
+        grads: dict[int, np.ndarray] = {}
         if learners:
-            self._learn(before, after, learners, extra, now_ms)
-        users_after = scoring.resolve_users(cat, after, p.score)
+            for b, g in self._learn(before, after, learners, extra, base, now_ms).items():
+                grads[index[b]] = g
+        users_after = scoring.resolve_users(cat, after, p.score, base)
         pairs = self.candidates(users_after, extra)
         sc = self._score(users_after, pairs, now_ms)
         lists = self._lists(users_after, pairs, sc, [p.k] * len(index))
@@ -243,7 +268,19 @@ class OnlineModel:
                 st.scales = sc.scales[b].copy()
             o.state = st
             o.ranked = lists[b]
-        return StepResult([o for o in outcomes if o is not None], updates)
+        return StepResult([o for o in outcomes if o is not None], updates, grads)
+
+    def _random_rows(self, taken: int, st: UserState) -> np.ndarray:
+        """``learning_random_negatives`` live rows other than ``taken``, drawn uniformly and
+        deterministically from the event (the item and the user's event count), so a replay
+        draws the same ones."""
+        n, cat = self.p.learning_random_negatives, self.cat
+        if n <= 0 or len(cat) < 2:
+            return np.zeros(0, np.int64)
+        seed = (int(cat.hashes[taken]) ^ (int(st.n_events) * 0x9E3779B97F4A7C15)) % _MERSENNE
+        rows = np.asarray([(seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE % len(cat)
+                           for q in range(n)], np.int64)  # fmt: skip
+        return rows[cat.live[rows] & (rows != taken)]
 
     def _learn(
         self,
@@ -251,28 +288,33 @@ class OnlineModel:
         after: list[UserState],
         learners: Sequence[int],
         extra: Sequence[int | None],
+        base: Sequence[np.ndarray | None],
         now_ms: int,
-    ) -> None:
-        """One BPR step per learning user: the taken item against the items shown above it in
-        the user's last list (all of them when it was not listed), their features under the
-        state before the event, scaled as that list's were; the new deltas go into the state
-        after it."""
+    ) -> dict[int, np.ndarray]:
+        """One BPR step per learning user: the taken item against catalog items drawn uniformly
+        (and, with ``learning_negatives``, the items shown above it in the user's last list,
+        all of them when it was not listed), their features under the state before the event,
+        scaled as that list's were; the new deltas go into the state after it. Returns each
+        learner's gradient (by position in ``after``) for the shared weights."""
         p = self.p
         states = [before[b] for b in learners]
-        users = scoring.resolve_users(self.cat, states, p.score)
+        users = scoring.resolve_users(self.cat, states, p.score, [base[b] for b in learners])
         us, rs, negatives = [], [], []
         for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
-            shown = self.cat.rows_of(states[j].shown)
-            pos = np.flatnonzero(shown == taken)
-            above = shown[: int(pos[0])] if len(pos) else shown
-            above = above[above >= 0][: p.learning_negatives]
-            negatives.append(above)
-            us.append(np.full(len(above) + 1, j, np.intp))
-            rs.append(np.concatenate([[taken], above]).astype(np.int64))
+            above = np.zeros(0, np.int64)
+            if p.learning_negatives > 0:
+                shown = self.cat.rows_of(states[j].shown)
+                pos = np.flatnonzero(shown == taken)
+                above = shown[: int(pos[0])] if len(pos) else shown
+                above = above[above >= 0][: p.learning_negatives]
+            negatives.append(np.concatenate([above, self._random_rows(taken, states[j])]))
+            us.append(np.full(len(negatives[j]) + 1, j, np.intp))
+            rs.append(np.concatenate([[taken], negatives[j]]).astype(np.int64))
         pairs = Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs))
         raw = self._score(users, pairs, now_ms).raw
+        grads: dict[int, np.ndarray] = {}
         for j, b in enumerate(learners):
             st = states[j]
             if not len(negatives[j]) or len(st.scales) != scoring.N_FEATURES:
@@ -282,8 +324,10 @@ class OnlineModel:
             f = raw[lo:hi] / st.scales
             taken = int(np.flatnonzero(rows == extra[b])[0])
             above = np.asarray([int(np.flatnonzero(rows == r)[0]) for r in negatives[j]])
-            deltas = bpr_step(
-                st.weights.tolist(), p.score.prior, f[taken], f[above],
-                p.learning_rate, p.learning_l2,
-            )  # fmt: skip
-            after[b].weights = np.asarray(deltas, np.float32)
+            g = bpr_gradient(users.weights[j], f[taken], f[above])
+            grads[b] = g
+            if p.learning_rate > 0:
+                nf = scoring.N_FEATURES
+                deltas = st.weights if len(st.weights) == nf else np.zeros(nf)
+                after[b].weights = user_step(deltas, g, p.learning_rate, p.learning_l2)
+        return grads

@@ -60,7 +60,7 @@ class TopicNames:
         return list(vars(self).values())
 
 
-TABLES = ("users", "item-stats")
+TABLES = ("users", "item-stats", "weights")
 COMPACT = {"cleanup.policy": "compact"}
 
 
@@ -155,7 +155,8 @@ def build_app(
     # recovers, from key_type and value_type: bytes is raw, anything else json). users: key the
     # user id (as a JSON string, as ever), value UserState.to_bytes(); item-stats: key the
     # item's 8-byte hash, value ItemRow.to_bytes() (ranking/item_side.py), whose changelog
-    # every worker's catalog reads.
+    # every worker's catalog reads; weights: key a user-events partition number, value the
+    # shared ranking weights learned from its events (ranking/learner.SharedWeights.to_bytes).
     users = app.Table(
         TABLES[0],
         key_type=str,  # Faust's serializer for it: json
@@ -165,6 +166,12 @@ def build_app(
     item_stats = app.Table(
         TABLES[1],
         key_type=bytes,
+        value_type=bytes,
+        partitions=k.partitions,
+    )
+    weights = app.Table(
+        TABLES[2],
+        key_type=str,
         value_type=bytes,
         partitions=k.partitions,
     )
@@ -180,6 +187,7 @@ def build_app(
         catalog=reader,
         activity_partitions=k.partitions,
         table_scope=_table_scope,
+        weights=weights,
     )
 
     async def guarded(work: Awaitable[None]) -> None:

@@ -4,9 +4,10 @@ Plain async code, bound to Faust in streams/app.py. The model is ranking/step.py
 step over the catalog every ranking worker holds whole (streams/catalog_reader.py).
 
   user-events              parse each event (a batch at a time) -> the users' states from the
-                           users Table -> ``OnlineModel.step`` -> the item-side updates to
-                           item-activity (keyed by item), then the new states to the Table,
-                           then each event's list to recommendations
+                           users Table and the partition's shared weights from the weights
+                           Table -> ``OnlineModel.step`` -> the item-side updates to
+                           item-activity (keyed by item), the shared weights' step, then the
+                           new states to the Table, then each event's list to recommendations
   recommendation-requests  parse -> the user's state -> ``OnlineModel.recommend`` ->
                            recommendations (the state does not change)
   item-activity            each item's side (ranking/item_side.py) in the item-stats Table,
@@ -25,8 +26,11 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from recstream.clock import now_ms
 from recstream.ranking.item_side import ItemRow, Update
+from recstream.ranking.learner import SharedWeights
 from recstream.ranking.step import Event, OnlineModel, Ranked
 from recstream.ranking.user_state import UserState
 from recstream.streams import schemas
@@ -113,6 +117,7 @@ class Handlers:
         activity_partitions: int | None = None,
         table_scope: Callable[[Msg], None] | None = None,
         clock: Callable[[], int] = now_ms,
+        weights: MutableMapping[str, bytes] | None = None,
     ):
         self.settings = settings
         self.model = model
@@ -131,6 +136,8 @@ class Handlers:
         self.table_scope = table_scope or (lambda msg: None)
         self.clock = clock
         self.forwarded = 0
+        # the shared ranking weights of each user-events partition (key: the partition number)
+        self.weights: MutableMapping[str, bytes] = {} if weights is None else weights
 
     async def dead_letter(self, msg: Msg, error: str, *, part: str | None = None) -> None:
         # Key, payload and error are cut to what the producer and broker accept (see
@@ -198,6 +205,36 @@ class Handlers:
         raw = self.users.get(user_id)
         return UserState.from_bytes(raw) if raw is not None else UserState()
 
+    def shared(self, partition: int) -> SharedWeights:
+        """The shared ranking weights learned from the events of ``partition`` (its users are
+        a uniform sample of all users by hash, so every partition learns the same weights)."""
+        raw = self.weights.get(str(partition))
+        prior = self.model.p.score.prior
+        return SharedWeights.from_bytes(raw, prior) if raw else SharedWeights.start(prior)
+
+    def _learn_shared(
+        self,
+        events: Sequence[tuple[Msg, schemas.UserEvent]],
+        gradients: Mapping[int, np.ndarray],
+        shared: Mapping[int, SharedWeights],
+    ) -> None:
+        """Each partition's shared weights take one step along its events' gradients, written
+        to the weights Table before the users' states: an event replayed after a crash (its
+        offset at or below the stored ``upto``) is not learned from twice."""
+        by_part: dict[int, list[tuple[Msg, np.ndarray]]] = {}
+        for n, g in sorted(gradients.items()):
+            msg = events[n][0]
+            if msg.offset > shared[msg.partition].upto:
+                by_part.setdefault(msg.partition, []).append((msg, g))
+        p = self.model.p
+        for part, got in by_part.items():
+            sw = shared[part]
+            sw.learn([g for _, g in got], p.shared_learning_rate, p.shared_l2)
+            last = max((m for m, _ in got), key=lambda m: m.offset)
+            sw.upto = last.offset
+            self.table_scope(last)
+            self.weights[str(part)] = sw.to_bytes()
+
     async def on_event(self, msg: Msg) -> None:
         await self.on_events([msg])
 
@@ -248,11 +285,15 @@ class Handlers:
             )  # fmt: skip
             for msg, e in events
         ]
-        res = self.model.step(step_events, states, self.clock())
+        shared = {p: self.shared(p) for p in {msg.partition for msg, _ in events}}
+        res = self.model.step(
+            step_events, states, self.clock(), [shared[msg.partition].w for msg, _ in events]
+        )
         # The item side's updates go out before the states that record these events as
         # applied: a crash in between replays the events (not yet applied) rather than leaving
         # them applied to users but never counted by the items.
         await self._send_activity(res.updates)
+        self._learn_shared(events, res.gradients, shared)
         answers: list[tuple[schemas.UserEvent, Ranked]] = []
         for (msg, event), out in zip(events, res.outcomes, strict=True):
             if out.status == "unknown_item":
@@ -299,7 +340,8 @@ class Handlers:
             await self.catalog.sync()  # an item indexed before this request is in its answer
         state = self.load_state(req.user_id)
         k = min(req.k or self.settings.ranking.k, self.settings.ranking.max_k)
-        (ranked,) = self.model.recommend([state], [k], self.clock())
+        shared = self.shared(msg.partition).w
+        (ranked,) = self.model.recommend([state], [k], self.clock(), shared=[shared])
         await self._send_recommendation(
             req.user_id, ranked, trigger=req.request_id, source_ts=req.ts,
             request_id=req.request_id,

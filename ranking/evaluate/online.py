@@ -24,6 +24,7 @@ from recstream.ranking import seen as bloom
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.evaluate.data import Interactions, default_cache
 from recstream.ranking.item_side import ItemSide
+from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import Event, OnlineModel, Ranked
@@ -104,6 +105,7 @@ class OnlineRecstream:
             assert row == i
         self.side = ItemSide(self.params.cooc, self.params.score.trending_half_life_ms)
         self.model = OnlineModel(self.cat, self.params)
+        self.shared = SharedWeights.start(self.params.score.prior)
         self.states: dict[int, bytes] = {}
         self.time_every = time_every
         self.timings: dict[str, list[int]] = {p: [] for p in (*PARTS, "total")}
@@ -122,7 +124,9 @@ class OnlineRecstream:
         if len(out) and st.seen_filter:
             seen = kernels.bloom_rows(bloom.flags(st.seen_filter), self.cat.bloom_pos, out)
             extra = int((~seen).sum())
-        lst = self.model.recommend([st], [k + extra], now_ms, explain=False)[0]
+        lst = self.model.recommend(
+            [st], [k + extra], now_ms, explain=False, shared=[self.shared.w]
+        )[0]
         return [int(r) for r in lst.rows if cand[r]][:k]
 
     def learn(self, j: int) -> Ranked | None:
@@ -135,7 +139,7 @@ class OnlineRecstream:
         t0 = time.perf_counter_ns()
         st = self._state(u)
         t1 = time.perf_counter_ns()
-        res = self.model.step([ev], [st], int(d.ts[j]))
+        res = self.model.step([ev], [st], int(d.ts[j]), [self.shared.w])
         t2 = time.perf_counter_ns()
         self.states[u] = res.outcomes[0].state.to_bytes()
         t3 = time.perf_counter_ns()
@@ -143,6 +147,8 @@ class OnlineRecstream:
             for part, ns in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 self.timings[part].append(ns)
             self.timings["total"].append(t3 - t0)
+        p = self.params
+        self.shared.learn(res.gradients.values(), p.shared_learning_rate, p.shared_l2)
         for h in self.side.apply(res.updates):
             self.cat.set_side(h, self.side.rows[h])
         return res.outcomes[0].ranked

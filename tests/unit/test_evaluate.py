@@ -230,7 +230,8 @@ def test_ranked_lists_the_models_best_among_the_protocols_candidates() -> None:
         model.learn(j)
     u, now = int(data.user[299]), int(data.ts[299])
     st = replay_states(model, [u])[u]
-    order = [int(r) for r in model.model.recommend([st], [data.n_items], now, False)[0].rows]
+    (full,) = model.model.recommend([st], [data.n_items], now, False, [model.shared.w])
+    order = [int(r) for r in full.rows]
     assert len(order) >= 20
     cand = np.ones(data.n_items, dtype=bool)
     cand[data.item[:300][data.user[:300] == u]] = False  # what the user took: known to the state

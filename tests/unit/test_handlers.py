@@ -17,6 +17,7 @@ import pytest
 
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.item_side import ItemRow, Update
+from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import OnlineModel
@@ -192,8 +193,8 @@ def _batch(w: World) -> list[Msg]:
     return out
 
 
-def _handle(batched: bool) -> dict[str, Any]:
-    w = make_world()
+def _handle(batched: bool, ranking: RankingSettings | None = None) -> dict[str, Any]:
+    w = make_world(ranking)
     handle(w, _batch(w), batched)
     by_item: dict[int, list[Any]] = {}
     for u in w.updates():
@@ -204,7 +205,10 @@ def _handle(batched: bool) -> dict[str, Any]:
 
 
 def test_a_batch_is_the_same_as_its_events_one_at_a_time() -> None:
-    one, batch = _handle(batched=False), _handle(batched=True)
+    # with the shared weights fixed: a batch's events all see the weights it started with,
+    # one at a time each sees the last one's step (test_the_shared_weights_...)
+    fixed = RankingSettings(shared_learning_rate=0.0)
+    one, batch = _handle(batched=False, ranking=fixed), _handle(batched=True, ranking=fixed)
     assert set(batch["users"]) == {"u1", "u2", "u3"}
     assert batch["users"] == one["users"]  # the same bytes
     # each item gets the same updates; across users their order may differ (rounds), as it
@@ -244,6 +248,31 @@ def test_a_batch_is_the_same_as_its_events_one_at_a_time() -> None:
     # only the positive events of applied, distinct events are counted by the items
     counted = sorted(i for i, ups in batch["updates"].items() for x in ups if x[0] > 0)
     assert counted == sorted(h(i) for i in ("a0", "a1", "b1", "b0", "b1", "a2"))
+
+
+def test_the_shared_weights_learn_from_each_event_once_per_partition() -> None:
+    w = make_world()
+    msgs = _batch(w)
+    handle(w, msgs, batched=True)
+    stored = dict(w.h.weights)
+    prior = w.h.model.p.score.prior
+    learned = {int(p): SharedWeights.from_bytes(raw, prior) for p, raw in stored.items()}
+    assert learned and sum(sw.n for sw in learned.values()) >= 2
+    for p, sw in learned.items():
+        # the partition's own events, up to the last one that learned
+        assert sw.upto in [m.offset for m in msgs if m.partition == p]
+        assert sw.w.tolist() != list(prior)
+    handle(w, msgs, batched=True)  # redelivered: every event at or below upto, learned once
+    assert dict(w.h.weights) == stored
+    # a new event of a user with history, on an item shown below the top of their list,
+    # steps that user's partition again
+    u1 = [m for m in msgs if m.key == b"u1"][0]
+    cat = w.h.model.cat
+    last_shown = cat.ids[int(cat.rows_of(w.state("u1").shown)[-1])]
+    later = w.msg(EVENTS, u1.partition, b"u1", event("u1", last_shown, 9000, "e99"))
+    handle(w, [later], batched=True)
+    sw = SharedWeights.from_bytes(w.h.weights[str(u1.partition)], prior)
+    assert sw.n == learned[u1.partition].n + 1 and sw.upto == later.offset
 
 
 # -- the item side -----------------------------------------------------------------------------
@@ -524,7 +553,8 @@ def test_a_request_is_answered_from_the_state_without_changing_it_k_at_most_max_
     for kw, n in (({"k": 2}, 2), ({"k": 8}, 4), ({"k": 1000}, 4), ({}, 4)):  # default k: 10
         a = run(ask("carol", **kw))
         assert a["request_id"] == a["trigger"] and len(a["items"]) == n, kw
-        (want,) = w.h.model.recommend([state], [n], CLOCK)
+        shared = w.h.shared(owner("carol")).w  # the weights carol's partition learned
+        (want,) = w.h.model.recommend([state], [n], CLOCK, shared=[shared])
         assert [(r["item_id"], r["reason"]) for r in a["items"]] == [
             (i, why) for i, _, why in want.items(w.h.model.cat)
         ]

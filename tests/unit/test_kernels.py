@@ -13,7 +13,7 @@ import pytest
 from recstream.ranking import kernels, seen
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.item_side import NO_TREND, CoocParams, ItemRow
-from recstream.ranking.scoring import Pairs, ScoreParams, resolve_users, score
+from recstream.ranking.scoring import FEATURES, Pairs, ScoreParams, resolve_users, score
 from recstream.ranking.user_state import StateParams, UserState, apply_event, item_digest, item_hash
 
 HASHES = np.asarray([item_hash(f"h{i}") for i in range(200)], np.uint64)  # half past 2**63
@@ -205,7 +205,7 @@ DIMS = {"text": 8, "image": 4}
 COOC = CoocParams(top_n=5, history_top_n=8, history_alpha=0.25)  # slots of 8
 TOP = 8
 SP = ScoreParams(
-    prior=(1.0, 0.8, 0.6, 0.4, 0.3, 0.5),
+    prior=(1.0, 0.8, 0.6, 0.4, 0.3, 0.5, 0.2),
     modality_weights={"text": 1.0, "image": 0.5},
     trending_half_life_ms=24 * HOUR,
     freshness_half_life_ms=72 * HOUR,
@@ -300,7 +300,8 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
         known = [(row_of[h], w) for h, w in es[:TOP] if h in row_of]
         published.append([(j, w, w / count[j] ** COOC.history_alpha) for j, w in known])
     k_tr = math.log(2) / SP.trending_half_life_ms
-    raw, feats = np.zeros((len(pairs), 6)), np.zeros((len(pairs), 6))
+    nf = len(FEATURES)
+    raw, feats = np.zeros((len(pairs), nf)), np.zeros((len(pairs), nf))
     scores = np.zeros(len(pairs))
     terms: list[dict[int, float]] = [{} for _ in range(len(pairs))]
     base = 0  # the user's first seed among all seeds
@@ -319,9 +320,10 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
         for p in range(lo, hi):
             r = int(pairs.r[p])
             it = items[r]
-            for f, user in ((0, long), (1, short)):  # weighted mean over the shared modalities
+            # weighted mean over the user's modalities, one the item lacks counting 0
+            for f, user in ((0, long), (1, short)):
                 both = [m for m in DIMS if m in user and m in it.vecs]
-                den = sum(SP.modality_weights[m] for m in both)
+                den = sum(SP.modality_weights[m] for m in DIMS if m in user)
                 num = sum(SP.modality_weights[m] * float(user[m] @ it.vecs[m]) for m in both)
                 raw[p, f] = num / den if den else 0.0
             for d, s in enumerate(seeds):
@@ -334,12 +336,13 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
                 raw[p, 4] = 0.5 ** (max(NOW - it.pub, 0) / SP.freshness_half_life_ms)
             hist = [hw for j, _, hw in published[r][: COOC.history_top_n] if taken[j]]
             raw[p, 5] = sum(hist) / count[r] ** SP.history_beta
+            raw[p, 6] = math.log1p(it.side.count)  # popular: all-time interactions
         base += len(seeds)
         feats[lo:hi] = raw[lo:hi]
-        for f in (2, 3, 5):  # divided by the user's max among their pairs
+        for f in (2, 3, 5, 6):  # divided by the user's max among their pairs
             top = raw[lo:hi, f].max(initial=0.0)
             feats[lo:hi, f] /= top if top > 0 else 1.0
-        w = np.asarray(SP.prior) + (st.weights if len(st.weights) == 6 else 0.0)
+        w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w
         for p in range(lo, hi):
             it = items[int(pairs.r[p])]

@@ -14,14 +14,16 @@ import pytest
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.evaluate.data import Interactions
 from recstream.ranking.evaluate.online import OnlineRecstream
+from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
+from recstream.ranking.scoring import FEATURES
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import OnlineModel
 from recstream.ranking.user_state import UserState
 from recstream.streams.catalog_reader import CatalogReader
 from recstream.streams.handlers import Handlers, Msg
 from recstream.streams.internal import key_partition
-from recstream.streams.settings import Settings
+from recstream.streams.settings import KafkaSettings, Settings
 
 NOW = 1_795_000_000_000
 N_ITEMS, N_USERS, N_EVENTS = 40, 6, 240
@@ -55,7 +57,7 @@ def _data(rng: np.random.Generator) -> tuple[Interactions, np.ndarray]:
 
 
 def _worker(
-    data: Interactions, text: np.ndarray, settings: Settings
+    data: Interactions, text: np.ndarray, settings: Settings, weights: dict[str, bytes]
 ) -> tuple[dict[str, bytes], list[list[tuple[str, float, str]]]]:
     """The events through the handlers, one message at a time, the item side round-tripped
     through item-activity -> item-stats -> the catalog reader after each."""
@@ -71,7 +73,7 @@ def _worker(
     h = Handlers(
         settings, model=OnlineModel(cat, params), users=users, item_stats=stats,
         recommendations=recs, dead_letters=dead, item_activity=activity,
-        clock=lambda: clock[0],
+        clock=lambda: clock[0], weights=weights,
     )  # fmt: skip
     partitions = settings.kafka.partitions
     lists = []
@@ -98,23 +100,34 @@ def _worker(
 
 def _evaluator(
     data: Interactions, text: np.ndarray, settings: Settings
-) -> tuple[dict[int, bytes], list[list[tuple[str, float, str]]]]:
+) -> tuple[dict[int, bytes], list[list[tuple[str, float, str]]], np.ndarray]:
     m = OnlineRecstream(data, settings.ranking, text)
     lists = []
     for j in range(len(data)):
         ranked = m.learn(j)  # the list the step answers the event with
         assert ranked is not None
         lists.append([(i, round(s, 6), why) for i, s, why in ranked.items(m.cat)])
-    return m.states, lists
+    return m.states, lists, m.shared.w
 
 
 @pytest.mark.parametrize("full_scan", [4096, 8], ids=["whole catalog", "candidate sources"])
 def test_the_worker_and_the_evaluator_are_the_same_model(full_scan: int) -> None:
     data, text = _data(np.random.default_rng(7))
-    settings = Settings(ranking=RankingSettings(full_scan_items=full_scan))
-    worker_states, worker_lists = _worker(data, text, settings)
-    eval_states, eval_lists = _evaluator(data, text, settings)
+    # one partition: the evaluator learns one set of shared weights from every event, as a
+    # worker does from each partition's events
+    settings = Settings(
+        kafka=KafkaSettings(partitions=1), ranking=RankingSettings(full_scan_items=full_scan)
+    )
+    weights: dict[str, bytes] = {}
+    worker_states, worker_lists = _worker(data, text, settings, weights)
+    eval_states, eval_lists, eval_shared = _evaluator(data, text, settings)
     assert worker_lists == eval_lists
+    prior = settings.ranking.score_weights
+    shared = SharedWeights.from_bytes(weights["0"], [prior[f] for f in FEATURES])
+    assert shared.w.tolist() == eval_shared.tolist()
+    # learned from the stream: upto is the offset of the last event that learned
+    assert shared.n > 100 and len(data) - 10 < shared.upto < len(data)
+    assert shared.w.tolist() != [prior[f] for f in FEATURES]
     assert len({tuple(x) for x in worker_lists}) > 20  # the lists change as users act
     reasons = {why for lst in worker_lists for _, _, why in lst}
     assert len(reasons) > 3, reasons  # and are explained in more than one way

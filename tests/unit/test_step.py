@@ -20,9 +20,10 @@ from recstream.ranking.user_state import StateParams, UserState, item_hash
 
 HOUR = 3_600_000
 NOW = 1_700_000_000_000
-DEFAULT = (0.5, 0.5, 1.0, 0.3, 0.1, 1.0)  # RankingSettings.score_weights, in FEATURES order
-CONTENT = (1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
-POPULAR = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+# a fixed set of weights (in FEATURES order) the known answers below are worked out for
+DEFAULT = (0.5, 0.5, 1.0, 0.3, 0.1, 1.0, 0.3)
+CONTENT = (1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+POPULAR = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "share": 3.0, "complete": 2.0,
            "skip": -0.5, "dislike": -2.0}  # fmt: skip
 BASE = ModelParams(
@@ -167,14 +168,15 @@ def test_a_new_user_gets_trending_and_fresh_items() -> None:
     got = w.rank("new").items(w.cat)
     assert got.pop()[:2] == ("undated", 0.0)
     why = [
-        ("hot", "trending now"),
+        ("hot", "trending now"),  # popularity and popular 0.3 each: the first named
         ("fresh", "new in drama"),
         ("bare", "new"),
-        ("dull", "trending now"),
+        ("dull", "popular"),  # once, long ago: more popular over all time than now
     ]
     assert [(i, r) for i, _, r in got] == why
     pop_dull = math.log1p(0.5 ** (400 / 24)) / math.log(51)  # log-scaled by the best (hot)
-    want = [0.3, 0.1 * 0.5 ** (1 / 48), 0.1 * 0.5 ** (2 / 48), 0.3 * pop_dull]
+    all_dull = math.log(2) / math.log(51)  # 1 interaction against hot's 50
+    want = [0.6, 0.1 * 0.5 ** (1 / 48), 0.1 * 0.5 ** (2 / 48), 0.3 * (pop_dull + all_dull)]
     assert [s for _, s, _ in got] == pytest.approx(want, rel=1e-5)
 
 
@@ -228,7 +230,7 @@ def test_history_counts_the_candidates_row_over_everything_the_user_took(dense: 
     """u took h0..h29 (only the Bloom filter remembers most) and "last". "both" co-occurs with
     20 of the old items, "other" with none: "both" ranks first through "history" alone, with
     the whole-catalog matrix and with the published rows alike."""
-    w = World(params((0, 0, 0, 0, 0, 1.0), recent_items=4), capacity=16,
+    w = World(params((0, 0, 0, 0, 0, 1.0, 0), recent_items=4), capacity=16,
               dense_limit=4096 if dense else 16)  # fmt: skip
     old = [f"h{n}" for n in range(30)]
     for i in [*old, "both", "other", "last", "filler"]:
@@ -355,6 +357,34 @@ def test_lists_in_candidate_mode_come_from_the_sources_and_exclude_the_seen(
     assert o.status == "applied" and not {"t0", "t1", "s1", "s2", "c3"} & set(w.ids(o.ranked))
 
 
+def test_an_absent_modality_is_no_evidence_of_likeness() -> None:
+    """Media items share one neutral title (text cosine 1 among all of them). A user who liked
+    two cat photos (text and image) gets the other cat photos before speech and noise clips
+    (text and audio, no image): the image the clips lack counts as an unrelated item's cosine
+    (0), not as a match, so a perfect title match alone does not outrank them."""
+    p = params(CONTENT)
+    cat = Catalog({"text": 4, "image": 4, "audio": 4}, p.cooc, capacity=64)
+    model = OnlineModel(cat, p)
+    title = unit(1, 1, 1, 1)
+    rng = np.random.default_rng(0)
+    for n in range(4):
+        cat.upsert(f"cat-{n}", {"text": title, "image": unit(1, 0.1 * n, 0.05, 0)})
+        cat.upsert(f"clip-{n}", {"text": title, "audio": unit(*rng.normal(size=4))})
+    cat.upsert("dog", {"text": title, "image": unit(0, 1, 0, 0)})
+    st = UserState()
+    for n, item in enumerate(["cat-0", "cat-1"]):
+        st = model.step([Event("u", item, "like", NOW + n)], [st], NOW + n).outcomes[0].state
+    ranked = model.recommend([st], [7], NOW + 2)[0]
+    ids = [cat.ids[int(r)] for r in ranked.rows]
+    assert ids[:2] == ["cat-2", "cat-3"], ids
+    assert set(ids[2:]) == {"dog", "clip-0", "clip-1", "clip-2", "clip-3"}
+    # content and recent alike: (title cosine 1 + image cosine) / 2 for a photo, so (1 + 0) / 2
+    # for a clip (as for the dog photo, image cosine ~0): each clip scores 0.5 + 0.5
+    clips = [s for i, s in zip(ids, ranked.scores, strict=True) if i.startswith("clip")]
+    assert clips == pytest.approx([1.0] * 4, abs=0.005)  # the interest is kept as int8 codes
+    assert ranked.scores[1] > 1.9
+
+
 # -- batches, duplicates, unknown items ------------------------------------------------------
 
 
@@ -388,7 +418,14 @@ def test_a_batch_equals_its_events_one_at_a_time(full_scan_limit: int) -> None:
         if a.ranked is not None:
             assert o.ranked is not None and o.ranked.items(w.cat) == a.ranked.items(w.cat)
     assert batch.updates == [u for a in alone for u in a.updates]
-    assert any(u.pairs for u in batch.updates) and len(batch.outcomes[0].state.weights) == 6
+    assert any(u.pairs for u in batch.updates)
+    assert len(batch.outcomes[0].state.weights) == scoring.N_FEATURES
+    # the shared weights' gradients: those of the events alone, all taken at the weights the
+    # round started with (positive events of users with a list to learn from)
+    assert batch.gradients.keys() == {n for n, a in enumerate(alone) if a.gradients}
+    assert len(batch.gradients) >= 2
+    for n, g in batch.gradients.items():
+        np.testing.assert_array_equal(g, alone[n].gradients[0])
 
 
 def test_duplicates_and_unknown_items_change_nothing() -> None:
@@ -426,13 +463,18 @@ def test_duplicates_and_unknown_items_change_nothing() -> None:
 # -- learning ------------------------------------------------------------------------------
 
 
-LEARN_PRIOR = (0.1, 0.1, 0.0, 1.0, 0.0, 0.0)
+LEARN_PRIOR = (0.1, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0)
 POPS = np.asarray([50.0, 40.0, 30.0, 20.0, 10.0])
 LEARN_CASES = [(10, "A1", 5), (3, "A1", 3), (10, "B0", 0)]  # list size, taken, passed over
 
 
 def learning_world(k: int, lr: float) -> World:
-    w = World(params(LEARN_PRIOR, k=k, learning_rate=lr), dim=3)
+    # only the items shown above: no uniform negatives, so the step has a known answer
+    w = World(
+        params(LEARN_PRIOR, k=k, learning_rate=lr, learning_negatives=5,
+               learning_random_negatives=0),
+        dim=3,
+    )  # fmt: skip
     for i, v in (("A0", (1, 0, 0)), ("A1", (0.8, 0.6, 0)), ("A2", (0.6, 0.8, 0))):
         w.add(i, v)
     for n, pop in enumerate(POPS):
@@ -454,16 +496,18 @@ def test_learning_moves_weights_toward_what_was_taken_over_what_was_shown_above_
     st = w.act("u", "A0", publish=False).state
     shown = ["B0", "B1", "B2", "B3", "B4", "A1", "A2"][:k]
     assert [int(h) for h in st.shown] == [item_hash(i) for i in shown]
-    np.testing.assert_allclose(st.scales, [1, 1, 1, math.log(51), 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(st.scales, [1, 1, 1, math.log(51), 1, 1, math.log(51)], rtol=1e-6)
     assert not np.any(st.weights)  # a first event has no list to learn from
     st2 = w.act("u", taken, publish=False).state
     if not passed_over:
         assert not np.any(st2.weights)
         return
-    # one BPR step from zero deltas: taken (0.8, 0.8, 0, 0, 0, 0), passed over (0, 0, 0, f, 0, 0)
+    # one BPR step from zero deltas: taken (0.8, 0.8, 0, 0, 0, 0, 0), passed over
+    # (0, 0, 0, f, 0, 0, f): popularity now and over all time alike (every count once, now)
     f = np.log1p(POPS[:passed_over]) / math.log(51)
     g = 1 / (1 + np.exp(0.1 * 0.8 * 2 - f))
-    want = [lr * 0.8 * g.mean(), lr * 0.8 * g.mean(), 0, -lr * (g * f).mean(), 0, 0]
+    pop = -lr * (g * f).mean()
+    want = [lr * 0.8 * g.mean(), lr * 0.8 * g.mean(), 0, pop, 0, 0, pop]
     assert st2.weights.tolist() == pytest.approx(want, abs=2e-5)
     assert st2.weights[0] > 0 > st2.weights[3]
     st3 = w.act("u", "A2", publish=False).state  # again passed over the B items
@@ -483,7 +527,7 @@ def test_near_copies_give_way_to_another_item_when_lists_are_diversified() -> No
     """Three near-copies closest to the user's interest, b less close, c unrelated."""
     got = {}
     for lam in (0.0, 0.5):
-        w = World(params((1.0, 0, 0, 0, 0, 0), diversity=lam))
+        w = World(params((1.0, 0, 0, 0, 0, 0, 0), diversity=lam))
         for i, v in COPIES.items():
             w.add(i, v)
         st = UserState(interest={"text": unit(1, 0, 0.1, 0)})
