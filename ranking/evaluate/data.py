@@ -279,7 +279,7 @@ def load_ibm_articles(cache: Path | None = None, body_chars: int = 600) -> Inter
         about: dict[str, str] = {}
         for rec in _zip_csv(z, f"{IBM_PREFIX}/articles_community.csv"):
             text = rec["doc_description"].strip() or " ".join(rec["doc_body"].split())
-            about.setdefault(rec["article_id"], text[:body_chars])
+            about.setdefault(str(int(float(rec["article_id"]))), text[:body_chars])
     rows, no_user = [], 0
     items: dict[str, dict[str, object]] = {}
     for n, rec in enumerate(reads):
@@ -293,7 +293,7 @@ def load_ibm_articles(cache: Path | None = None, body_chars: int = 600) -> Inter
             items[item] = {"title": title, "tags": (), "text": text}
         rows.append((rec["email"], item, float(IBM_EPOCH_S + n), "view", float("nan")))
     data = build(rows, items)
-    data.notes.append(f"{no_user} of {len(reads)} rows have no user and were left out")
+    data.notes.append(f"{no_user} of {len(reads):,} rows have no user and were left out")
     return data
 
 

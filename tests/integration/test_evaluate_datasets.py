@@ -49,7 +49,7 @@ def test_ibm_articles_order_users_and_texts() -> None:
     # the file's order: row i at IBM_EPOCH_S + i seconds (the rows left out leave gaps)
     assert np.all(np.diff(data.ts) >= 1000) and data.ts[-1] - data.ts[0] == 45_992_000
     assert np.isnan(data.value).all()
-    assert data.notes == ["17 of 45993 rows have no user and were left out"]
+    assert data.notes == ["17 of 45,993 rows have no user and were left out"]
     assert all(len(u) == 40 for u in data.user_ids)  # hashed e-mail addresses
     row = data.item_ids.index("1430")  # ids as integers: 1430.0 in the file
     assert data.item_title[row] == (
