@@ -99,8 +99,10 @@ class Catalog:
         self._sorted_r = np.zeros(0, np.int64)
         self._new_h = np.zeros(0, np.uint64)
         self._new_r = np.zeros(0, np.int64)
-        # ready lists: rows by trend (best first) and by publication time (newest first)
+        # ready lists: rows by trend (best first), by interactions over all time (most first)
+        # and by publication time (newest first)
         self.trending = np.zeros(0, np.int32)
+        self.popular = np.zeros(0, np.int32)
         self.fresh = np.zeros(0, np.int32)
         # per modality: count, sum and sum of squares of sampled cosines between items (each
         # new vector against a few earlier ones): how alike a typical pair is in this catalog
@@ -226,6 +228,7 @@ class Catalog:
         self.live[row] = True
         if revived:
             self._on_trend(row)
+            self._on_count(row)
         pending = self._pending_side.pop(h, None)
         if pending is not None:
             self.set_side(h, pending)
@@ -257,6 +260,7 @@ class Catalog:
             self.live[row] = False
             self.n_live -= 1
             self.trending = self.trending[self.trending != row]
+            self.popular = self.popular[self.popular != row]
             self.fresh = self.fresh[self.fresh != row]
             self.version += 1
 
@@ -278,6 +282,7 @@ class Catalog:
             c = max(side.count, 1.0)
             for e, arr in self._powers.items():
                 arr[row] = c**-e
+            self._on_count(row)
         if len(side.nb) == 0 and self.slot[row] < 0:
             self.version += 1
             return
@@ -346,6 +351,19 @@ class Catalog:
             return
         at = int(np.searchsorted(-self.trend[t], -self.trend[row], side="right"))
         self.trending = np.insert(t, at, row)[:size].astype(np.int32)
+
+    def _on_count(self, row: int) -> None:
+        """Keep ``popular`` the best ``list_size`` live rows by interaction count (ties: the
+        earlier there first). Counts only grow, so a row only moves up, when written."""
+        if not self.live[row]:
+            return
+        size = self.params.list_size
+        t = self.popular[self.popular != row]
+        if len(t) >= size and self.count[row] <= self.count[t[-1]]:
+            self.popular = t
+            return
+        at = int(np.searchsorted(-self.count[t], -self.count[row], side="right"))
+        self.popular = np.insert(t, at, row)[:size].astype(np.int32)
 
     def _on_fresh(self, row: int) -> None:
         size = self.params.list_size

@@ -9,8 +9,8 @@ replays a dataset through the same calls.
 
 Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)
 pairs): the candidate rows of each user (the whole catalog while it is small, else the
-co-occurrence and content neighbours of their latest items, trending and fresh items, and the
-event's item); for each positive event of a user with history, the features under the state
+co-occurrence and content neighbours of their latest items, trending, popular and fresh items,
+and the event's item); for each positive event of a user with history, the features under the state
 before the event and one pairwise learning step (ranking/learner.py) from where the taken item
 stood among those ranked above it; the state update (ranking/user_state.py); the features
 under the new state, each user's list and its reasons (ranking/explain.py).
@@ -131,10 +131,9 @@ class OnlineModel:
         if len(owner):
             us.append(self._top_per_user(users.seed_u[owner], nbr, sims * users.seed_a[owner],
                                          users, limits))  # fmt: skip
-        # trending and fresh: the same for everyone (excluded ones are dropped when scored)
-        common = np.unique(
-            np.concatenate([cat.trending[: 2 * max(limits)], cat.fresh[: 2 * max(limits)]])
-        )
+        # trending, popular and fresh: the same for everyone (excluded ones dropped when scored)
+        n = 2 * max(limits)
+        common = np.unique(np.concatenate([cat.trending[:n], cat.popular[:n], cat.fresh[:n]]))
         if len(common):
             us.append((np.repeat(np.arange(B), len(common)), np.tile(common.astype(np.int64), B)))
         for b, row in enumerate(extra):

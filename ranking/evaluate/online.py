@@ -26,6 +26,7 @@ from recstream.ranking.evaluate.data import Interactions, default_cache
 from recstream.ranking.item_side import ItemSide
 from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
+from recstream.ranking.scoring import FEATURES
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import Event, OnlineModel, Ranked
 from recstream.ranking.user_state import UserState
@@ -75,6 +76,28 @@ def encode_items(data: Interactions, model_dir: Path | None = None) -> np.ndarra
     return out
 
 
+def content_neighbours(
+    vectors: np.ndarray, k: int, ids: Sequence[str], chunk: int = 1024
+) -> list[list[tuple[str, float]]]:
+    """Each item's ``k`` nearest other items by cosine, best first (ties by position), as
+    (id, cosine): what the encoding stage's store search gives an item indexed after all the
+    others (the harness's catalog is all there from the start)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    n, k = len(unit), min(k, len(unit) - 1)
+    out: list[list[tuple[str, float]]] = []
+    for lo in range(0, n, chunk):
+        sims = unit[lo : lo + chunk] @ unit.T
+        sims[np.arange(len(sims)), lo + np.arange(len(sims))] = -np.inf
+        if k <= 0:
+            out.extend([] for _ in range(len(sims)))
+            continue
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        for i, cand in enumerate(top):
+            order = cand[np.lexsort((cand, -sims[i, cand]))]
+            out.append([(ids[int(j)], float(sims[i, j])) for j in order])
+    return out
+
+
 class OnlineRecstream:
     name = "recstream"
 
@@ -92,15 +115,23 @@ class OnlineRecstream:
         self.cat = Catalog(
             dims,
             self.params.cooc,
-            CatalogParams(seen_bits=settings.seen_filter_bits),
+            CatalogParams(
+                seen_bits=settings.seen_filter_bits, content_k=settings.content_neighbours
+            ),
             capacity=data.n_items,
         )
+        # content neighbours, as the encoding stage finds them for each new item (only read
+        # once the catalog is past full_scan_items: candidate sources)
+        near: list[list[tuple[str, float]]] = [[] for _ in data.item_ids]
+        if text is not None and data.n_items > self.params.full_scan_limit:
+            near = content_neighbours(text, settings.content_neighbours, data.item_ids)
         for i, item_id in enumerate(data.item_ids):
             row = self.cat.upsert(
                 item_id,
                 {"text": text[i]} if text is not None else {},
                 title=data.item_title[i] if data.item_title else None,
                 tags=data.item_tags[i] if data.item_tags else (),
+                neighbours=near[i],
             )
             assert row == i
         self.side = ItemSide(self.params.cooc, self.params.score.trending_half_life_ms)
@@ -163,7 +194,8 @@ class OnlineRecstream:
         return self.cat.vec["text"][rows]
 
     def report(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+        # the shared weights learned over the replay, by feature
+        out = {f"weight_{f}": float(w) for f, w in zip(FEATURES, self.shared.w, strict=True)}
         for part, ns in self.timings.items():
             if ns:
                 a = np.asarray(ns, np.float64) / 1e6

@@ -66,6 +66,25 @@ async def personal_lists_scenario(app: AppHarness, catalog: list[dict[str, Any]]
     assert set(ids[:4]) <= {it["item_id"] for it in baking[2:]}, ids
     assert last["items"][0]["reason"].startswith("because you liked")
 
+    # Cold start: a brand-new item close to the baker's tastes enters their top 10 as soon
+    # as it is searchable (its content-indexed record), with no event on it yet.
+    new = {
+        "item_id": "article-new-sourdough-loaf",
+        "title": "Your First Sourdough Loaf",
+        "description": "Feeding a starter, folding the dough through the bulk rise, shaping a "
+        "boule and baking it in a covered pot for a crackling crust.",
+        "tags": ["cooking", "baking", "bread"],
+        "published_at": now_ms(),
+    }
+    await app.client.publish_content(new)
+    await app.client.flush()
+    await app.wait(lambda: app.indexed_record(new["item_id"]) is not None, 120, "new item indexed")
+    fresh = await app.ask("baker")
+    assert new["item_id"] in [r["item_id"] for r in fresh["items"]], fresh["items"]
+    await app.client.publish_content({"item_id": new["item_id"], "deleted": True})
+    await app.client.flush()
+    await app.wait_catalog_size(len(items))
+
     # A request answers from the same state without changing it.
     a = await app.ask("baker")
     b = await app.ask("baker")

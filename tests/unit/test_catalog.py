@@ -230,6 +230,25 @@ def test_trending_is_the_best_live_rows_by_trend() -> None:
     assert cat.trending.tolist() == [row["s"], row["p"], row["q"]]
 
 
+def test_popular_is_the_best_live_rows_by_interactions_over_all_time() -> None:
+    cat = filled("pqrst", list_size=3)
+    row = {i: cat.row_of[item_hash(i)] for i in "pqrst"}
+    for i, c in {"p": 1.0, "q": 5.0, "r": 3.0, "s": 4.0}.items():  # an old trend: gone now
+        cat.set_side(item_hash(i), side(trend=-50.0 + c, count=c))
+    assert cat.popular.tolist() == [row["q"], row["s"], row["r"]]
+    cat.set_side(item_hash("p"), side(trend=-40.0, count=9.0))
+    assert cat.popular.tolist() == [row["p"], row["q"], row["s"]]
+    cat.delete("q")
+    assert row["q"] not in cat.popular.tolist()
+    cat.upsert("q", {"text": v(1, 0)})  # revived: back where its count puts it
+    assert cat.popular.tolist() == [row["p"], row["q"], row["s"]]
+    cat.delete("s")
+    cat.set_side(item_hash("s"), side(trend=-30.0, count=20.0))  # a dead row is never listed
+    assert row["s"] not in cat.popular.tolist()
+    cat.upsert("s", {"text": v(1, 0)})
+    assert cat.popular.tolist() == [row["s"], row["p"], row["q"]]
+
+
 def test_fresh_is_the_newest_by_publication_time() -> None:
     cat = Catalog({"text": 2}, params=CatalogParams(list_size=3))
     for i, at in {"a": 10, "b": 30, "c": 20, "d": None, "e": 40, "f": 5}.items():

@@ -16,7 +16,12 @@ from recstream.ranking.evaluate.baselines import ItemKNNModel, PopularityModel, 
 from recstream.ranking.evaluate.cli import main
 from recstream.ranking.evaluate.data import Interactions, build, load_interactions
 from recstream.ranking.evaluate.metrics import Accumulator, list_ranks, query_metrics, target_ranks
-from recstream.ranking.evaluate.online import OnlineRecstream, ranking_settings, replay_states
+from recstream.ranking.evaluate.online import (
+    OnlineRecstream,
+    content_neighbours,
+    ranking_settings,
+    replay_states,
+)
 from recstream.ranking.evaluate.protocols import prequential, split, split_indices, split_replay
 from recstream.ranking.scoring import FEATURES, Pairs
 
@@ -209,8 +214,11 @@ def test_stream_step_is_timed_by_part_without_changing_any_metric() -> None:
     t = prequential(data, [timed], k=10, progress=False)["recstream"]
     for key in ("HR@10", "NDCG@10", "Recall@10", "MRR@10", "Coverage@10", "n"):
         assert t[key] == r[key], key
-    assert not any(key.startswith("stream_") for key in r) and plain.report() == {}
-    assert timed.report() == {key: t[key] for key in t if key.startswith("stream_")}
+    assert not any(key.startswith("stream_") for key in r)
+    weights = {f"weight_{f}" for f in FEATURES}  # the shared weights learned, by feature
+    assert plain.report().keys() == weights
+    assert timed.report() == {k: t[k] for k in t if k.startswith("stream_") or k in weights}
+    assert plain.report() == {k: t[k] for k in weights}  # timing changes nothing learned
     for part in ("stream_state_read_ms", "stream_step_ms", "stream_state_write_ms", "stream_ms"):
         assert t[f"{part}_p99"] >= t[f"{part}_p50"] > 0, part
     assert t["stream_ms_p50"] >= t["stream_step_ms_p50"]  # the whole path holds the step
@@ -344,3 +352,15 @@ def test_the_harness_measures_diversified_lists() -> None:
         out[lam] = prequential(data, [model], k=10, progress=False, item_vectors=vec)["recstream"]
     assert out[0.7]["ILD@10"] > out[0.0]["ILD@10"] + 0.05
     assert 0 < out[0.7]["HR@10"] <= 1 and out[0.7]["n"] == out[0.0]["n"]
+
+
+def test_content_neighbours_are_each_items_nearest_others_best_first() -> None:
+    vecs = np.asarray([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], np.float32)
+    ids = ["a", "b", "c", "d", "e"]
+    got = content_neighbours(vecs, 2, ids, chunk=2)  # chunks of 2: the same as one pass
+    assert [[i for i, _ in row] for row in got] == [
+        ["b", "e"], ["a", "e"], ["d", "e"], ["c", "e"], ["b", "d"]
+    ]  # fmt: skip
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert got[0][0][1] == pytest.approx(float(unit[0] @ unit[1]))
+    assert all(i != ids[n] for n, row in enumerate(got) for i, _ in row)  # never itself

@@ -13,7 +13,7 @@ import pytest
 
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.evaluate.data import Interactions
-from recstream.ranking.evaluate.online import OnlineRecstream
+from recstream.ranking.evaluate.online import OnlineRecstream, content_neighbours
 from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.scoring import FEATURES
@@ -63,8 +63,10 @@ def _worker(
     through item-activity -> item-stats -> the catalog reader after each."""
     params = model_params(settings.ranking)
     cat = Catalog({"text": text.shape[1]}, params.cooc, capacity=N_ITEMS)
+    # each item's content neighbours as the encoding stage gives them (the evaluator's)
+    near = content_neighbours(text, settings.ranking.content_neighbours, data.item_ids)
     for n, item_id in enumerate(data.item_ids):
-        cat.upsert(item_id, {"text": text[n]}, title=data.item_title[n])
+        cat.upsert(item_id, {"text": text[n]}, title=data.item_title[n], neighbours=near[n])
     reader = CatalogReader(cat, {}, "items", "item-stats")
     users: dict[str, bytes] = {}
     stats: dict[bytes, bytes] = {}
