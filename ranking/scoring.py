@@ -54,7 +54,7 @@ class ScoreParams:
     cf_beta: float = 0.5  # ... / count(candidate) ** beta
     recency_decay: float = 0.8  # weight of the d-th latest positive item: decay ** (d - 1)
     recent_window: int = 16  # latest positive items used as seeds
-    history_beta: float = 0.7  # history / count(candidate) ** beta
+    history_beta: float = 0.5  # history / count(candidate) ** beta
     # An anchor was "liked" (reasons) when taken with at least this event weight.
     liked_weight: float = 0.7
     # Diversity (ranking.explain.diversify: maximal marginal relevance): 0 ranks by score.

@@ -78,13 +78,12 @@ class RankingSettings(BaseSettings):
             "popular": 1.0,
         }
     )
-    # history (whole-history co-occurrence through the seen filter) / count(candidate) ** beta
-    history_beta: float = Field(default=0.7, ge=0)
-    # ... each taken neighbour's entry / count(neighbour) ** alpha (cosine-like; applied by
-    # the item side when it publishes a row, so a change reaches a row when it is next
-    # written; 0: off). 0.25: ML-100k split NDCG@10 +0.007 at the split settings (0.2-0.25
-    # best; 0.4+ worse), prequential within noise (docs/evaluation.md).
-    history_alpha: float = Field(default=0.25, ge=0)
+    # Co-occurrence normalisation, cosine-like (count(a, b) / sqrt(count(a) count(b)), as
+    # item-kNN's): history (whole-history co-occurrence through the seen filter): each taken
+    # neighbour's entry / count(neighbour) ** alpha, the sum / count(candidate) ** beta; cf:
+    # / count(seed item) ** alpha, / count(candidate) ** beta.
+    history_beta: float = Field(default=0.5, ge=0)
+    history_alpha: float = Field(default=0.5, ge=0)
     cf_alpha: float = Field(default=0.5, ge=0)  # co-occurrence / count(seed item) ** alpha
     cf_beta: float = Field(default=0.5, ge=0)  # ... / count(candidate) ** beta
     recency_decay: float = Field(default=0.8, gt=0, le=1)  # seed d steps back weighs decay**d

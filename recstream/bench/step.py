@@ -6,7 +6,8 @@
 The bench's synthetic catalog (recstream/bench/catalog.py: 384-d text vectors around 64
 topics, content neighbours, Zipf popularity) in a Catalog, users drawn uniformly, items on the
 load generator's Zipf curve, its event types; rounds of ``--batch`` events of distinct users
-through ``OnlineModel.step`` with their states read from and written to bytes, the item side's
+through ``OnlineModel.step`` with their states read from and written to bytes (and the shared
+weights learning, one step per round, as in the worker), the item side's
 updates applied and published into the catalog after each round (what the worker's item-stats
 Table and catalog reader do). Prints, per batch size, events/s and the per-round p50 / p99 of
 the state codec, the step and the item side, and writes them as JSON.
@@ -26,6 +27,7 @@ from recstream.bench.catalog import item_id, synthetic, zipf_weights
 from recstream.bench.load import TYPE_P, TYPES
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.item_side import NO_TREND, ItemRow, ItemSide, trend_after
+from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.settings import RankingSettings
 from recstream.ranking.step import Event, OnlineModel
@@ -67,6 +69,8 @@ def run(model: OnlineModel, side: ItemSide, args: argparse.Namespace, batch: int
     item_cdf /= item_cdf[-1]
     type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
     states: dict[str, bytes] = {}
+    p = model.p
+    shared = SharedWeights.start(p.score.prior)  # one partition's, learned as the worker does
     now = time.time_ns() // 1_000_000
     parts: dict[str, list[float]] = {"codec": [], "step": [], "item_side": [], "round": []}
     done = 0
@@ -83,7 +87,8 @@ def run(model: OnlineModel, side: ItemSide, args: argparse.Namespace, batch: int
         sts = [UserState.from_bytes(states[e.user_id]) if e.user_id in states else UserState()
                for e in evs]  # fmt: skip
         t1 = time.perf_counter()
-        res = model.step(evs, sts, now)
+        res = model.step(evs, sts, now, [shared.w] * len(evs))
+        shared.learn(res.gradients.values(), p.shared_learning_rate, p.shared_l2)
         t2 = time.perf_counter()
         for e, o in zip(evs, res.outcomes, strict=True):
             states[e.user_id] = o.state.to_bytes()
