@@ -145,7 +145,19 @@ def reasons(
     contrib = scored.features[listed] * users.weights[u]
     order = np.argsort(-contrib, axis=1, kind="stable").tolist()
     cf_seed = scored.best_seed[listed].tolist()
-    anchor = _anchors(cat, users, pairs.r[listed], u, contrib, params)
+    # the rows whose reason may be content's: content or recent comes before any term stated
+    # without a seed like the item (a cf term with no seed to name is passed over)
+    need = []
+    for n, ts in enumerate(order):
+        for t in ts:
+            if contrib[n, t] <= 0:
+                break
+            if t in (0, 1):
+                need.append(n)
+                break
+            if FEATURES[t] != "cf" or cf_seed[n] >= 0:
+                break
+    anchor = _anchors(cat, users, pairs.r[listed], u, np.asarray(need, np.intp), params)
     seed_row = users.seed_row
     liked = (users.seed_w >= np.float32(params.liked_weight)).tolist()
     rows = pairs.r[listed].tolist()
@@ -182,13 +194,12 @@ def _anchors(
     users: Users,
     rows: np.ndarray,
     u: np.ndarray,
-    contrib: np.ndarray,
+    want: np.ndarray,
     params: ScoreParams,
 ) -> list[int]:
-    """Per listed row whose content terms count: the user's seed (index into seed_row) most
+    """Per listed row (``want``: those to look at): the user's seed (index into seed_row) most
     like it, if it is really like it (``really_similar``); else -1."""
     anchor = np.full(len(rows), -1, np.int64)
-    want = np.flatnonzero((contrib[:, 0] > 0) | (contrib[:, 1] > 0))
     if not len(want):
         return anchor.tolist()
     su = u[want]

@@ -322,7 +322,7 @@ class OnlineModel:
             rows = pairs.r[lo:hi]
             f = raw[lo:hi] / st.scales
             taken = int(np.flatnonzero(rows == extra[b])[0])
-            above = np.asarray([int(np.flatnonzero(rows == r)[0]) for r in negatives[j]])
+            above = np.searchsorted(rows, negatives[j])  # rows: the user's, sorted, unique
             g = bpr_gradient(users.weights[j], f[taken], f[above])
             grads[b] = g
             if p.learning_rate > 0:
