@@ -66,16 +66,18 @@ class RankingSettings(BaseSettings):
     # over every item the user took) and popular (all-time interactions), each scaled to about
     # [0, 1] within a list. Their weights are learned online from every user's events (the
     # shared weights) with each user's deltas on top; these are where the shared weights start:
-    # equal, since before any evidence no feature has a claim to count more than another.
+    # the personal signals (what this user took, and what people took with it) at 1, those that
+    # are the same for everyone (popularity, popular, freshness) at a third of that: before the
+    # stream shows otherwise, what a user took says more about them than what everyone takes.
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "content": 1.0,
             "recent": 1.0,
             "cf": 1.0,
-            "popularity": 1.0,
-            "freshness": 1.0,
+            "popularity": 1 / 3,
+            "freshness": 1 / 3,
             "history": 1.0,
-            "popular": 1.0,
+            "popular": 1 / 3,
         }
     )
     # Co-occurrence normalisation, cosine-like (count(a, b) / sqrt(count(a) count(b)), as
