@@ -339,41 +339,33 @@ class Catalog:
         return owner[ok], nbr[ok], sims[ok]
 
     # -- ready lists --------------------------------------------------------------------------
+    def _placed(self, ranked: np.ndarray, key: np.ndarray, row: int) -> np.ndarray:
+        """``ranked`` (the best ``list_size`` rows by ``key``, highest first) with ``row`` moved
+        to where its key puts it (after rows of an equal key), or dropped below the last."""
+        size = self.params.list_size
+        t = ranked[ranked != row]
+        if len(t) >= size and key[row] <= key[t[-1]]:
+            return t
+        at = int(np.searchsorted(-key[t], -key[row], side="right"))
+        return np.insert(t, at, row)[:size].astype(np.int32)
+
     def _on_trend(self, row: int) -> None:
         """Keep ``trending`` the best ``list_size`` live rows by trend. Trends only grow when
         written and decay alike, so an item can only move up, and only when it is written."""
-        if not self.live[row]:
-            return
-        size = self.params.list_size
-        t = self.trending[self.trending != row]
-        if len(t) >= size and self.trend[row] <= self.trend[t[-1]]:
-            self.trending = t
-            return
-        at = int(np.searchsorted(-self.trend[t], -self.trend[row], side="right"))
-        self.trending = np.insert(t, at, row)[:size].astype(np.int32)
+        if self.live[row]:
+            self.trending = self._placed(self.trending, self.trend, row)
 
     def _on_count(self, row: int) -> None:
         """Keep ``popular`` the best ``list_size`` live rows by interaction count (ties: the
         earlier there first). Counts only grow, so a row only moves up, when written."""
-        if not self.live[row]:
-            return
-        size = self.params.list_size
-        t = self.popular[self.popular != row]
-        if len(t) >= size and self.count[row] <= self.count[t[-1]]:
-            self.popular = t
-            return
-        at = int(np.searchsorted(-self.count[t], -self.count[row], side="right"))
-        self.popular = np.insert(t, at, row)[:size].astype(np.int32)
+        if self.live[row]:
+            self.popular = self._placed(self.popular, self.count, row)
 
     def _on_fresh(self, row: int) -> None:
-        size = self.params.list_size
-        f = self.fresh[self.fresh != row]
-        p = self.published_at[row]
-        if np.isnan(p) or (len(f) >= size and p <= self.published_at[f[-1]]):
-            self.fresh = f
-            return
-        at = int(np.searchsorted(-self.published_at[f], -p, side="right"))
-        self.fresh = np.insert(f, at, row)[:size].astype(np.int32)
+        if np.isnan(self.published_at[row]):
+            self.fresh = self.fresh[self.fresh != row]
+        else:
+            self.fresh = self._placed(self.fresh, self.published_at, row)
 
     def has(self, m: str, rows: np.ndarray) -> np.ndarray:
         """bool: which rows have a vector in modality m."""

@@ -17,13 +17,27 @@ contributed most (features * the user's weights) among those that can be stated 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from recstream.ranking import kernels
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.scoring import FEATURES, Pairs, Scored, ScoreParams, Users
+
+
+def _modal_dots(
+    cat: Catalog, a: np.ndarray, b: np.ndarray, mw: Mapping[str, float]
+) -> Iterator[tuple[str, np.ndarray, float, np.ndarray]]:
+    """Per modality that some pair (a[i], b[i]) both have: (modality, which pairs have it,
+    its weight, the pairs' cosines, 0 where a pair lacks it)."""
+    for i, m in enumerate(cat.modalities):
+        ia, ib = cat.midx[i][a], cat.midx[i][b]
+        both = (ia >= 0) & (ib >= 0)
+        if both.any():
+            mat = cat.vec[m]
+            dots = kernels.dots_pairs(mat, np.maximum(ia, 0), mat, np.maximum(ib, 0))
+            yield m, both, mw.get(m, 1.0), np.where(both, dots, 0.0)
 
 
 def modal_cosines(
@@ -33,15 +47,8 @@ def modal_cosines(
     have, ``none`` where they share none."""
     num = np.zeros(len(a))
     den = np.zeros(len(a))
-    for i, m in enumerate(cat.modalities):
-        ia, ib = cat.midx[i][a], cat.midx[i][b]
-        both = (ia >= 0) & (ib >= 0)
-        if not both.any():
-            continue
-        wm = mw.get(m, 1.0)
-        mat = cat.vec[m]
-        dots = kernels.dots_pairs(mat, np.maximum(ia, 0), mat, np.maximum(ib, 0))
-        num += np.where(both, wm * dots, 0.0)
+    for _, both, wm, dots in _modal_dots(cat, a, b, mw):
+        num += wm * dots
         den += np.where(both, wm, 0.0)
     return np.divide(num, den, out=np.full(len(a), none), where=den > 0)
 
@@ -109,16 +116,9 @@ def really_similar(
     like = np.zeros(len(a))
     sds = np.zeros(len(a))
     den = np.zeros(len(a))
-    for i, m in enumerate(cat.modalities):
-        ia, ib = cat.midx[i][a], cat.midx[i][b]
-        both = (ia >= 0) & (ib >= 0)
-        if not both.any():
-            continue
+    for m, both, wm, dots in _modal_dots(cat, a, b, mw):
         mean, sd = cat.cosine_spread(m)
         mean = min(mean, 0.99)
-        wm = mw.get(m, 1.0)
-        mat = cat.vec[m]
-        dots = kernels.dots_pairs(mat, np.maximum(ia, 0), mat, np.maximum(ib, 0))
         like += np.where(both, wm * (dots - mean) / (1.0 - mean), 0.0)
         sds += np.where(both, wm * ((dots - mean) / sd if sd > 0 else 0.0), 0.0)
         den += np.where(both, wm, 0.0)
