@@ -76,6 +76,7 @@ class Catalog:
         self.published_at = np.full(cap, np.nan)
         self.live = np.zeros(cap, bool)
         self.trend = np.full(cap, NO_TREND)
+        self.hot = np.full(cap, NO_TREND)
         self.count = np.zeros(cap, np.float64)
         # content neighbours (hashes, resolved when read) and their cosines, best first
         k = params.content_k
@@ -99,9 +100,10 @@ class Catalog:
         self._sorted_r = np.zeros(0, np.int64)
         self._new_h = np.zeros(0, np.uint64)
         self._new_r = np.zeros(0, np.int64)
-        # ready lists: rows by trend (best first), by interactions over all time (most first)
-        # and by publication time (newest first)
+        # ready lists: rows by trend and by hot trend (best first), by interactions over all
+        # time (most first) and by publication time (newest first)
         self.trending = np.zeros(0, np.int32)
+        self.hottest = np.zeros(0, np.int32)
         self.popular = np.zeros(0, np.int32)
         self.fresh = np.zeros(0, np.int32)
         # per modality: count, sum and sum of squares of sampled cosines between items (each
@@ -154,6 +156,7 @@ class Catalog:
         self.published_at = _grow(self.published_at, cap, np.nan)
         self.live = _grow(self.live, cap, False)
         self.trend = _grow(self.trend, cap, NO_TREND)
+        self.hot = _grow(self.hot, cap, NO_TREND)
         self.count = _grow(self.count, cap)
         self._powers = {e: np.maximum(self.count, 1.0) ** -e for e in self._powers}
         self.cn = _grow(self.cn, cap)
@@ -229,6 +232,7 @@ class Catalog:
         if revived:
             self._on_trend(row)
             self._on_count(row)
+            self._on_hot(row)
         pending = self._pending_side.pop(h, None)
         if pending is not None:
             self.set_side(h, pending)
@@ -260,13 +264,14 @@ class Catalog:
             self.live[row] = False
             self.n_live -= 1
             self.trending = self.trending[self.trending != row]
+            self.hottest = self.hottest[self.hottest != row]
             self.popular = self.popular[self.popular != row]
             self.fresh = self.fresh[self.fresh != row]
             self.version += 1
 
     # -- the item side ------------------------------------------------------------------------
     def set_side(self, item: int, side: ItemRow) -> None:
-        """An item's published side: trend, count and its strongest ``top`` neighbours (the
+        """An item's published side: trends, count and its strongest ``top`` neighbours (the
         ``top_n`` first feed "cf" and collaborative candidates, the ``history_top_n`` first
         "history", where scoring weighs each by 1 / count(neighbour) ** history_alpha with the
         counts known then: the result does not depend on the order rows are published in)."""
@@ -277,6 +282,9 @@ class Catalog:
         if side.trend != self.trend[row]:
             self.trend[row] = side.trend
             self._on_trend(row)
+        if side.hot != self.hot[row]:
+            self.hot[row] = side.hot
+            self._on_hot(row)
         if side.count != self.count[row]:
             self.count[row] = side.count
             c = max(side.count, 1.0)
@@ -354,6 +362,11 @@ class Catalog:
         written and decay alike, so an item can only move up, and only when it is written."""
         if self.live[row]:
             self.trending = self._placed(self.trending, self.trend, row)
+
+    def _on_hot(self, row: int) -> None:
+        """Keep ``hottest`` the best ``list_size`` live rows by hot trend (as ``trending``)."""
+        if self.live[row]:
+            self.hottest = self._placed(self.hottest, self.hot, row)
 
     def _on_count(self, row: int) -> None:
         """Keep ``popular`` the best ``list_size`` live rows by interaction count (ties: the

@@ -11,7 +11,7 @@ contributed most (features * the user's weights) among those that can be stated 
               no anchor really like it: the next term
   history     as cf when a seed contributes, else "popular with people who watch what you
               watch" (the neighbours it counted are only known by their Bloom bits)
-  popularity  "trending now";  popular  "popular";  freshness  "new in <first tag>" ("new"
+  popularity, hot  "trending now";  popular  "popular";  freshness  "new in <first tag>" ("new"
               without tags); no term that can be named: "more from the catalog"
 """
 
@@ -176,7 +176,7 @@ def reasons(
             elif name in ("content", "recent") and anchor[n] >= 0:
                 verb = "because you liked" if liked[anchor[n]] else "similar to"
                 why = f"{verb} \u201c{_title(cat, seed_row[anchor[n]])}\u201d"
-            elif name == "popularity":
+            elif name in ("popularity", "hot"):
                 why = "trending now"
             elif name == "popular":
                 why = "popular"

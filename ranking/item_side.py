@@ -1,4 +1,5 @@
-"""The item side: each item's decayed popularity, interaction count and co-occurrence row.
+"""The item side: each item's decayed popularity at two paces, interaction count and
+co-occurrence row.
 
 Split the Kafka way. The user side (the user's partition, ranking/step.py) knows the user's
 recent items and, per positive event, emits weighted pairs (``cooc_pairs``); each pair is keyed
@@ -26,7 +27,7 @@ import numpy as np
 
 from recstream.ranking import kernels
 
-ROW_VERSION = 1
+ROW_VERSION = 2  # 1: no "hot" trend (read as none yet)
 NO_TREND = -1.0e18  # an item nobody interacted with yet sorts last
 
 
@@ -117,17 +118,22 @@ def updates_for_event(
 
 @dataclass
 class ItemRow:
-    """One item's side: trend (log-space, ``trend_after``), interaction count, and its
+    """One item's side: its decayed popularity at two paces, ``trend`` (half-life: hours) and
+    ``hot`` (minutes), both log-space (``trend_after``), its interaction count, and its
     co-occurrence row as arrays sorted by neighbour hash."""
 
     trend: float = NO_TREND
     count: float = 0.0
     nb: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     w: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    hot: float = NO_TREND
 
-    def apply(self, u: Update, params: CoocParams, half_life_ms: float) -> None:
+    def apply(
+        self, u: Update, params: CoocParams, half_life_ms: float, hot_half_life_ms: float
+    ) -> None:
         if u.w > 0:
             self.trend = trend_after(self.trend, u.w, u.ts, half_life_ms)
+            self.hot = trend_after(self.hot, u.w, u.ts, hot_half_life_ms)
             self.count += 1.0
         if not u.pairs:
             return
@@ -149,28 +155,31 @@ class ItemRow:
 
     # -- wire form: the item-stats Table's value -----------------------------------------------
     def to_bytes(self) -> bytes:
-        """``<B version> <d trend> <d count> <I n>`` + u64[n] neighbours + f32[n] weights."""
-        head = struct.pack("<BddI", ROW_VERSION, self.trend, self.count, len(self.nb))
+        """``<B version> <d trend> <d count> <I n> <d hot>`` + u64[n] neighbours + f32[n]
+        weights. Version 1 (no ``hot``) still loads, as a row with no hot trend yet."""
+        head = struct.pack("<BddId", ROW_VERSION, self.trend, self.count, len(self.nb), self.hot)
         return head + self.nb.astype("<u8").tobytes() + self.w.astype("<f4").tobytes()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ItemRow:
-        if not raw or raw[0] != ROW_VERSION:
+        if not raw or raw[0] not in (1, ROW_VERSION):
             raise ValueError(f"unsupported item row version {raw[0] if raw else None!r}")
-        _, trend, count, n = struct.unpack_from("<BddI", raw, 0)
-        at = struct.calcsize("<BddI")
+        head = "<BddId" if raw[0] == ROW_VERSION else "<BddI"
+        trend, count, n, *rest = struct.unpack_from(head, raw, 0)[1:]
+        at = struct.calcsize(head)
         nb = np.frombuffer(raw, dtype="<u8", count=n, offset=at).astype(np.uint64)
         w = np.frombuffer(raw, dtype="<f4", count=n, offset=at + 8 * n).astype(np.float32)
-        return cls(trend, count, nb, w)
+        return cls(trend, count, nb, w, rest[0] if rest else NO_TREND)
 
 
 class ItemSide:
     """Every item's row in one process (``recstream evaluate``, tests). The worker keeps the
     same rows in the item-stats Table, one partition per worker."""
 
-    def __init__(self, params: CoocParams, half_life_ms: float) -> None:
+    def __init__(self, params: CoocParams, half_life_ms: float, hot_half_life_ms: float) -> None:
         self.params = params
         self.half_life_ms = half_life_ms
+        self.hot_half_life_ms = hot_half_life_ms
         self.rows: dict[int, ItemRow] = {}
 
     def apply(self, updates: Iterable[Update]) -> list[int]:
@@ -181,6 +190,6 @@ class ItemSide:
             row = self.rows.get(u.item)
             if row is None:
                 row = self.rows[u.item] = ItemRow()
-            row.apply(u, self.params, self.half_life_ms)
+            row.apply(u, self.params, self.half_life_ms, self.hot_half_life_ms)
             changed[u.item] = None
         return list(changed)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-N_FEATURES = 7  # ranking.scoring.FEATURES, in that order
+N_FEATURES = 8  # ranking.scoring.FEATURES, in that order
+LOG2 = float(np.log(2.0))
 
 
 @njit(cache=True, fastmath=True)
@@ -98,6 +99,13 @@ def column_sums(dense: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:  # p
 
 
 @njit(cache=True)
+def _softplus(x: float) -> float:  # pragma: no cover
+    """log(1 + e^x), stable: max(x, 0) + log1p(e^-|x|)."""
+    ax = x if x > 0.0 else -x
+    return (x if x > 0.0 else 0.0) + np.log1p(np.exp(-ax))
+
+
+@njit(cache=True)
 def _find(r: np.ndarray, lo: int, hi: int, row: int) -> int:  # pragma: no cover
     """Index of ``row`` (a row, or an item hash) in the sorted r[lo:hi], or -1."""
     a, b = lo, hi
@@ -127,6 +135,7 @@ def score_pairs(
     inv_cf,
     inv_hist,
     trend,
+    hot,  # float64[cap]: log-space decayed popularity, hours and minutes (item_side)
     pub,  # float64[cap]: 1 / max(count, 1) ** cf_beta, ** history_beta
     count,  # float64[cap]: the items' interaction counts
     slot,
@@ -154,6 +163,7 @@ def score_pairs(
     inv_seed,
     now,
     trend_k,
+    hot_k,
     fresh_k,
     top_n,
     hist_n,  # inv_seed: 1 / max(count, 1) ** cf_alpha
@@ -275,13 +285,12 @@ def score_pairs(
         mx3 = 0.0
         mx5 = 0.0
         mx6 = 0.0
+        mx7 = 0.0
         for p in range(lo, hi):
             row = r[p]
             raw[p, 2] = raw[p, 2] * inv_cf[row]
-            x = trend[row] - now * trend_k
-            # softplus, stable: log(1 + e^x) = max(x, 0) + log1p(e^-|x|)
-            ax = x if x > 0.0 else -x
-            raw[p, 3] = (x if x > 0.0 else 0.0) + np.log1p(np.exp(-ax))
+            raw[p, 3] = _softplus(trend[row] - now * trend_k)
+            raw[p, 7] = _softplus(hot[row] - now * hot_k)
             if not np.isnan(pub[row]):
                 age = now - pub[row]
                 raw[p, 4] = np.exp(-(age if age > 0.0 else 0.0) * fresh_k)
@@ -291,14 +300,18 @@ def score_pairs(
             mx3 = max(mx3, raw[p, 3])
             mx5 = max(mx5, raw[p, 5])
             mx6 = max(mx6, raw[p, 6])
+            mx7 = max(mx7, raw[p, 7])
         if mx2 > 0:
             scales[b, 2] = mx2
-        if mx3 > 0:
-            scales[b, 3] = mx3
+        # popularity: never divided by less than one interaction's worth (log 2), so a
+        # catalog gone quiet does not blow a trace of popularity up to 1 (nor, in the learner,
+        # a later burst to thousands: the same divisors scale the next event's features)
+        scales[b, 3] = max(mx3, LOG2)
         if mx5 > 0:
             scales[b, 5] = mx5
         if mx6 > 0:
             scales[b, 6] = mx6
+        scales[b, 7] = max(mx7, LOG2)
         w = weights[b]
         for p in range(lo, hi):
             acc = 0.0

@@ -1,13 +1,13 @@
 """The scorer learns online, from what users did with earlier recommendations.
 
-When a user takes an item, its features are compared with those of the items ranked above it
-in the list the user was last shown (what we offered instead), in one pairwise logistic (BPR)
-step. Its gradient moves two sets of weights:
+When a user takes an item, its features (scaled as the list the user was last shown) are
+compared with those of catalog items drawn uniformly, in one pairwise logistic (BPR) step. Its
+gradient moves two sets of weights:
 
 - **shared weights**, learned from every such event of the population: how much content,
-  co-occurrence, popularity, recency and freshness matter on this catalog. They start equal
-  (each feature is scaled to [0, 1] within a list, so before any evidence each counts the
-  same) and an L2 pull toward zero lets a feature that does not help fade. The stream keeps
+  co-occurrence, popularity at three paces, recency and freshness matter on this catalog. They
+  start where RankingSettings.score_weights says (each feature is scaled to about [0, 1]
+  within a list) and an L2 pull toward zero lets a feature that does not help fade. The stream keeps
   one vector per event partition (streams/handlers.py: a partition's users are a uniform
   sample of all users, so every partition learns the same weights without coordination);
 - **the user's deltas** on top of them, kept in the user's state (personalisation), rounded

@@ -19,6 +19,7 @@ def model_params(s: RankingSettings) -> ModelParams:
             modality_weights=dict(s.modality_weights),
             trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
             freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
+            hot_half_life_ms=s.hot_half_life_minutes * 60_000,
             cf_alpha=s.cf_alpha,
             cf_beta=s.cf_beta,
             recency_decay=s.recency_decay,

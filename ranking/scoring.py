@@ -19,9 +19,11 @@ about [0, 1] within a user's candidates so fixed weights mean the same for every
   history     the item's own published row summed over the neighbours in the user's seen
               filter (every item they ever took), each entry w / count(neighbour) **
               history_alpha, / count(item) ** history_beta, divided by the user's maximum
-  popular     the item's interactions over all time, log-scaled like popularity: with the
-              decayed one, the learned weights find the pace of the catalog's own popularity
-              (events seconds or days apart) without a half-life chosen for one dataset
+  popular     the item's interactions over all time, log-scaled like popularity
+  hot         as popularity, decayed in minutes (hot_half_life_ms) rather than hours: with
+              the three paces (minutes, hours, all time) the learned weights find the pace of
+              the catalog's own popularity, whether its events are seconds or days apart,
+              without a half-life chosen for one dataset
 
 score = features . (the shared weights + the user's learned deltas, ranking.learner).
 """
@@ -39,7 +41,7 @@ from recstream.ranking import seen as bloom
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.user_state import UserState
 
-FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history", "popular")
+FEATURES = ("content", "recent", "cf", "popularity", "freshness", "history", "popular", "hot")
 N_FEATURES = len(FEATURES)
 assert N_FEATURES == kernels.N_FEATURES
 
@@ -50,6 +52,7 @@ class ScoreParams:
     modality_weights: Mapping[str, float]
     trending_half_life_ms: float
     freshness_half_life_ms: float
+    hot_half_life_ms: float = 600_000.0  # the "hot" popularity's (RankingSettings)
     cf_alpha: float = 0.5  # co-occurrence / count(seed) ** alpha
     cf_beta: float = 0.5  # ... / count(candidate) ** beta
     recency_decay: float = 0.8  # weight of the d-th latest positive item: decay ** (d - 1)
@@ -189,7 +192,7 @@ def score(
         ihas, mw = np.zeros((1, len(users)), bool), np.zeros(1, np.float64)
     raw, feats, s, scales, best = kernels.score_pairs(
         vecs, midx, mw,
-        inv_cf, inv_hist, cat.trend, cat.published_at, cat.count,
+        inv_cf, inv_hist, cat.trend, cat.hot, cat.published_at, cat.count,
         cat.slot, cat.nb, cat.nb_w, inv_alpha, cat.nb_len,
         cat.bloom_pos,
         dense if dense is not None else np.zeros((1, 1), np.float32),
@@ -204,6 +207,7 @@ def score(
         inv_seed,
         float(now_ms),
         math.log(2) / params.trending_half_life_ms,
+        math.log(2) / params.hot_half_life_ms,
         math.log(2) / params.freshness_half_life_ms,
         int(top_n), int(history_top_n),
     )  # fmt: skip

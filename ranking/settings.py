@@ -30,8 +30,12 @@ class RankingSettings(BaseSettings):
     )
     # Interest decays with event time: a contribution halves every half_life_hours.
     interest_half_life_hours: float = Field(default=72.0, gt=0)
-    # Item popularity ("trending") halves every trending_half_life_hours.
+    # Item popularity ("trending") halves every trending_half_life_hours; the "hot" one every
+    # hot_half_life_minutes. With all-time popularity ("popular") that is three paces, hours,
+    # minutes and forever, and the learned weights pick the mix that fits the catalog's own
+    # (events seconds or days apart).
     trending_half_life_hours: float = Field(default=24.0, gt=0)
+    hot_half_life_minutes: float = Field(default=10.0, gt=0)
     # The freshness feature is 0.5 ** (age / freshness_half_life_hours).
     freshness_half_life_hours: float = Field(default=48.0, gt=0)
     # Weighted fusion of per-modality similarity: w_text*sim_text + w_image*sim_image +
@@ -62,13 +66,14 @@ class RankingSettings(BaseSettings):
     seen_filter_bits: int = Field(default=6144, ge=64, le=65536)
     # Learned scorer (ranking/scoring.py, ranking/learner.py): the features content (long-term
     # interest), recent (short-term interest), cf (co-occurrence with recent items),
-    # popularity (decayed), freshness, history (the candidate's own co-occurrence row summed
-    # over every item the user took) and popular (all-time interactions), each scaled to about
-    # [0, 1] within a list. Their weights are learned online from every user's events (the
-    # shared weights) with each user's deltas on top; these are where the shared weights start:
-    # the personal signals (what this user took, and what people took with it) at 1, those that
-    # are the same for everyone (popularity, popular, freshness) at a third of that: before the
-    # stream shows otherwise, what a user took says more about them than what everyone takes.
+    # popularity (decayed in hours), freshness, history (the candidate's own co-occurrence row
+    # summed over every item the user took), popular (all-time interactions) and hot
+    # (popularity decayed in minutes), each scaled to about [0, 1] within a list. Their
+    # weights are learned online from every user's events (the shared weights) with each
+    # user's deltas on top; these are where the shared weights start: the personal signals
+    # (what this user took, and what people took with it) at 1, those that are the same for
+    # everyone (popularity, popular, hot, freshness) at a third of that: before the stream
+    # shows otherwise, what a user took says more about them than what everyone takes.
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "content": 1.0,
@@ -78,6 +83,7 @@ class RankingSettings(BaseSettings):
             "freshness": 1 / 3,
             "history": 1.0,
             "popular": 1 / 3,
+            "hot": 1 / 3,
         }
     )
     # Co-occurrence normalisation, cosine-like (count(a, b) / sqrt(count(a) count(b)), as

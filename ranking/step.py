@@ -9,7 +9,7 @@ replays a dataset through the same calls.
 
 Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)
 pairs): the candidate rows of each user (the whole catalog while it is small, else the
-co-occurrence and content neighbours of their latest items, trending, popular and fresh items,
+co-occurrence and content neighbours of their latest items, trending, hot, popular and fresh items,
 and the event's item); for each positive event of a user with history, the features under the state
 before the event and one pairwise learning step (ranking/learner.py) from where the taken item
 stood among those ranked above it; the state update (ranking/user_state.py); the features
@@ -131,9 +131,12 @@ class OnlineModel:
         if len(owner):
             us.append(self._top_per_user(users.seed_u[owner], nbr, sims * users.seed_a[owner],
                                          users, limits))  # fmt: skip
-        # trending, popular and fresh: the same for everyone (excluded ones dropped when scored)
+        # trending, hot, popular and fresh: the same for everyone (excluded ones dropped when
+        # scored)
         n = 2 * max(limits)
-        common = np.unique(np.concatenate([cat.trending[:n], cat.popular[:n], cat.fresh[:n]]))
+        common = np.unique(
+            np.concatenate([cat.trending[:n], cat.hottest[:n], cat.popular[:n], cat.fresh[:n]])
+        )
         if len(common):
             us.append((np.repeat(np.arange(B), len(common)), np.tile(common.astype(np.int64), B)))
         for b, row in enumerate(extra):
@@ -320,7 +323,11 @@ class OnlineModel:
                 continue
             lo, hi = int(pairs.starts[j]), int(pairs.starts[j + 1])
             rows = pairs.r[lo:hi]
-            f = raw[lo:hi] / st.scales
+            # scaled as the user's last list was, and no further than its best: an item that
+            # has grown since (a burst of popularity) must not take a step thousands of times
+            # the usual (ML-100k's "hot" weight reached 1e35 before the clip and the divisors'
+            # floor, kernels.score_pairs)
+            f = np.minimum(raw[lo:hi] / st.scales, 1.0)
             taken = int(np.flatnonzero(rows == extra[b])[0])
             above = np.searchsorted(rows, negatives[j])  # rows: the user's, sorted, unique
             g = bpr_gradient(users.weights[j], f[taken], f[above])

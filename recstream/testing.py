@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from recstream.clock import now_ms
 from recstream.streams.client import RecstreamClient
@@ -169,9 +170,14 @@ class AppHarness:
                 enable_auto_commit=False,
                 fetch_max_wait_ms=10,
             )
-            await consumer.start()
-            if self.recs_topic in (await consumer.topics()):
-                break
+            try:
+                # all three topics known to the broker the consumer asks (with several
+                # brokers, a topic reaches each one's metadata a moment apart)
+                await consumer.start()
+                if {self.recs_topic, self.dl_topic, self.indexed_topic} <= await consumer.topics():
+                    break
+            except UnknownTopicOrPartitionError:
+                pass
             await consumer.stop()
             if time.monotonic() > deadline or not self.worker.alive():
                 raise AssertionError("worker never created its topics:\n" + self.worker.log_tail())

@@ -130,7 +130,6 @@ class Handlers:
         self.inputs = dict(inputs or {})
         self.catalog = catalog
         self.activity_partitions = activity_partitions or settings.kafka.partitions
-        self.trend_half_life_ms = settings.ranking.trending_half_life_hours * 3_600_000
         # Faust writes a table change to the changelog partition of the *current* event; in a
         # batch the handler says which message a write is for (streams/app.py sets it).
         self.table_scope = table_scope or (lambda msg: None)
@@ -385,6 +384,6 @@ class Handlers:
                 raw = self.item_stats.get(key)
                 row = ItemRow.from_bytes(raw) if raw is not None else ItemRow()
                 changed[key] = row
-            row.apply(u, p.cooc, self.trend_half_life_ms)
+            row.apply(u, p.cooc, p.score.trending_half_life_ms, p.score.hot_half_life_ms)
         for key, row in changed.items():
             self.item_stats[key] = row.to_bytes()

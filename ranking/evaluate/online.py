@@ -134,7 +134,11 @@ class OnlineRecstream:
                 neighbours=near[i],
             )
             assert row == i
-        self.side = ItemSide(self.params.cooc, self.params.score.trending_half_life_ms)
+        self.side = ItemSide(
+            self.params.cooc,
+            self.params.score.trending_half_life_ms,
+            self.params.score.hot_half_life_ms,
+        )
         self.model = OnlineModel(self.cat, self.params)
         self.shared = SharedWeights.start(self.params.score.prior)
         self.states: dict[int, bytes] = {}

@@ -103,7 +103,10 @@ async def publish(
         hot = max(1, n // 20)
         w = zipf_weights(hot) * 10_000
         for i in range(hot):
-            row = ItemRow(trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000))
+            row = ItemRow(
+                trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000),
+                hot=trend_after(NO_TREND, float(w[i]), now, 600_000),  # the default 10 minutes
+            )
             key = hash_key(item_hash(item_id(i)))
             await producer.send(
                 stats_topic, row.to_bytes(), key=key, partition=key_partition(key, partitions)

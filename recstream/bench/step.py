@@ -54,10 +54,13 @@ def build(n_items: int, seed: int, settings: RankingSettings) -> tuple[OnlineMod
         )  # fmt: skip
     hot = max(1, n_items // 20)
     w = zipf_weights(hot) * 10_000
-    side = ItemSide(params.cooc, params.score.trending_half_life_ms)
+    side = ItemSide(params.cooc, params.score.trending_half_life_ms, params.score.hot_half_life_ms)
     for i in range(hot):
         h = item_hash(item_id(i))
-        row = ItemRow(trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000))
+        row = ItemRow(
+            trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000),
+            hot=trend_after(NO_TREND, float(w[i]), now, 600_000),  # the default 10 minutes
+        )
         side.rows[h] = row
         cat.set_side(h, row)
     return OnlineModel(cat, params), side

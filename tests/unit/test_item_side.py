@@ -23,6 +23,7 @@ from recstream.ranking.user_state import item_hash
 
 P = CoocParams(window=3, decay=0.5, backward=0.25, max_row=8, top_n=3)
 HL = 1_000.0  # trend half-life in these tests, ms
+HOT = 100.0  # hot trend half-life
 a, b, c, d, x = (item_hash(n) for n in "abcdx")
 
 
@@ -82,9 +83,9 @@ def test_updates_for_event_group_the_pairs_by_row() -> None:
 
 def test_row_sums_weights_and_keeps_neighbours_sorted() -> None:
     row = ItemRow()
-    row.apply(Update(x, 0.0, 0, ((a, 1.0), (b, 2.0), (a, 0.5))), P, HL)
+    row.apply(Update(x, 0.0, 0, ((a, 1.0), (b, 2.0), (a, 0.5))), P, HL, HOT)
     assert row_dict(row) == {a: 1.5, b: 2.0}
-    row.apply(Update(x, 0.0, 0, ((c, 1.0), (b, 0.25))), P, HL)
+    row.apply(Update(x, 0.0, 0, ((c, 1.0), (b, 0.25))), P, HL, HOT)
     assert row_dict(row) == {a: 1.5, b: 2.25, c: 1.0}
     assert row.nb.dtype == np.uint64 and row.w.dtype == np.float32
     assert row.nb.tolist() == sorted(row.nb.tolist())
@@ -94,15 +95,15 @@ def test_row_sums_weights_and_keeps_neighbours_sorted() -> None:
 def test_row_past_its_bound_keeps_the_strongest_three_quarters() -> None:
     ids = [item_hash(f"i{n}") for n in range(9)]
     big = ItemRow()
-    big.apply(Update(x, 0.0, 0, tuple((h, float(n)) for n, h in enumerate(ids))), P, HL)
+    big.apply(Update(x, 0.0, 0, tuple((h, float(n)) for n, h in enumerate(ids))), P, HL, HOT)
     assert len(big.nb) == 6  # past max_row 8: 3/4 of it kept
     assert set(big.nb.tolist()) == set(ids[3:])
     assert big.nb.tolist() == sorted(big.nb.tolist())
     tie = ItemRow()
-    tie.apply(Update(x, 0.0, 0, tuple((h, 1.0) for h in ids)), P, HL)
+    tie.apply(Update(x, 0.0, 0, tuple((h, 1.0) for h in ids)), P, HL, HOT)
     assert tie.nb.tolist() == sorted(ids)[:6]  # equal weights: the smallest hashes
     at_bound = ItemRow()
-    at_bound.apply(Update(x, 0.0, 0, tuple((h, 1.0) for h in ids[:8])), P, HL)
+    at_bound.apply(Update(x, 0.0, 0, tuple((h, 1.0) for h in ids[:8])), P, HL, HOT)
     assert len(at_bound.nb) == 8  # at the bound: nothing dropped
     # replays agree: the same updates in the same order give the same bytes
     rng = np.random.default_rng(3)
@@ -110,7 +111,7 @@ def test_row_past_its_bound_keeps_the_strongest_three_quarters() -> None:
     for _ in range(30):
         u = Update(x, 1.0, 0, tuple((ids[int(i)], 0.5) for i in rng.integers(0, 9, 3)))
         for r in rows:
-            r.apply(u, P, HL)
+            r.apply(u, P, HL, HOT)
     assert rows[0].to_bytes() == rows[1].to_bytes()
 
 
@@ -139,26 +140,38 @@ def test_trend_orders_by_current_decayed_popularity() -> None:
 
 def test_count_and_trend_follow_positive_interactions_only() -> None:
     row = ItemRow()
-    row.apply(Update(x, 2.0, 1_000, ()), P, HL)
-    row.apply(Update(x, 0.0, 2_000, ((a, 1.0),)), P, HL)  # a pair only: no interaction
-    row.apply(Update(x, 1.0, 2_000, ()), P, HL)
+    row.apply(Update(x, 2.0, 1_000, ()), P, HL, HOT)
+    row.apply(Update(x, 0.0, 2_000, ((a, 1.0),)), P, HL, HOT)  # a pair only: no interaction
+    row.apply(Update(x, 1.0, 2_000, ()), P, HL, HOT)
     assert row.count == 2.0
     assert row.trend == pytest.approx(
         trend_after(trend_after(NO_TREND, 2.0, 1_000, HL), 1.0, 2_000, HL)
     )
+    # the hot trend: the same interactions at its own, shorter half-life
+    assert row.hot == pytest.approx(
+        trend_after(trend_after(NO_TREND, 2.0, 1_000, HOT), 1.0, 2_000, HOT)
+    )
+    # 2 halved ten times, + 1: the hot one has nearly forgotten the first interaction
+    assert math.exp(row.hot - 2_000 * math.log(2) / HOT) == pytest.approx(1 + 2 / 1024)
 
 
 def test_row_bytes_round_trip() -> None:
     row = ItemRow()
-    row.apply(Update(x, 2.0, 1_700_000_000_000, ((a, 0.1), (b, 2.5), (2**64 - 1, 3.0))), P, HL)
+    pairs = ((a, 0.1), (b, 2.5), (2**64 - 1, 3.0))
+    row.apply(Update(x, 2.0, 1_700_000_000_000, pairs), P, HL, HOT)
     raw = row.to_bytes()
-    assert raw[0] == 1 and len(raw) == 21 + 12 * 3
+    assert raw[0] == 2 and len(raw) == 29 + 12 * 3
     back = ItemRow.from_bytes(raw)
-    assert (back.trend, back.count) == (row.trend, row.count)
+    assert (back.trend, back.count, back.hot) == (row.trend, row.count, row.hot)
     assert back.nb.tolist() == row.nb.tolist() and back.w.tolist() == row.w.tolist()
     assert back.nb.dtype == np.uint64 and back.w.dtype == np.float32
     empty = ItemRow.from_bytes(ItemRow().to_bytes())
     assert (empty.trend, empty.count, len(empty.nb)) == (NO_TREND, 0.0, 0)
+    # a row written by version 1 (no hot trend) loads, with no hot trend yet
+    v1 = b"\x01" + raw[1:21] + raw[29:]
+    old = ItemRow.from_bytes(v1)
+    assert (old.trend, old.count, old.hot) == (row.trend, row.count, NO_TREND)
+    assert old.nb.tolist() == row.nb.tolist() and old.w.tolist() == row.w.tolist()
     with pytest.raises(ValueError, match="unsupported item row version 9"):
         ItemRow.from_bytes(b"\x09" + raw[1:])
     with pytest.raises(ValueError, match="unsupported item row version"):
@@ -169,7 +182,7 @@ def test_row_bytes_round_trip() -> None:
 
 
 def test_apply_returns_the_changed_items_once_in_first_change_order() -> None:
-    side = ItemSide(P, HL)
+    side = ItemSide(P, HL, HOT)
     changed = side.apply(
         [Update(b, 1.0, 0, ()), Update(a, 0.0, 0, ((b, 1.0),)), Update(b, 0.0, 0, ((a, 1.0),))]
     )
@@ -185,7 +198,7 @@ def test_side_equals_the_dense_sum_of_the_same_pairs() -> None:
     rng = np.random.default_rng(1)
     items = [item_hash(f"i{n}") for n in range(12)]
     params = CoocParams(window=4, decay=0.8, backward=0.5, max_row=100)
-    side = ItemSide(params, HL)
+    side = ItemSide(params, HL, HOT)
     dense, counts = np.zeros((12, 12)), np.zeros(12)
     recent: dict[int, tuple[list[int], list[float]]] = {}
     for t in range(300):

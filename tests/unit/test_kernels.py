@@ -205,7 +205,7 @@ DIMS = {"text": 8, "image": 4}
 COOC = CoocParams(top_n=5, history_top_n=8, history_alpha=0.25)  # slots of 8
 TOP = 8
 SP = ScoreParams(
-    prior=(1.0, 0.8, 0.6, 0.4, 0.3, 0.5, 0.2),
+    prior=(1.0, 0.8, 0.6, 0.4, 0.3, 0.5, 0.2, 0.35),
     modality_weights={"text": 1.0, "image": 0.5},
     trending_half_life_ms=24 * HOUR,
     freshness_half_life_ms=72 * HOUR,
@@ -235,12 +235,14 @@ def make_items(rng: np.random.Generator) -> list[Item]:
     few published in the future; rows of up to TOP neighbours, some not in the catalog."""
     out = []
     k = math.log(2) / SP.trending_half_life_ms
+    k_hot = math.log(2) / SP.hot_half_life_ms
     for i in range(N):
         vecs = {"text": unit(rng.standard_normal(8))}
         if i % 4:
             vecs["image"] = unit(rng.standard_normal(4))
         pub = None if i % 7 == 0 else NOW - int(rng.integers(-HOUR, 200 * HOUR))
         trend = NO_TREND if i % 5 == 0 else NOW * k + float(rng.normal(0, 2))
+        hot = NO_TREND if i % 3 == 0 else NOW * k_hot + float(rng.normal(-1, 2))
         nbs = rng.choice(N + 20, int(rng.integers(0, TOP + 1)), replace=False)
         pairs = sorted((item_hash(f"item-{j}"), float(rng.integers(1, 6))) for j in nbs)
         side = ItemRow(
@@ -248,6 +250,7 @@ def make_items(rng: np.random.Generator) -> list[Item]:
             float(rng.integers(0, 30)),
             np.asarray([h for h, _ in pairs], np.uint64),
             np.asarray([w for _, w in pairs], np.float32),
+            hot,
         )
         out.append(Item(f"item-{i}", vecs, pub, side))
     return out
@@ -257,7 +260,7 @@ def build(items: list[Item], dense_limit: int, rng: np.random.Generator) -> Cata
     cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS, dense_limit=dense_limit))
     for it in items:
         cat.upsert(it.id, it.vecs, published_at=it.pub)
-        cat.set_side(item_hash(it.id), ItemRow(it.side.trend, it.side.count))
+        cat.set_side(item_hash(it.id), ItemRow(it.side.trend, it.side.count, hot=it.side.hot))
     for it in items[::3]:  # a stale row first, replaced below
         stale = np.sort(rng.choice(N, 6, replace=False)).astype(np.uint64)
         stale_h = np.sort(np.asarray([item_hash(f"item-{j}") for j in stale], np.uint64))
@@ -283,7 +286,8 @@ def make_users(items: list[Item], rng: np.random.Generator) -> list[UserState]:
                 event_type=etype, ts=ts, value=None, params=p,
             )  # fmt: skip
         states.append(s)
-    states[3].weights = np.asarray([0.1, -0.2, 0.3, 0.0, 0.05, -0.1], np.float32)
+    states[3].weights = np.asarray([0.1, -0.2, 0.3, 0.0, 0.05, -0.1, 0.2, -0.3], np.float32)
+    states[4].weights = np.asarray([0.1, -0.2, 0.3, 0.0, 0.05, -0.1, 0.2], np.float32)  # old
     return states
 
 
@@ -300,6 +304,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
         known = [(row_of[h], w) for h, w in es[:TOP] if h in row_of]
         published.append([(j, w, w / count[j] ** COOC.history_alpha) for j, w in known])
     k_tr = math.log(2) / SP.trending_half_life_ms
+    k_hot = math.log(2) / SP.hot_half_life_ms
     nf = len(FEATURES)
     raw, feats = np.zeros((len(pairs), nf)), np.zeros((len(pairs), nf))
     scores = np.zeros(len(pairs))
@@ -337,10 +342,13 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             hist = [hw for j, _, hw in published[r][: COOC.history_top_n] if taken[j]]
             raw[p, 5] = sum(hist) / count[r] ** SP.history_beta
             raw[p, 6] = math.log1p(it.side.count)  # popular: all-time interactions
+            raw[p, 7] = np.logaddexp(0.0, it.side.hot - NOW * k_hot)  # hot: softplus
         base += len(seeds)
         feats[lo:hi] = raw[lo:hi]
-        for f in (2, 3, 5, 6):  # divided by the user's max among their pairs
+        for f in (2, 3, 5, 6, 7):  # divided by the user's max among their pairs
             top = raw[lo:hi, f].max(initial=0.0)
+            if f in (3, 7):  # popularity: never by less than one interaction's worth
+                top = max(top, math.log(2))
             feats[lo:hi, f] /= top if top > 0 else 1.0
         w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w

@@ -21,9 +21,9 @@ from recstream.ranking.user_state import StateParams, UserState, item_hash
 HOUR = 3_600_000
 NOW = 1_700_000_000_000
 # a fixed set of weights (in FEATURES order) the known answers below are worked out for
-DEFAULT = (0.5, 0.5, 1.0, 0.3, 0.1, 1.0, 0.3)
-CONTENT = (1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-POPULAR = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+DEFAULT = (0.5, 0.5, 1.0, 0.3, 0.1, 1.0, 0.3, 0.0)
+CONTENT = (1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+POPULAR = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
 WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "share": 3.0, "complete": 2.0,
            "skip": -0.5, "dislike": -2.0}  # fmt: skip
 BASE = ModelParams(
@@ -56,7 +56,7 @@ class World:
     def __init__(self, p: ModelParams = BASE, dim: int = 4, capacity: int = 1024, **cat: Any):
         self.cat = Catalog({"text": dim}, p.cooc, CatalogParams(**cat), capacity=capacity)
         self.model = OnlineModel(self.cat, p)
-        self.side = ItemSide(p.cooc, p.score.trending_half_life_ms)
+        self.side = ItemSide(p.cooc, p.score.trending_half_life_ms, p.score.hot_half_life_ms)
         self.states: dict[str, UserState] = {}
         self.dim = dim
 
@@ -230,7 +230,7 @@ def test_history_counts_the_candidates_row_over_everything_the_user_took(dense: 
     """u took h0..h29 (only the Bloom filter remembers most) and "last". "both" co-occurs with
     20 of the old items, "other" with none: "both" ranks first through "history" alone, with
     the whole-catalog matrix and with the published rows alike."""
-    w = World(params((0, 0, 0, 0, 0, 1.0, 0), recent_items=4), capacity=16,
+    w = World(params((0, 0, 0, 0, 0, 1.0, 0, 0), recent_items=4), capacity=16,
               dense_limit=4096 if dense else 16)  # fmt: skip
     old = [f"h{n}" for n in range(30)]
     for i in [*old, "both", "other", "last", "filler"]:
@@ -463,7 +463,7 @@ def test_duplicates_and_unknown_items_change_nothing() -> None:
 # -- learning ------------------------------------------------------------------------------
 
 
-LEARN_PRIOR = (0.1, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0)
+LEARN_PRIOR = (0.1, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
 POPS = np.asarray([50.0, 40.0, 30.0, 20.0, 10.0])
 LEARN_CASES = [(10, "A1", 5), (3, "A1", 3), (10, "B0", 0)]  # list size, taken, passed over
 
@@ -496,18 +496,21 @@ def test_learning_moves_weights_toward_what_was_taken_over_what_was_shown_above_
     st = w.act("u", "A0", publish=False).state
     shown = ["B0", "B1", "B2", "B3", "B4", "A1", "A2"][:k]
     assert [int(h) for h in st.shown] == [item_hash(i) for i in shown]
-    np.testing.assert_allclose(st.scales, [1, 1, 1, math.log(51), 1, 1, math.log(51)], rtol=1e-6)
+    # no hot trend: its divisor is the floor, one interaction's worth (log 2)
+    scales = [1, 1, 1, math.log(51), 1, 1, math.log(51), math.log(2)]
+    np.testing.assert_allclose(st.scales, scales, rtol=1e-6)
     assert not np.any(st.weights)  # a first event has no list to learn from
     st2 = w.act("u", taken, publish=False).state
     if not passed_over:
         assert not np.any(st2.weights)
         return
-    # one BPR step from zero deltas: taken (0.8, 0.8, 0, 0, 0, 0, 0), passed over
-    # (0, 0, 0, f, 0, 0, f): popularity now and over all time alike (every count once, now)
+    # one BPR step from zero deltas: taken (0.8, 0.8, 0, 0, 0, 0, 0, 0), passed over
+    # (0, 0, 0, f, 0, 0, f, 0): popularity now and over all time alike (every count once,
+    # now); these rows have no hot trend
     f = np.log1p(POPS[:passed_over]) / math.log(51)
     g = 1 / (1 + np.exp(0.1 * 0.8 * 2 - f))
     pop = -lr * (g * f).mean()
-    want = [lr * 0.8 * g.mean(), lr * 0.8 * g.mean(), 0, pop, 0, 0, pop]
+    want = [lr * 0.8 * g.mean(), lr * 0.8 * g.mean(), 0, pop, 0, 0, pop, 0]
     assert st2.weights.tolist() == pytest.approx(want, abs=2e-5)
     assert st2.weights[0] > 0 > st2.weights[3]
     st3 = w.act("u", "A2", publish=False).state  # again passed over the B items
@@ -527,7 +530,7 @@ def test_near_copies_give_way_to_another_item_when_lists_are_diversified() -> No
     """Three near-copies closest to the user's interest, b less close, c unrelated."""
     got = {}
     for lam in (0.0, 0.5):
-        w = World(params((1.0, 0, 0, 0, 0, 0, 0), diversity=lam))
+        w = World(params((1.0, 0, 0, 0, 0, 0, 0, 0), diversity=lam))
         for i, v in COPIES.items():
             w.add(i, v)
         st = UserState(interest={"text": unit(1, 0, 0.1, 0)})

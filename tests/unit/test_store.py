@@ -266,15 +266,17 @@ CATALOG = {
     "ball-3": ("Tactics: how pressing defenders win back the ball", "football"),
     "ball-4": ("World Cup qualifiers: national team draws away", "football"),
 }
-# A content-led prior (the default one is tuned on MovieLens, where titles say little).
+# A content-led start (as a catalog of articles would learn).
 RANK = ScoreParams(
-    # content, recent, cf, popularity, freshness, history, popular
-    prior=(1.0, 0.5, 1.0, 0.15, 0.10, 1.0, 0.15),
+    # content, recent, cf, popularity, freshness, history, popular, hot
+    prior=(1.0, 0.5, 1.0, 0.15, 0.10, 1.0, 0.15, 0.15),
     modality_weights={"text": 1.0},
     trending_half_life_ms=H,
     freshness_half_life_ms=48 * HOUR,
 )
-assert FEATURES == ("content", "recent", "cf", "popularity", "freshness", "history", "popular")
+assert FEATURES == (
+    "content", "recent", "cf", "popularity", "freshness", "history", "popular", "hot"
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
