@@ -72,18 +72,19 @@ class RankingSettings(BaseSettings):
     # weights are learned online from every user's events (the shared weights) with each
     # user's deltas on top; these are where the shared weights start: the personal signals
     # (what this user took, and what people took with it) at 1, those that are the same for
-    # everyone (popularity, popular, hot, freshness) at a third of that: before the stream
-    # shows otherwise, what a user took says more about them than what everyone takes.
+    # everyone at a third of that: freshness, and popularity at its three paces together
+    # (popularity, popular, hot: a ninth each). Before the stream shows otherwise, what a user
+    # took says more about them than what everyone takes.
     score_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "content": 1.0,
             "recent": 1.0,
             "cf": 1.0,
-            "popularity": 1 / 3,
+            "popularity": 1 / 9,
             "freshness": 1 / 3,
             "history": 1.0,
-            "popular": 1 / 3,
-            "hot": 1 / 3,
+            "popular": 1 / 9,
+            "hot": 1 / 9,
         }
     )
     # Co-occurrence normalisation, cosine-like (count(a, b) / sqrt(count(a) count(b)), as
