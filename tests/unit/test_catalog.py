@@ -19,7 +19,11 @@ def v(*xs: float) -> np.ndarray:
 
 
 def side(
-    entries: dict[str, float] | None = None, *, trend: float = NO_TREND, count: float = 0.0
+    entries: dict[str, float] | None = None,
+    *,
+    trend: float = NO_TREND,
+    count: float = 0.0,
+    hot: float = NO_TREND,
 ) -> ItemRow:
     """An item-side row with these neighbours (by id) and weights, sorted by hash."""
     pairs = sorted((item_hash(i), w) for i, w in (entries or {}).items())
@@ -28,6 +32,7 @@ def side(
         count,
         np.asarray([p for p, _ in pairs], np.uint64),
         np.asarray([w for _, w in pairs], np.float32),
+        hot,
     )
 
 
@@ -228,6 +233,27 @@ def test_trending_is_the_best_live_rows_by_trend() -> None:
     assert row["s"] not in cat.trending.tolist()
     cat.upsert("s", {"text": v(1, 0)})
     assert cat.trending.tolist() == [row["s"], row["p"], row["q"]]
+
+
+def test_hottest_is_the_best_live_rows_by_hot_trend() -> None:
+    """The minutes-scale trend has its own list, which can differ from the hourly one."""
+    cat = filled("pqrst", list_size=3)
+    row = {i: cat.row_of[item_hash(i)] for i in "pqrst"}
+    for i, (t, h) in {"p": (9.0, 1.0), "q": (1.0, 5.0), "r": (2.0, 3.0), "s": (3.0, 4.0)}.items():
+        cat.set_side(item_hash(i), side(trend=t, count=1.0, hot=h))
+    assert cat.hottest.tolist() == [row["q"], row["s"], row["r"]]
+    assert cat.trending.tolist() == [row["p"], row["s"], row["r"]]
+    cat.set_side(item_hash("p"), side(trend=9.5, count=2.0, hot=10.0))
+    assert cat.hottest.tolist() == [row["p"], row["q"], row["s"]]
+    cat.delete("q")
+    assert row["q"] not in cat.hottest.tolist()
+    cat.upsert("q", {"text": v(1, 0)})  # revived: back where its hot trend puts it
+    assert cat.hottest.tolist() == [row["p"], row["q"], row["s"]]
+    cat.delete("s")
+    cat.set_side(item_hash("s"), side(trend=9.0, count=3.0, hot=20.0))  # dead: never listed
+    assert row["s"] not in cat.hottest.tolist()
+    cat.upsert("s", {"text": v(1, 0)})
+    assert cat.hottest.tolist() == [row["s"], row["p"], row["q"]]
 
 
 def test_popular_is_the_best_live_rows_by_interactions_over_all_time() -> None:

@@ -302,6 +302,8 @@ def test_the_user_sides_updates_become_the_items_rows() -> None:
     assert not w.dead.sent
     row = w.row("a0")
     assert row.count == 1.0 and row.trend == pytest.approx(_trend((2.0, NOW)))
+    hot_k = math.log(2) / (RankingSettings().hot_half_life_minutes * 60_000)
+    assert row.hot == pytest.approx(math.log(2.0) + NOW * hot_k, abs=1e-6)  # same, in minutes
     assert nbw(row) == pytest.approx({a1: 1.0, b0: 0.9})
     assert w.row("a1").count == 1.0 and nbw(w.row("a1")) == pytest.approx({a0: 0.5, b0: 1.0})
     assert w.row("b0").count == 1.0 and nbw(w.row("b0")) == pytest.approx({a1: 0.5, a0: 0.45})
