@@ -9,10 +9,10 @@ replays a dataset through the same calls.
 
 Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)
 pairs): the candidate rows of each user (the whole catalog while it is small, else the
-co-occurrence and content neighbours of their latest items, trending, hot, popular and fresh items,
-and the event's item); for each positive event of a user with history, the features under the state
-before the event and one pairwise learning step (ranking/learner.py) from where the taken item
-stood among those ranked above it; the state update (ranking/user_state.py); the features
+co-occurrence and content neighbours of their latest items, trending, hot, popular and fresh
+items, and the event's item); for each positive event of a user with history, the features
+under the state before the event and one pairwise learning step (ranking/learner.py): the taken
+item against catalog items drawn uniformly; the state update (ranking/user_state.py); the features
 under the new state, each user's list and its reasons (ranking/explain.py).
 """
 

@@ -23,6 +23,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from recstream.ranking.item_side import NO_TREND, ItemRow, trend_after
+from recstream.ranking.scoring import ScoreParams
 from recstream.ranking.store import ItemRecord, ItemStore
 from recstream.ranking.user_state import item_hash
 from recstream.streams.internal import ItemMessage, hash_key, key_partition
@@ -73,12 +74,26 @@ def synthetic(cache: Path, n: int, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
+def hot_sides(n: int, now: int, params: ScoreParams) -> list[tuple[str, ItemRow]]:
+    """The item sides of the first 5% of ids: Zipf popularity at ``now``, in both trends (the
+    half-lives the worker reads them with)."""
+    hot = max(1, n // 20)
+    w = zipf_weights(hot) * 10_000
+    return [
+        (item_id(i), ItemRow(
+            trend=trend_after(NO_TREND, float(w[i]), now, params.trending_half_life_ms),
+            hot=trend_after(NO_TREND, float(w[i]), now, params.hot_half_life_ms),
+        ))
+        for i in range(hot)
+    ]  # fmt: skip
+
+
 async def publish(
     bootstrap: str, items_topic: str, stats_topic: str, partitions: int, cache: Path, n: int,
-    seed: int,
+    seed: int, params: ScoreParams,
 ) -> float:  # fmt: skip
-    """Write the catalog to the items topic and the hot items' sides to the item-stats
-    changelog; returns the seconds it took."""
+    """Write the catalog to the items topic and the hot items' sides (``hot_sides``) to the
+    item-stats changelog; returns the seconds it took."""
     t0 = time.monotonic()
     data = synthetic(cache, n, seed)
     now = time.time_ns() // 1_000_000
@@ -100,14 +115,8 @@ async def publish(
                 published_at=int(now - data["age"][i]), kind="synthetic", neighbours=nbs,
             )  # fmt: skip
             await producer.send(items_topic, msg.to_bytes(), key=msg.item_id.encode())
-        hot = max(1, n // 20)
-        w = zipf_weights(hot) * 10_000
-        for i in range(hot):
-            row = ItemRow(
-                trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000),
-                hot=trend_after(NO_TREND, float(w[i]), now, 600_000),  # the default 10 minutes
-            )
-            key = hash_key(item_hash(item_id(i)))
+        for iid, row in hot_sides(n, now, params):
+            key = hash_key(item_hash(iid))
             await producer.send(
                 stats_topic, row.to_bytes(), key=key, partition=key_partition(key, partitions)
             )

@@ -46,6 +46,7 @@ from recstream.bench.load import (
     start_worker,
     stop,
 )
+from recstream.ranking.params import model_params
 from recstream.streams import broker as brokers
 from recstream.streams.app import TopicNames, topic_specs
 from recstream.streams.settings import EncoderSettings, Settings
@@ -272,7 +273,7 @@ async def _worker_run(
         names = TopicNames.from_settings(ws)
         secs = await catalog.publish(
             k.bootstrap_servers, names.items, names.item_stats, k.partitions, cache,
-            args.items, args.seed,
+            args.items, args.seed, model_params(ws.ranking).score,
         )  # fmt: skip
         print(f"  catalog of {args.items} items published in {secs:.1f} s", flush=True)
     # The synthetic catalog is encoded already: a ranking-only worker serves the events (an

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from recstream.bench.catalog import item_id, synthetic, zipf_weights
+from recstream.bench.catalog import hot_sides, item_id, synthetic, zipf_weights
 from recstream.bench.load import TYPE_P, TYPES
 from recstream.ranking.catalog import Catalog, CatalogParams
-from recstream.ranking.item_side import NO_TREND, ItemRow, ItemSide, trend_after
+from recstream.ranking.item_side import ItemSide
 from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.settings import RankingSettings
@@ -52,15 +52,9 @@ def build(n_items: int, seed: int, settings: RankingSettings) -> tuple[OnlineMod
             tags=(f"topic-{data['topic'][i]}",), published_at=int(now - data["age"][i]),
             neighbours=nbs,
         )  # fmt: skip
-    hot = max(1, n_items // 20)
-    w = zipf_weights(hot) * 10_000
     side = ItemSide(params.cooc, params.score.trending_half_life_ms, params.score.hot_half_life_ms)
-    for i in range(hot):
-        h = item_hash(item_id(i))
-        row = ItemRow(
-            trend=trend_after(NO_TREND, float(w[i]), now, 24 * 3_600_000),
-            hot=trend_after(NO_TREND, float(w[i]), now, 600_000),  # the default 10 minutes
-        )
+    for iid, row in hot_sides(n_items, now, params.score):
+        h = item_hash(iid)
         side.rows[h] = row
         cat.set_side(h, row)
     return OnlineModel(cat, params), side
