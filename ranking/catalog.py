@@ -125,9 +125,12 @@ class Catalog:
     def rows_of(self, hashes: np.ndarray) -> np.ndarray:
         """int64 rows of item hashes (-1 where not in the catalog)."""
         h = np.asarray(hashes, dtype=np.uint64)
-        return kernels.lookup_rows(
-            self._sorted_h, self._sorted_r, self._new_h, self._new_r, h.ravel()
-        )
+        return kernels.lookup_rows(*self.index_arrays(), h.ravel())
+
+    def index_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The hash -> row index as the kernels take it: (sorted hashes, their rows, and the
+        same for items added since it was last rebuilt)."""
+        return self._sorted_h, self._sorted_r, self._new_h, self._new_r
 
     def _index(self, h: int, row: int) -> None:
         """Add a new item to the lookup arrays: into the small sorted index of new items, and

@@ -312,13 +312,11 @@ def score_pairs(
         if mx6 > 0:
             scales[b, 6] = mx6
         scales[b, 7] = max(mx7, LOG2)
-        w = weights[b]
         for p in range(lo, hi):
-            acc = 0.0
             for j in range(N_FEATURES):
                 feats[p, j] = raw[p, j] / scales[b, j]
-                acc += feats[p, j] * w[j]
-            scores[p] = acc
+        weigh(feats, weights[b], lo, hi, scores)
+        for p in range(lo, hi):
             if fhas[b] and _in_filter(flags, b, bloom_pos, r[p]):
                 scores[p] = -np.inf
         for x in range(ex_start[b], ex_start[b + 1]):
@@ -326,6 +324,19 @@ def score_pairs(
             if p >= 0:
                 scores[p] = -np.inf
     return raw, feats, scores, scales, best_seed
+
+
+@njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def weigh(feats, w, lo, hi, scores):  # pragma: no cover
+    """scores[p] = feats[p] . w (float64 sums) for the pairs lo:hi, excluded pairs (-inf)
+    kept excluded: score_pairs' scores, and again under a user's new weights (step.py)."""
+    for p in range(lo, hi):
+        if scores[p] == -np.inf:
+            continue
+        acc = 0.0
+        for j in range(N_FEATURES):
+            acc += feats[p, j] * w[j]
+        scores[p] = acc
 
 
 @njit(cache=True)
@@ -542,4 +553,66 @@ def lookup_rows(sorted_h, sorted_r, new_h, new_r, hashes):  # pragma: no cover
         if r < 0:
             r = _lookup(new_h, new_r, hashes[i])
         out[i] = r
+    return out
+
+
+@njit(cache=True)
+def user_rows(
+    recent, recent_w, disliked, decay, sorted_h, sorted_r, new_h, new_r
+):  # pragma: no cover
+    """One user's seeds and exact exclusions as catalog rows (ranking.scoring.resolve_users):
+    the first ``len(decay)`` positive items of ``recent`` newest first (``recent_w`` > 0), those
+    in the catalog kept, the d-th kept one weighted ``decay[d - 1]``; and the sorted rows of
+    ``recent`` and ``disliked`` that are in the catalog. Returns (seed rows int64, their event
+    weights float32, recency weights float64, exclusions int64)."""
+    n, window = len(recent), len(decay)
+    seed_r = np.empty(min(n, window), np.int64)
+    seed_w = np.empty(len(seed_r), np.float32)
+    seed_a = np.empty(len(seed_r), np.float64)
+    k = 0
+    taken = 0
+    for i in range(n - 1, -1, -1):
+        if taken >= window:
+            break
+        if recent_w[i] > 0:
+            taken += 1
+            r = _lookup(sorted_h, sorted_r, recent[i])
+            if r < 0:
+                r = _lookup(new_h, new_r, recent[i])
+            if r >= 0:
+                seed_r[k] = r
+                seed_w[k] = recent_w[i]
+                seed_a[k] = decay[k]
+                k += 1
+    ex = np.empty(n + len(disliked), np.int64)
+    m = 0
+    for i in range(n + len(disliked)):
+        h = recent[i] if i < n else disliked[i - n]
+        r = _lookup(sorted_h, sorted_r, h)
+        if r < 0:
+            r = _lookup(new_h, new_r, h)
+        if r >= 0:
+            ex[m] = r
+            m += 1
+    return seed_r[:k], seed_w[:k], seed_a[:k], np.sort(ex[:m])
+
+
+@njit(cache=True)
+def bpr_gradient(weights, taken, passed_over):  # pragma: no cover
+    """float64[F]: the mean over the rows q of ``passed_over`` of sigmoid(-x) * diff, where
+    diff = taken - passed_over[q] and x = diff . weights (ranking.learner.bpr_gradient)."""
+    m, f = passed_over.shape
+    out = np.zeros(f, np.float64)
+    diff = np.empty(f, np.float64)
+    for q in range(m):
+        x = 0.0
+        for j in range(f):
+            diff[j] = np.float64(taken[j]) - np.float64(passed_over[q, j])
+            x += diff[j] * np.float64(weights[j])
+        g = 1.0 / (1.0 + np.exp(min(max(x, -30.0), 30.0)))
+        for j in range(f):
+            out[j] += g * diff[j]
+    if m:
+        for j in range(f):
+            out[j] /= m
     return out

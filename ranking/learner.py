@@ -22,17 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recstream.ranking import kernels
+
 SHARED_VERSION = 1
 
 
 def bpr_gradient(weights: np.ndarray, taken: np.ndarray, passed_over: np.ndarray) -> np.ndarray:
     """The mean BPR gradient (float64[F]) of ranking ``taken`` (float[F], the features of
     the item taken) above each of ``passed_over`` (float[m, F], items ranked above it that were
-    not taken) under ``weights``: big where the list had them the wrong way round."""
-    diff = np.asarray(taken, np.float64)[None, :] - np.asarray(passed_over, np.float64)
-    x = diff @ np.asarray(weights, np.float64)
-    g = 1.0 / (1.0 + np.exp(np.clip(x, -30, 30)))  # sigmoid(-x)
-    return (g[:, None] * diff).mean(axis=0)
+    not taken) under ``weights``: big where the list had them the wrong way round. With diff =
+    taken - passed over and x = diff . weights, the mean of sigmoid(-x) * diff (compiled:
+    kernels.bpr_gradient)."""
+    return kernels.bpr_gradient(
+        np.asarray(weights), np.asarray(taken), np.atleast_2d(np.asarray(passed_over))
+    )
 
 
 def user_step(deltas: np.ndarray, grad: np.ndarray, lr: float, l2: float) -> np.ndarray:

@@ -30,6 +30,7 @@ score = features . (the shared weights + the user's learned deltas, ranking.lear
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,16 @@ class Users:
     def ex_u(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), np.diff(self.ex_start))
 
+    def tail(self, n: int) -> Users:
+        """The users from the n-th on, as views (their weights are these users' weights)."""
+        s, x = int(self.seed_start[n]), int(self.ex_start[n])
+        return Users(
+            tuple(v[n:] for v in self.interests), self.ihas[:, n:],
+            self.seed_start[n:] - s, self.seed_row[s:], self.seed_a[s:], self.seed_w[s:],
+            self.ex_start[n:] - x, self.ex_row[x:], self.flags[n:], self.fhas[n:],
+            self.weights[n:],
+        )  # fmt: skip
+
 
 def resolve_users(
     cat: Catalog,
@@ -109,13 +120,14 @@ def resolve_users(
     bits = cat.params.seen_bits
     interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
     ihas = np.zeros((len(cat.modalities), B), bool)
-    seed_rows, seed_ws, ex_rows = [], [], []
-    seed_n, ex_n = np.zeros(B, np.int64), np.zeros(B, np.int64)
+    seed_rows, seed_ws, seed_as, ex_rows = [], [], [], []
+    seed_start, ex_start = np.zeros(B + 1, np.int64), np.zeros(B + 1, np.int64)
     flags = np.zeros((B, bits), bool)
     fhas = np.zeros(B, bool)
     weights = np.zeros((B, N_FEATURES), np.float32)
     prior = np.asarray(params.prior, np.float32)
-    decay = params.recency_decay ** np.arange(max(params.recent_window, 0), dtype=np.float64)
+    decay = _decay(params.recency_decay, params.recent_window)
+    index = cat.index_arrays()
     for b, st in enumerate(states):
         for i, m in enumerate(cat.modalities):
             v = st.interest.get(m)
@@ -124,39 +136,49 @@ def resolve_users(
                 if n > 1e-9:
                     interests[i][b] = v / np.float32(n)
                     ihas[i, b] = True
-        positive = np.flatnonzero(st.recent_w[::-1] > 0)[: params.recent_window]
-        rec = st.recent[::-1][positive]
-        ex = st.excluded()
-        both = cat.rows_of(np.concatenate([rec, ex]))
-        rows = both[: len(rec)]
-        known = rows >= 0
-        seed_rows.append(rows[known])
-        seed_ws.append(st.recent_w[::-1][positive][known])
-        seed_n[b] = int(known.sum())
-        ex = both[len(rec) :]
-        ex = np.sort(ex[ex >= 0])
+        rows, ws, a, ex = kernels.user_rows(st.recent, st.recent_w, st.disliked, decay, *index)
+        seed_rows.append(rows)
+        seed_ws.append(ws)
+        seed_as.append(a)
         ex_rows.append(ex)
-        ex_n[b] = len(ex)
+        seed_start[b + 1] = seed_start[b] + len(rows)
+        ex_start[b + 1] = ex_start[b] + len(ex)
         if st.seen_filter and len(st.seen_filter) * 8 == bits:
             flags[b] = bloom.flags(st.seen_filter)
             fhas[b] = True
-        base = prior if shared is None or shared[b] is None else shared[b]
-        weights[b] = base + st.weights if len(st.weights) == N_FEATURES else base
-    seed_start = np.concatenate([[0], np.cumsum(seed_n)])
-    seed_a = np.concatenate([decay[:n] for n in seed_n]) if B else np.zeros(0)
+        weights[b] = user_weights(prior, None if shared is None else shared[b], st)
+    if B == 1:
+        return Users(interests, ihas, seed_start, seed_rows[0], seed_as[0], seed_ws[0],
+                     ex_start, ex_rows[0], flags, fhas, weights)  # fmt: skip
     return Users(
         interests,
         ihas,
         seed_start,
-        np.concatenate(seed_rows).astype(np.int64) if B else np.zeros(0, np.int64),
-        seed_a,
-        np.concatenate(seed_ws).astype(np.float32) if B else np.zeros(0, np.float32),
-        np.concatenate([[0], np.cumsum(ex_n)]),
-        np.concatenate(ex_rows).astype(np.int64) if B else np.zeros(0, np.int64),
+        np.concatenate(seed_rows) if B else np.zeros(0, np.int64),
+        np.concatenate(seed_as) if B else np.zeros(0),
+        np.concatenate(seed_ws) if B else np.zeros(0, np.float32),
+        ex_start,
+        np.concatenate(ex_rows) if B else np.zeros(0, np.int64),
         flags,
         fhas,
         weights,
     )
+
+
+def user_weights(prior: np.ndarray, shared: np.ndarray | None, st: UserState) -> np.ndarray:
+    """The weights a user is scored with: the shared weights in effect (None: ``prior``, their
+    start) + the user's deltas (deltas of another length, from a state written before a
+    feature was added, are ignored)."""
+    base = prior if shared is None else shared
+    return base + st.weights if len(st.weights) == N_FEATURES else base
+
+
+@functools.lru_cache(maxsize=8)
+def _decay(decay: float, window: int) -> np.ndarray:
+    """float64[window]: decay ** (d - 1), the d-th seed's recency weight (read-only)."""
+    out = decay ** np.arange(max(window, 0), dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 @dataclass
@@ -166,6 +188,14 @@ class Scored:
     scores: np.ndarray  # float64[P], excluded pairs -inf
     scales: np.ndarray  # float32[B, N_FEATURES]: the users' divisors
     best_seed: np.ndarray  # int64[P]: the seed contributing most to the pair's cf (-1: none)
+
+    def tail(self, users: Users, pairs: Pairs, n: int) -> Scored:
+        """The part of users n on (scored in ``users`` and ``pairs`` with others before them,
+        their pairs last), numbered as ``users.tail(n)`` and their own pairs number them."""
+        at, s = int(pairs.starts[n]), int(users.seed_start[n])
+        best = self.best_seed[at:]
+        return Scored(self.raw[at:], self.features[at:], self.scores[at:], self.scales[n:],
+                      np.where(best >= 0, best - s, -1))  # fmt: skip
 
 
 def score(
@@ -242,6 +272,16 @@ class Pairs:
             np.tile(rows.astype(np.int64), n_users),
             np.arange(n_users + 1) * n,
             full=True,
+        )
+
+    @classmethod
+    def stack(cls, first: Pairs, second: Pairs) -> Pairs:
+        """The pairs of two batches of users as one, ``second``'s users after ``first``'s."""
+        n = len(first.starts) - 1
+        return cls(
+            np.concatenate([first.u, second.u + n]).astype(np.intp),
+            np.concatenate([first.r, second.r]).astype(np.int64),
+            np.concatenate([first.starts[:-1], second.starts + len(first)]).astype(np.intp),
         )
 
     def index(self, u: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -10,10 +10,12 @@ replays a dataset through the same calls.
 Per round, for all its users at once (ranking/scoring.py: array operations over (user, row)
 pairs): the candidate rows of each user (the whole catalog while it is small, else the
 co-occurrence and content neighbours of their latest items, trending, hot, popular and fresh
-items, and the event's item); for each positive event of a user with history, the features
-under the state before the event and one pairwise learning step (ranking/learner.py): the taken
-item against catalog items drawn uniformly; the state update (ranking/user_state.py); the features
-under the new state, each user's list and its reasons (ranking/explain.py).
+items, and the event's item); the state update (ranking/user_state.py); in one resolve and one
+scoring call, the features of each learning user's taken item and catalog items drawn uniformly
+under the state before the event, and of every user's candidates under the state after it; for
+each positive event of a user with history, one pairwise learning step (ranking/learner.py),
+after which that user's candidates are weighed again with the new deltas; each user's list and
+its reasons (ranking/explain.py).
 """
 
 from __future__ import annotations
@@ -253,14 +255,28 @@ class OnlineModel:
         if not index:
             return StepResult([o for o in outcomes if o is not None], updates)
         base = [None if shared is None else shared[n] for n in index]
+        # one resolve and one scoring call for the round: the learners' states before their
+        # events (the features the learning step compares), then every user's state after it
+        L = len(learners)
+        users = scoring.resolve_users(
+            cat, [before[b] for b in learners] + after, p.score, [base[b] for b in learners] + base
+        )
+        users_after = users.tail(L)
+        pairs_after = self.candidates(users_after, extra)
+        learn_pairs, negatives = self._learn_pairs(before, learners, extra)
+        both = Pairs.stack(learn_pairs, pairs_after)
+        prior = np.asarray(p.score.prior, np.float32)
+        scored = self._score(users, both, now_ms)
         grads: dict[int, np.ndarray] = {}
-        if learners:
-            for b, g in self._learn(before, after, learners, extra, base, now_ms).items():
-                grads[index[b]] = g
-        users_after = scoring.resolve_users(cat, after, p.score, base)
-        pairs = self.candidates(users_after, extra)
-        sc = self._score(users_after, pairs, now_ms)
-        lists = self._lists(users_after, pairs, sc, [p.k] * len(index))
+        for b, g in self._learn(before, after, learners, extra, negatives, users, learn_pairs,
+                                scored.raw).items():  # fmt: skip
+            grads[index[b]] = g
+            # the list answered is ranked with the user's new deltas
+            users.weights[L + b] = scoring.user_weights(prior, base[b], after[b])
+            lo, hi = int(both.starts[L + b]), int(both.starts[L + b + 1])
+            kernels.weigh(scored.features, users.weights[L + b], lo, hi, scored.scores)
+        sc = scored.tail(users, both, L)
+        lists = self._lists(users_after, pairs_after, sc, [p.k] * len(index))
         for b, n in enumerate(index):
             o = outcomes[n]
             assert o is not None
@@ -284,41 +300,50 @@ class OnlineModel:
                            for q in range(n)], np.int64)  # fmt: skip
         return rows[cat.live[rows] & (rows != taken)]
 
-    def _learn(
-        self,
-        before: Sequence[UserState],
-        after: list[UserState],
-        learners: Sequence[int],
-        extra: Sequence[int | None],
-        base: Sequence[np.ndarray | None],
-        now_ms: int,
-    ) -> dict[int, np.ndarray]:
-        """One BPR step per learning user: the taken item against catalog items drawn uniformly
-        (and, with ``learning_negatives``, the items shown above it in the user's last list,
-        all of them when it was not listed), their features under the state before the event,
-        scaled as that list's were; the new deltas go into the state after it. Returns each
-        learner's gradient (by position in ``after``) for the shared weights."""
+    def _learn_pairs(
+        self, before: Sequence[UserState], learners: Sequence[int], extra: Sequence[int | None]
+    ) -> tuple[Pairs, list[np.ndarray]]:
+        """Each learner's pairs (numbered by position in ``learners``): the taken item and its
+        negatives, catalog items drawn uniformly (and, with ``learning_negatives``, the items
+        shown above it in the user's last list, all of them when it was not listed)."""
         p = self.p
-        states = [before[b] for b in learners]
-        users = scoring.resolve_users(self.cat, states, p.score, [base[b] for b in learners])
         us, rs, negatives = [], [], []
         for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
             above = np.zeros(0, np.int64)
             if p.learning_negatives > 0:
-                shown = self.cat.rows_of(states[j].shown)
+                shown = self.cat.rows_of(before[b].shown)
                 pos = np.flatnonzero(shown == taken)
                 above = shown[: int(pos[0])] if len(pos) else shown
                 above = above[above >= 0][: p.learning_negatives]
-            negatives.append(np.concatenate([above, self._random_rows(taken, states[j])]))
+            negatives.append(np.concatenate([above, self._random_rows(taken, before[b])]))
             us.append(np.full(len(negatives[j]) + 1, j, np.intp))
             rs.append(np.concatenate([[taken], negatives[j]]).astype(np.int64))
-        pairs = Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs))
-        raw = self._score(users, pairs, now_ms).raw
+        if not learners:
+            return Pairs.build(0, np.zeros(0, np.intp), np.zeros(0, np.int64)), negatives
+        return Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs)), negatives
+
+    def _learn(
+        self,
+        before: Sequence[UserState],
+        after: list[UserState],
+        learners: Sequence[int],
+        extra: Sequence[int | None],
+        negatives: Sequence[np.ndarray],
+        users: Users,
+        pairs: Pairs,
+        raw: np.ndarray,
+    ) -> dict[int, np.ndarray]:
+        """One BPR step per learning user: the taken item against its negatives, their
+        features (``raw``: the learners' pairs ``pairs``, under the states before the events,
+        ``users`` 0..) scaled as the user's last list's were; the new deltas go into the state
+        after it. Returns each learner's gradient (by position in ``after``) for the shared
+        weights."""
+        p = self.p
         grads: dict[int, np.ndarray] = {}
         for j, b in enumerate(learners):
-            st = states[j]
+            st = before[b]
             if not len(negatives[j]) or len(st.scales) != scoring.N_FEATURES:
                 continue
             lo, hi = int(pairs.starts[j]), int(pairs.starts[j + 1])

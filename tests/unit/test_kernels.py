@@ -151,6 +151,53 @@ def test_lookup_rows() -> None:
     assert got.tolist() == want
 
 
+def test_user_rows() -> None:
+    """Seeds: the first len(decay) positive items newest first, those in the catalog kept and
+    weighted decay[d - 1] by their place among the kept; exclusions: the sorted catalog rows
+    of recent and disliked."""
+    rng = np.random.default_rng(9)
+    order = np.argsort(HASHES[:150])
+    new = np.argsort(HASHES[150:180]) + 150
+    index = (HASHES[order], order.astype(np.int64), HASHES[new], new.astype(np.int64))
+    row = {int(h): i for i, h in enumerate(HASHES[:180])}
+    decay = 0.8 ** np.arange(6, dtype=np.float64)
+    for _ in range(20):
+        recent = rng.choice(HASHES, 12, replace=False)  # some beyond the catalog (rows 180+)
+        recent_w = rng.choice([-1.0, 0.0, 0.5, 1.0], 12).astype(np.float32)
+        disliked = rng.choice(HASHES, 3, replace=False)
+        rows, ws, a, ex = kernels.user_rows(recent, recent_w, disliked, decay, *index)
+        positive = [i for i in range(11, -1, -1) if recent_w[i] > 0][: len(decay)]
+        kept = [i for i in positive if int(recent[i]) in row]
+        assert rows.tolist() == [row[int(recent[i])] for i in kept]
+        assert ws.tolist() == [float(recent_w[i]) for i in kept]
+        assert a.tolist() == decay[: len(kept)].tolist()
+        both = [*recent.tolist(), *disliked.tolist()]
+        assert ex.tolist() == sorted(row[int(h)] for h in both if int(h) in row)
+
+
+def test_bpr_gradient() -> None:
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=8)
+    taken = rng.random(8).astype(np.float32)
+    passed = rng.random((5, 8)).astype(np.float32)
+    diff = taken.astype(np.float64)[None, :] - passed.astype(np.float64)
+    g = 1.0 / (1.0 + np.exp(np.clip(diff @ w, -30, 30)))
+    np.testing.assert_allclose(
+        kernels.bpr_gradient(w, taken, passed), (g[:, None] * diff).mean(0), rtol=1e-12
+    )
+    assert kernels.bpr_gradient(w, taken, passed[:0]).tolist() == [0.0] * 8
+
+
+def test_weigh_keeps_exclusions() -> None:
+    feats = np.arange(24, dtype=np.float32).reshape(3, 8) / 24
+    scores = np.asarray([0.0, -np.inf, 5.0, 7.0])
+    w = np.linspace(-1, 1, 8).astype(np.float32)
+    kernels.weigh(feats, w, 0, 3, scores)
+    want = feats.astype(np.float64) @ w.astype(np.float64)
+    np.testing.assert_allclose(scores[[0, 2]], want[[0, 2]], rtol=1e-6)
+    assert scores[1] == -np.inf and scores[3] == 7.0  # excluded kept; outside lo:hi untouched
+
+
 def test_publish_row() -> None:
     rng = np.random.default_rng(5)
     rows = rng.permutation(60)  # the rows of HASHES[:60]; the rest are not in the catalog

@@ -428,6 +428,32 @@ def test_a_batch_equals_its_events_one_at_a_time(full_scan_limit: int) -> None:
         np.testing.assert_array_equal(g, alone[n].gradients[0])
 
 
+@pytest.mark.parametrize("full_scan_limit", [4096, 8])
+def test_the_list_a_step_answers_is_the_new_states_list(full_scan_limit: int) -> None:
+    """The step scores the learners' states before their events and every state after them
+    in one call, then ranks each learner's list again under its new deltas: what it answers
+    is what ``recommend`` gives for the new state."""
+    rng = np.random.default_rng(11)
+    w = World(params(full_scan_limit=full_scan_limit, learning_rate=0.5))
+    ids = [f"i{n}" for n in range(30)]
+    for n, i in enumerate(ids):
+        nbs = [(ids[(n + d) % 30], 0.9 - 0.1 * d) for d in (1, 2, 3)]
+        w.add(i, rng.normal(size=4), published_at=NOW - n * HOUR, neighbours=nbs)
+    learned = 0
+    for r in range(6):
+        evs = [Event(f"u{n}", str(rng.choice(ids)), "like", NOW + r) for n in range(6)]
+        before = [w.states.get(e.user_id, UserState()) for e in evs]
+        res = w.step(evs, NOW + r, publish=False)
+        for o, st in zip(res.outcomes, before, strict=True):
+            assert o.ranked is not None
+            want = w.model.recommend([o.state], [BASE.k], NOW + r)[0]
+            assert o.ranked.items(w.cat) == want.items(w.cat)
+            learned += int(not np.array_equal(o.state.weights, st.weights))
+        for h in w.side.apply(res.updates):  # published after the round, as the worker does
+            w.cat.set_side(h, w.side.rows[h])
+    assert learned >= 10  # the deltas did change: the lists were ranked again
+
+
 def test_duplicates_and_unknown_items_change_nothing() -> None:
     w = World()
     for n, i in enumerate("abcd"):
