@@ -78,6 +78,8 @@ class Catalog:
         self.trend = np.full(cap, NO_TREND)
         self.hot = np.full(cap, NO_TREND)
         self.count = np.zeros(cap, np.float64)
+        # scratch of the scoring kernel: a row's index among the user's pairs (-1 between calls)
+        self.pair_at = np.full(cap, -1, np.int64)
         # content neighbours (hashes, resolved when read) and their cosines, best first
         k = params.content_k
         self.cn = np.zeros((cap, k), np.uint64)
@@ -161,6 +163,7 @@ class Catalog:
         self.trend = _grow(self.trend, cap, NO_TREND)
         self.hot = _grow(self.hot, cap, NO_TREND)
         self.count = _grow(self.count, cap)
+        self.pair_at = _grow(self.pair_at, cap, -1)
         self._powers = {e: np.maximum(self.count, 1.0) ** -e for e in self._powers}
         self.cn = _grow(self.cn, cap)
         self.cn_sim = _grow(self.cn_sim, cap)

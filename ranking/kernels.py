@@ -167,6 +167,7 @@ def score_pairs(
     fresh_k,
     top_n,
     hist_n,  # inv_seed: 1 / max(count, 1) ** cf_alpha
+    pair_at,  # int64[cap], all -1: scratch (a row's pair index within the user's), left all -1
 ):  # pragma: no cover
     """The features (raw and scaled), scores and divisors of ranking.scoring, over the pairs
     (see its module doc; tests/unit/test_kernels.py checks it against plain Python). Returns
@@ -240,7 +241,9 @@ def score_pairs(
                 if feats[p, j] > 0:
                     raw[p, j] /= feats[p, j]
                 feats[p, j] = 0.0
-        # cf: the seeds' published neighbours, through a binary search in the user's rows
+        # cf: the seeds' published neighbours, found among the user's rows through pair_at
+        for p in range(lo, hi):
+            pair_at[r[p]] = p
         for s in range(s0, s1):
             sr = seed_row[s]
             sl = slot[sr]
@@ -249,7 +252,7 @@ def score_pairs(
             scale = seed_a[s] * inv_seed[sr]
             m_n = min(nb_len[sl], top_n)
             for e in range(m_n):
-                p = _find(r, lo, hi, nb[sl, e])
+                p = pair_at[nb[sl, e]]
                 if p >= 0:
                     t = nb_w[sl, e] * scale
                     raw[p, 2] += t
@@ -320,9 +323,11 @@ def score_pairs(
             if fhas[b] and _in_filter(flags, b, bloom_pos, r[p]):
                 scores[p] = -np.inf
         for x in range(ex_start[b], ex_start[b + 1]):
-            p = _find(r, lo, hi, ex_row[x])
+            p = pair_at[ex_row[x]]
             if p >= 0:
                 scores[p] = -np.inf
+        for p in range(lo, hi):
+            pair_at[r[p]] = -1
     return raw, feats, scores, scales, best_seed
 
 

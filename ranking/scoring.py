@@ -240,6 +240,7 @@ def score(
         math.log(2) / params.hot_half_life_ms,
         math.log(2) / params.freshness_half_life_ms,
         int(top_n), int(history_top_n),
+        cat.pair_at,
     )  # fmt: skip
     return Scored(raw, feats, s, scales, best)
 
