@@ -78,6 +78,7 @@ class Catalog:
         self.trend = np.full(cap, NO_TREND)
         self.hot = np.full(cap, NO_TREND)
         self.count = np.zeros(cap, np.float64)
+        self.log_count = np.zeros(cap, np.float64)  # log1p(count): the "popular" feature
         # scratch of the scoring kernel: a row's index among the user's pairs (-1 between calls)
         self.pair_at = np.full(cap, -1, np.int64)
         # content neighbours (hashes, resolved when read) and their cosines, best first
@@ -163,6 +164,7 @@ class Catalog:
         self.trend = _grow(self.trend, cap, NO_TREND)
         self.hot = _grow(self.hot, cap, NO_TREND)
         self.count = _grow(self.count, cap)
+        self.log_count = _grow(self.log_count, cap)
         self.pair_at = _grow(self.pair_at, cap, -1)
         self._powers = {e: np.maximum(self.count, 1.0) ** -e for e in self._powers}
         self.cn = _grow(self.cn, cap)
@@ -293,6 +295,7 @@ class Catalog:
             self._on_hot(row)
         if side.count != self.count[row]:
             self.count[row] = side.count
+            self.log_count[row] = math.log1p(side.count)
             c = max(side.count, 1.0)
             for e, arr in self._powers.items():
                 arr[row] = c**-e

@@ -222,7 +222,7 @@ def score(
         ihas, mw = np.zeros((1, len(users)), bool), np.zeros(1, np.float64)
     raw, feats, s, scales, best = kernels.score_pairs(
         vecs, midx, mw,
-        inv_cf, inv_hist, cat.trend, cat.hot, cat.published_at, cat.count,
+        inv_cf, inv_hist, cat.trend, cat.hot, cat.published_at, cat.log_count,
         cat.slot, cat.nb, cat.nb_w, inv_alpha, cat.nb_len,
         cat.bloom_pos,
         dense if dense is not None else np.zeros((1, 1), np.float32),
