@@ -98,11 +98,8 @@ class Catalog:
         )
         # item-side rows that arrived before their item: applied when it does
         self._pending_side: dict[int, ItemRow] = {}
-        # the hashes sorted, for lookups in arrays, and those of rows added since (sorted too)
-        self._sorted_h = np.zeros(0, np.uint64)
-        self._sorted_r = np.zeros(0, np.int64)
-        self._new_h = np.zeros(0, np.uint64)
-        self._new_r = np.zeros(0, np.int64)
+        # hash -> row for the compiled code: an open-addressing table at most half full
+        self._keys, self._rows = kernels.table_build(self.hashes[:0], 16)
         # ready lists: rows by trend and by hot trend (best first), by interactions over all
         # time (most first) and by publication time (newest first)
         self.trending = np.zeros(0, np.int32)
@@ -130,23 +127,17 @@ class Catalog:
         h = np.asarray(hashes, dtype=np.uint64)
         return kernels.lookup_rows(*self.index_arrays(), h.ravel())
 
-    def index_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The hash -> row index as the kernels take it: (sorted hashes, their rows, and the
-        same for items added since it was last rebuilt)."""
-        return self._sorted_h, self._sorted_r, self._new_h, self._new_r
+    def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The hash -> row table as the kernels take it (keys, rows; rows -1 where empty)."""
+        return self._keys, self._rows
 
     def _index(self, h: int, row: int) -> None:
-        """Add a new item to the lookup arrays: into the small sorted index of new items, and
-        everything into the main one once that holds more than 1,024."""
-        at = int(np.searchsorted(self._new_h, np.uint64(h)))
-        self._new_h = np.insert(self._new_h, at, np.uint64(h))
-        self._new_r = np.insert(self._new_r, at, row)
-        if len(self._new_h) > 1024:
-            order = np.argsort(self.hashes[: self.n], kind="stable")
-            self._sorted_h = self.hashes[: self.n][order]
-            self._sorted_r = order.astype(np.int64)
-            self._new_h = np.zeros(0, np.uint64)
-            self._new_r = np.zeros(0, np.int64)
+        """Add a new item to the hash table, rebuilt twice the size once half full."""
+        if 2 * (row + 1) > len(self._keys):
+            size = 1 << max(4, (4 * (row + 1) - 1).bit_length())
+            self._keys, self._rows = kernels.table_build(self.hashes[: row + 1], size)
+        else:
+            kernels.table_put(self._keys, self._rows, np.uint64(h), row)
 
     def _ensure(self, n: int) -> None:
         if n <= self.capacity:
@@ -315,8 +306,7 @@ class Catalog:
             self.n_slots += 1
             self.slot[row] = s
         self.nb_len[s] = kernels.publish_row(
-            side.nb, side.w, self.top, self._sorted_h, self._sorted_r, self._new_h,
-            self._new_r, self.nb[s], self.nb_w[s], old,
+            side.nb, side.w, self.top, self._keys, self._rows, self.nb[s], self.nb_w[s], old,
             self.dense_hist if self.dense_hist is not None else _NO_DENSE,
             self.dense_hist is not None, row,
             self.cooc.history_top_n,

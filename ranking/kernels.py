@@ -408,10 +408,46 @@ def merge_row(nb, w, add_nb, add_w):  # pragma: no cover
 
 
 @njit(cache=True)
-def _lookup(sorted_h, sorted_r, h):  # pragma: no cover
-    """The row of item hash ``h`` through a sorted hash index, or -1."""
-    at = _find(sorted_h, 0, len(sorted_h), h)
-    return sorted_r[at] if at >= 0 else -1
+def _slot(keys, h):  # pragma: no cover
+    """Where item hash ``h`` is, or would go, in an open-addressing table (linear probing;
+    ``len(keys)`` a power of two; item hashes are uniform, so their low bits index it)."""
+    mask = len(keys) - 1
+    return np.int64(h & np.uint64(mask))
+
+
+@njit(cache=True)
+def _lookup(keys, rows, h):  # pragma: no cover
+    """The row of item hash ``h`` in the table (keys, rows), or -1 (rows: -1 where empty)."""
+    mask = len(keys) - 1
+    i = _slot(keys, h)
+    while True:
+        r = rows[i]
+        if r < 0:
+            return -1
+        if keys[i] == h:
+            return r
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def table_put(keys, rows, h, row):  # pragma: no cover
+    """Set the row of item hash ``h`` in the table (which has an empty slot)."""
+    mask = len(keys) - 1
+    i = _slot(keys, h)
+    while rows[i] >= 0 and keys[i] != h:
+        i = (i + 1) & mask
+    keys[i] = h
+    rows[i] = row
+
+
+@njit(cache=True)
+def table_build(hashes, size):  # pragma: no cover
+    """A table of ``size`` slots (a power of two, > len(hashes)) of hashes[i] -> row i."""
+    keys = np.zeros(size, np.uint64)
+    rows = np.full(size, -1, np.int64)
+    for i in range(len(hashes)):
+        table_put(keys, rows, hashes[i], i)
+    return keys, rows
 
 
 @njit(cache=True)
@@ -419,10 +455,8 @@ def publish_row(
     nb,
     w,
     top,
-    sorted_h,
-    sorted_r,
-    new_h,
-    new_r,
+    keys,
+    rows,
     out_nb,
     out_w,
     old_len,
@@ -432,8 +466,8 @@ def publish_row(
     hist_n,
 ):  # pragma: no cover
     """An item-side row's published form: its ``top`` strongest entries (ties by neighbour
-    hash), each resolved to a catalog row (through the sorted hash index, then the index of
-    items added since; unknown neighbours skipped), with its raw weight, written over the
+    hash), each resolved to a catalog row (through the hash table ``keys``, ``rows``; unknown
+    neighbours skipped), with its raw weight, written over the
     slot ``out_nb``/``out_w`` (which held ``old_len`` entries). With a dense history matrix
     (``use_dense``), column ``row`` is kept equal to the slot's first
     ``hist_n`` entries. Returns how many were written."""
@@ -448,9 +482,7 @@ def publish_row(
     m = 0
     for e in range(min(top, len(order))):
         i = order[e]
-        r = _lookup(sorted_h, sorted_r, nb[i])
-        if r < 0:
-            r = _lookup(new_h, new_r, nb[i])
+        r = _lookup(keys, rows, nb[i])
         if r < 0:
             continue
         out_nb[m] = r
@@ -553,21 +585,17 @@ def top_summed(u, r, w, n_users, limits, live, ex_u, ex_row, total, mark):  # pr
 
 
 @njit(cache=True)
-def lookup_rows(sorted_h, sorted_r, new_h, new_r, hashes):  # pragma: no cover
-    """int64 rows of item hashes through the two sorted hash indexes (-1: unknown)."""
+def lookup_rows(keys, rows, hashes):  # pragma: no cover
+    """int64 rows of item hashes through the hash table (-1: unknown)."""
     out = np.empty(len(hashes), np.int64)
     for i in range(len(hashes)):
-        r = _lookup(sorted_h, sorted_r, hashes[i])
-        if r < 0:
-            r = _lookup(new_h, new_r, hashes[i])
+        r = _lookup(keys, rows, hashes[i])
         out[i] = r
     return out
 
 
 @njit(cache=True)
-def user_rows(
-    recent, recent_w, disliked, decay, sorted_h, sorted_r, new_h, new_r
-):  # pragma: no cover
+def user_rows(recent, recent_w, disliked, decay, keys, rows):  # pragma: no cover
     """One user's seeds and exact exclusions as catalog rows (ranking.scoring.resolve_users):
     the first ``len(decay)`` positive items of ``recent`` newest first (``recent_w`` > 0), those
     in the catalog kept, the d-th kept one weighted ``decay[d - 1]``; and the sorted rows of
@@ -584,9 +612,7 @@ def user_rows(
             break
         if recent_w[i] > 0:
             taken += 1
-            r = _lookup(sorted_h, sorted_r, recent[i])
-            if r < 0:
-                r = _lookup(new_h, new_r, recent[i])
+            r = _lookup(keys, rows, recent[i])
             if r >= 0:
                 seed_r[k] = r
                 seed_w[k] = recent_w[i]
@@ -596,9 +622,7 @@ def user_rows(
     m = 0
     for i in range(n + len(disliked)):
         h = recent[i] if i < n else disliked[i - n]
-        r = _lookup(sorted_h, sorted_r, h)
-        if r < 0:
-            r = _lookup(new_h, new_r, h)
+        r = _lookup(keys, rows, h)
         if r >= 0:
             ex[m] = r
             m += 1

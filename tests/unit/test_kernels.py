@@ -140,15 +140,26 @@ def test_top_summed(grouped: bool) -> None:
     assert not total.any() and not mark.any()  # the scratch is left zero
 
 
+def table(hashes: np.ndarray, rows: np.ndarray, size: int = 512) -> tuple[np.ndarray, ...]:
+    """A hash table of hashes[i] -> rows[i], filled one put at a time."""
+    keys, out = kernels.table_build(hashes[:0], size)
+    for h, r in zip(hashes, rows, strict=True):
+        kernels.table_put(keys, out, h, int(r))
+    return keys, out
+
+
 def test_lookup_rows() -> None:
-    order = np.argsort(HASHES[:150])
-    new = np.argsort(HASHES[150:180]) + 150
     queries = np.concatenate([HASHES, np.asarray([1, 2**64 - 1], np.uint64)])
-    got = kernels.lookup_rows(
-        HASHES[order], order.astype(np.int64), HASHES[new], new.astype(np.int64), queries
-    )
     want = [i if i < 180 else -1 for i in range(200)] + [-1, -1]
-    assert got.tolist() == want
+    # 180 keys in 256 slots: probing past collisions; and built at once, and one by one
+    for keys, rows in (kernels.table_build(HASHES[:180], 256),
+                       kernels.table_build(HASHES[:180], 1024),
+                       table(HASHES[:180], np.arange(180), 256)):  # fmt: skip
+        assert (rows >= 0).sum() == 180
+        assert kernels.lookup_rows(keys, rows, queries).tolist() == want
+    keys, rows = table(HASHES[:10], np.arange(10), 16)
+    kernels.table_put(keys, rows, HASHES[3], 42)  # a put of a known hash moves it
+    assert kernels.lookup_rows(keys, rows, HASHES[:4]).tolist() == [0, 1, 2, 42]
 
 
 def test_user_rows() -> None:
@@ -156,9 +167,7 @@ def test_user_rows() -> None:
     weighted decay[d - 1] by their place among the kept; exclusions: the sorted catalog rows
     of recent and disliked."""
     rng = np.random.default_rng(9)
-    order = np.argsort(HASHES[:150])
-    new = np.argsort(HASHES[150:180]) + 150
-    index = (HASHES[order], order.astype(np.int64), HASHES[new], new.astype(np.int64))
+    index = kernels.table_build(HASHES[:180], 256)
     row = {int(h): i for i, h in enumerate(HASHES[:180])}
     decay = 0.8 ** np.arange(6, dtype=np.float64)
     for _ in range(20):
@@ -201,8 +210,7 @@ def test_weigh_keeps_exclusions() -> None:
 def test_publish_row() -> None:
     rng = np.random.default_rng(5)
     rows = rng.permutation(60)  # the rows of HASHES[:60]; the rest are not in the catalog
-    main = np.argsort(HASHES[:40])
-    new = 40 + np.argsort(HASHES[40:60])
+    keys, slots = table(HASHES[:60], rows)
     nb = np.sort(rng.choice(HASHES[:80], 30, replace=False))
     w = rng.integers(1, 6, 30).astype(np.float32)  # ties
     out_nb, out_w = np.zeros(12, np.int32), np.zeros(12, np.float32)
@@ -210,10 +218,8 @@ def test_publish_row() -> None:
         nb,
         w,
         12,
-        HASHES[main],
-        rows[main],
-        HASHES[new],
-        rows[new],
+        keys,
+        slots,
         out_nb,
         out_w,
         0,
@@ -234,8 +240,7 @@ def test_publish_row() -> None:
     for top in (3, 5, 12):
         out_nb, out_w = np.zeros(top, np.int32), np.zeros(top, np.float32)
         m = kernels.publish_row(
-            long_nb, long_w, top, HASHES[main], rows[main], HASHES[new], rows[new], out_nb,
-            out_w, 0, NO_DENSE, False, 0, top,
+            long_nb, long_w, top, keys, slots, out_nb, out_w, 0, NO_DENSE, False, 0, top,
         )  # fmt: skip
         first = sorted(range(70), key=lambda i: (-long_w[i], int(long_nb[i])))[:top]
         want = [(row_of[int(long_nb[i])], long_w[i]) for i in first if int(long_nb[i]) in row_of]
