@@ -123,8 +123,11 @@ def _find(r: np.ndarray, lo: int, hi: int, row: int) -> int:  # pragma: no cover
 
 @njit(cache=True)
 def _in_filter(flags: np.ndarray, b: int, pos: np.ndarray, row: int) -> bool:  # pragma: no cover
+    """Whether every Bloom position of ``row`` is set in user b's filter (the filter's bytes,
+    flags[b], bit p at byte p >> 3, bit p & 7: ranking.seen)."""
     for j in range(pos.shape[1]):
-        if not flags[b, pos[row, j]]:
+        q = pos[row, j]
+        if not (flags[b, q >> 3] >> (q & 7)) & 1:
             return False
     return True
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from recstream.ranking import kernels
-from recstream.ranking import seen as bloom
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.user_state import UserState
 
@@ -79,7 +78,7 @@ class Users:
     seed_w: np.ndarray  # float32[S]: the weight of the user's event on it (liked or not)
     ex_start: np.ndarray  # int64[B + 1]
     ex_row: np.ndarray  # int64[X]: exact exclusions (recent and disliked items)
-    flags: np.ndarray  # bool[B, bits]: seen filters
+    flags: np.ndarray  # uint8[B, bits / 8]: seen filters (their bytes)
     fhas: np.ndarray  # bool[B]: whether a user has one
     weights: np.ndarray  # float32[B, N_FEATURES]: the shared weights + the user's deltas
 
@@ -122,7 +121,7 @@ def resolve_users(
     ihas = np.zeros((len(cat.modalities), B), bool)
     seed_rows, seed_ws, seed_as, ex_rows = [], [], [], []
     seed_start, ex_start = np.zeros(B + 1, np.int64), np.zeros(B + 1, np.int64)
-    flags = np.zeros((B, bits), bool)
+    flags = np.zeros((B, bits // 8), np.uint8)
     fhas = np.zeros(B, bool)
     weights = np.zeros((B, N_FEATURES), np.float32)
     prior = np.asarray(params.prior, np.float32)
@@ -144,7 +143,7 @@ def resolve_users(
         seed_start[b + 1] = seed_start[b] + len(rows)
         ex_start[b + 1] = ex_start[b] + len(ex)
         if st.seen_filter and len(st.seen_filter) * 8 == bits:
-            flags[b] = bloom.flags(st.seen_filter)
+            flags[b] = np.frombuffer(st.seen_filter, np.uint8)
             fhas[b] = True
         weights[b] = user_weights(prior, None if shared is None else shared[b], st)
     if B == 1:

@@ -170,7 +170,7 @@ class UserState:
         arrays = []
         for dt in (_U64, _F32, _U64, _U64, _U64, _U64, _F32):
             n = raw[at]
-            arrays.append(np.frombuffer(raw, dtype=dt, count=n, offset=at + 1).copy())
+            arrays.append(np.frombuffer(raw, dtype=dt, count=n, offset=at + 1))
             at += 1 + n * dt.itemsize
         n = raw[at]
         at += 1
@@ -180,12 +180,13 @@ class UserState:
             offsets[p] = o
             at += 10
         n = raw[at]
-        weights = np.frombuffer(raw, dtype=_F32, count=n, offset=at + 1).copy()
+        weights = np.frombuffer(raw, dtype=_F32, count=n, offset=at + 1)
         at += 1 + 4 * n
         mode, ln = struct.unpack_from("<BH", raw, at)
         body = raw[at + 3 : at + 3 + ln]
         seen_filter = zlib.decompress(body) if mode == 1 else bytes(body)
         recent, recent_w, disliked, liked, event_ids, shown, scales = arrays
+        # astype copies: the state's arrays are its own, writable, in native byte order
         return cls(
             interest=interest,
             last_ts=last_ts,
