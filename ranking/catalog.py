@@ -71,6 +71,10 @@ class Catalog:
         # compact, midx[i, row] the row's index into modality i's matrix (-1: none).
         self.modalities = list(self.dims)
         self.vec = {m: np.zeros((16, d), np.float32) for m, d in self.dims.items()}
+        # and as int8 codes with a scale per row (kernels.quantize), what scoring reads: a
+        # quarter of the memory traffic of a pass over the catalog's vectors
+        self.codes = {m: np.zeros((16, d), np.int8) for m, d in self.dims.items()}
+        self.code_scale = {m: np.zeros(16, np.float32) for m in self.dims}
         self.n_vec = {m: 0 for m in self.dims}
         self.midx = np.full((len(self.dims), cap), -1, np.int64)
         self.published_at = np.full(cap, np.nan)
@@ -210,9 +214,12 @@ class Catalog:
                     at = self.n_vec[m]
                     if at >= len(self.vec[m]):
                         self.vec[m] = _grow(self.vec[m], 2 * len(self.vec[m]))
+                        self.codes[m] = _grow(self.codes[m], len(self.vec[m]))
+                        self.code_scale[m] = _grow(self.code_scale[m], len(self.vec[m]))
                     self.n_vec[m] += 1
                     self.midx[i, row] = at
                 self.vec[m][at] = np.asarray(v, np.float32) / np.float32(norm)
+                self.codes[m][at], self.code_scale[m][at] = kernels.quantize(self.vec[m][at])
                 self._sample_cosines(m, at)
             else:
                 self.midx[i, row] = -1  # its old vector, if any, stays unused

@@ -135,9 +135,11 @@ def _in_filter(flags: np.ndarray, b: int, pos: np.ndarray, row: int) -> bool:  #
 # no "nnan"/"ninf": items without a publication time are NaN, excluded pairs -inf
 @njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
 def score_pairs(
-    vecs,
+    codes,
+    code_scale,
     midx,
-    mw,  # catalog: tuple of float32[n_m, d_m] unit rows, int64[M, cap] (-1: none)
+    mw,  # catalog: tuples of int8[n_m, d_m] and float32[n_m] (unit rows as codes * scale),
+    # int64[M, cap] (-1: none), the modalities' weights
     inv_cf,
     inv_hist,
     trend,
@@ -180,7 +182,7 @@ def score_pairs(
     raw float32[P, F], scaled float32[P, F], scores float64[P] (excluded: -inf), the users'
     divisors float32[B, F] (F = N_FEATURES) and, per pair, the seed (index into seed_row)
     contributing most to its cf (-1: none)."""
-    n_mod = len(vecs)
+    n_mod = len(codes)
     n_users = len(start) - 1
     n_pairs = len(r)
     raw = np.zeros((n_pairs, N_FEATURES), np.float32)
@@ -196,7 +198,8 @@ def score_pairs(
         s0, s1 = seed_start[b], seed_start[b + 1]
         # content and recent: cosines with the long- and short-term interests
         for m in range(n_mod):
-            mat = vecs[m]
+            mat = codes[m]
+            msc = code_scale[m]
             d = mat.shape[1]
             wm = mw[m]
             short = np.zeros(d, np.float32)
@@ -205,9 +208,9 @@ def score_pairs(
                 si = midx[m, seed_row[s]]
                 if si >= 0:
                     any_short = True
-                    a = np.float32(seed_a[s])
+                    a = np.float32(seed_a[s]) * msc[si]
                     for x in range(d):
-                        short[x] += a * mat[si, x]
+                        short[x] += a * np.float32(mat[si, x])
             if any_short:
                 norm = np.float32(0.0)
                 for x in range(d):
@@ -233,9 +236,11 @@ def score_pairs(
                 dl = np.float32(0.0)
                 ds = np.float32(0.0)
                 for x in range(d):
-                    v = mat[vi, x]
+                    v = np.float32(mat[vi, x])
                     dl += v * iv[x]
                     ds += v * short[x]
+                dl *= msc[vi]
+                ds *= msc[vi]
                 if long_ok:
                     raw[p, 0] += wm * dl
                     feats[p, 0] += wm  # the weight sum so far (divided below)

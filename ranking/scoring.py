@@ -212,15 +212,17 @@ def score(
     inv_seed, inv_cf, inv_hist, inv_alpha = cat.count_powers(
         params.cf_alpha, params.cf_beta, params.history_beta, cat.cooc.history_alpha
     )
-    vecs = tuple(cat.vec[m] for m in cat.modalities)
+    codes = tuple(cat.codes[m] for m in cat.modalities)
+    code_scale = tuple(cat.code_scale[m] for m in cat.modalities)
     midx, interests, ihas = cat.midx, users.interests, users.ihas
     mw = np.asarray([params.modality_weights.get(m, 1.0) for m in cat.modalities], np.float64)
-    if not vecs:  # a catalog of no modality (collaborative only): one that no item has
-        vecs, interests = (np.zeros((1, 1), np.float32),), (np.zeros((len(users), 1), np.float32),)
+    if not codes:  # a catalog of no modality (collaborative only): one that no item has
+        codes, code_scale = (np.zeros((1, 1), np.int8),), (np.zeros(1, np.float32),)
+        interests = (np.zeros((len(users), 1), np.float32),)
         midx = np.full((1, cat.midx.shape[1]), -1, np.int64)
         ihas, mw = np.zeros((1, len(users)), bool), np.zeros(1, np.float64)
     raw, feats, s, scales, best = kernels.score_pairs(
-        vecs, midx, mw,
+        codes, code_scale, midx, mw,
         inv_cf, inv_hist, cat.trend, cat.hot, cat.published_at, cat.log_count,
         cat.slot, cat.nb, cat.nb_w, inv_alpha, cat.nb_len,
         cat.bloom_pos,

@@ -347,6 +347,11 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
     """Raw features, scaled features and scores of the pairs by their definitions, and each
     pair's cf terms by seed (its index among all the users' seeds)."""
     row_of = {item_hash(it.id): r for r, it in enumerate(items)}
+    # scoring reads the catalog's int8 codes of the unit vectors: code * scale
+    coded = [{m: np.float32(q_s[1]) * q_s[0].astype(np.float32)
+              for m, v in it.vecs.items()
+              for q_s in [kernels.quantize(np.float32(v) / np.float32(np.linalg.norm(v)))]}
+             for it in items]  # fmt: skip
     count = [max(it.side.count, 1.0) for it in items]
     published = []  # per row: its strongest TOP entries in the catalog: (row, w, history w)
     for it in items:
@@ -370,7 +375,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
         long = {m: unit(v) for m, v in st.interest.items() if np.linalg.norm(v) > 1e-9}
         short = {}
         for m in DIMS:
-            vs = [a[d] * items[j].vecs[m] for d, j in enumerate(seeds) if m in items[j].vecs]
+            vs = [a[d] * coded[j][m] for d, j in enumerate(seeds) if m in coded[j]]
             if vs and np.linalg.norm(sum(vs)) > 1e-9:
                 short[m] = unit(sum(vs))
         taken = [bool(st.seen_filter) and seen.contains(st.seen_filter, it.id) for it in items]
@@ -381,7 +386,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             for f, user in ((0, long), (1, short)):
                 both = [m for m in DIMS if m in user and m in it.vecs]
                 den = sum(SP.modality_weights[m] for m in DIMS if m in user)
-                num = sum(SP.modality_weights[m] * float(user[m] @ it.vecs[m]) for m in both)
+                num = sum(SP.modality_weights[m] * float(user[m] @ coded[r][m]) for m in both)
                 raw[p, f] = num / den if den else 0.0
             for d, s in enumerate(seeds):
                 for j, w, _ in published[s][: COOC.top_n]:
