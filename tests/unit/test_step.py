@@ -388,14 +388,21 @@ def test_an_absent_modality_is_no_evidence_of_likeness() -> None:
 # -- batches, duplicates, unknown items ------------------------------------------------------
 
 
-@pytest.mark.parametrize("full_scan_limit", [4096, 8])
-def test_a_batch_equals_its_events_one_at_a_time(full_scan_limit: int) -> None:
-    rng = np.random.default_rng(7)
-    w = World(params(full_scan_limit=full_scan_limit, learning_rate=0.1))
+def ring_world(rng: np.random.Generator, full_scan_limit: int, lr: float) -> tuple[World, list]:
+    """30 items of random vectors, each with its next three as content neighbours, an hour
+    apart in publication."""
+    w = World(params(full_scan_limit=full_scan_limit, learning_rate=lr))
     ids = [f"i{n}" for n in range(30)]
     for n, i in enumerate(ids):
         nbs = [(ids[(n + d) % 30], 0.9 - 0.1 * d) for d in (1, 2, 3)]
         w.add(i, rng.normal(size=4), published_at=NOW - n * HOUR, neighbours=nbs)
+    return w, ids
+
+
+@pytest.mark.parametrize("full_scan_limit", [4096, 8])
+def test_a_batch_equals_its_events_one_at_a_time(full_scan_limit: int) -> None:
+    rng = np.random.default_rng(7)
+    w, ids = ring_world(rng, full_scan_limit, 0.1)
     for r in range(5):  # some history, published
         evs = [Event(f"u{n}", str(rng.choice(ids)), "like", NOW + r, dedupe_id=f"e{r}.{n}")
                for n in range(8)]  # fmt: skip
@@ -433,12 +440,8 @@ def test_the_list_a_step_answers_is_the_new_states_list(full_scan_limit: int) ->
     """The step scores the learners' states before their events and every state after them
     in one call, then ranks each learner's list again under its new deltas: what it answers
     is what ``recommend`` gives for the new state."""
-    rng = np.random.default_rng(11)
-    w = World(params(full_scan_limit=full_scan_limit, learning_rate=0.5))
-    ids = [f"i{n}" for n in range(30)]
-    for n, i in enumerate(ids):
-        nbs = [(ids[(n + d) % 30], 0.9 - 0.1 * d) for d in (1, 2, 3)]
-        w.add(i, rng.normal(size=4), published_at=NOW - n * HOUR, neighbours=nbs)
+    w, ids = ring_world(np.random.default_rng(11), full_scan_limit, 0.5)
+    rng = np.random.default_rng(12)
     learned = 0
     for r in range(6):
         evs = [Event(f"u{n}", str(rng.choice(ids)), "like", NOW + r) for n in range(6)]
