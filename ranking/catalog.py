@@ -356,12 +356,7 @@ class Catalog:
     def _placed(self, ranked: np.ndarray, key: np.ndarray, row: int) -> np.ndarray:
         """``ranked`` (the best ``list_size`` rows by ``key``, highest first) with ``row`` moved
         to where its key puts it (after rows of an equal key), or dropped below the last."""
-        size = self.params.list_size
-        t = ranked[ranked != row]
-        if len(t) >= size and key[row] <= key[t[-1]]:
-            return t
-        at = int(np.searchsorted(-key[t], -key[row], side="right"))
-        return np.insert(t, at, row)[:size].astype(np.int32)
+        return kernels.placed(ranked, key, row, self.params.list_size)
 
     def _on_trend(self, row: int) -> None:
         """Keep ``trending`` the best ``list_size`` live rows by trend. Trends only grow when

@@ -459,6 +459,27 @@ def table_build(hashes, size):  # pragma: no cover
 
 
 @njit(cache=True)
+def _by_weight(w, idx):  # pragma: no cover
+    """``idx[np.argsort(-w[idx], kind="stable")]`` for ascending ``idx`` (< 2**32) and
+    float32 ``w`` (no NaN): one sort of int64 keys, the weight's bits made to order
+    descending above the index."""
+    bits = w.view(np.uint32)
+    keys = np.empty(len(idx), np.uint64)
+    for j in range(len(idx)):
+        b = np.uint64(bits[idx[j]])
+        # IEEE bits to an unsigned order of the values (negatives reversed), then descending
+        up = b ^ np.uint64(0xFFFFFFFF) if b & np.uint64(0x80000000) else b | np.uint64(0x80000000)
+        if up == np.uint64(0x7FFFFFFF):  # -0.0 sorts with 0.0, as the comparison does
+            up = np.uint64(0x80000000)
+        keys[j] = ((np.uint64(0xFFFFFFFF) - up) << np.uint64(32)) | np.uint64(idx[j])
+    keys.sort()
+    out = np.empty(len(idx), np.int64)
+    for j in range(len(idx)):
+        out[j] = np.int64(keys[j] & np.uint64(0xFFFFFFFF))
+    return out
+
+
+@njit(cache=True)
 def publish_row(
     nb,
     w,
@@ -486,7 +507,7 @@ def publish_row(
     if len(w) > top and top > 0:  # only what can be published is sorted
         thr = -np.partition(-w, top - 1)[top - 1]
         idx = np.flatnonzero(w >= thr)  # ascending: ties keep nb's order below
-    order = idx[np.argsort(-w[idx], kind="mergesort")]
+    order = _by_weight(w, idx)
     m = 0
     for e in range(min(top, len(order))):
         i = order[e]
@@ -656,3 +677,31 @@ def bpr_gradient(weights, taken, passed_over):  # pragma: no cover
         for j in range(f):
             out[j] /= m
     return out
+
+
+@njit(cache=True)
+def placed(ranked, key, row, size):  # pragma: no cover
+    """``ranked`` (int32 rows, highest ``key`` first) with ``row`` moved to where its key puts
+    it, after rows of an equal key (numpy's ``searchsorted(-key[t], -key[row], "right")``),
+    at most ``size`` long; unchanged but for ``row`` gone when it falls below a full list's
+    last (ranking.catalog.Catalog._placed)."""
+    t = np.empty(len(ranked) + 1, np.int32)
+    m = 0
+    for i in range(len(ranked)):
+        if ranked[i] != row:
+            t[m] = ranked[i]
+            m += 1
+    if m >= size and (m == 0 or key[row] <= key[t[m - 1]]):
+        return t[:m].copy()
+    v = -key[row]
+    lo, hi = 0, m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if -key[t[mid]] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    for i in range(m, lo, -1):
+        t[i] = t[i - 1]
+    t[lo] = row
+    return t[: min(m + 1, size)].copy()

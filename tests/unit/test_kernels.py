@@ -450,3 +450,37 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
             assert terms[p][int(sc.best_seed[p])] == pytest.approx(max(terms[p].values()))
         else:
             assert sc.best_seed[p] == -1
+
+
+def test_by_weight_is_a_stable_sort_by_weight_descending() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(0, 60))
+        w = rng.choice([-2.5, -0.0, 0.0, 1e-30, 0.5, 0.5, 3.0, 1e30], n).astype(np.float32)
+        w[: n // 3] = rng.normal(size=n // 3).astype(np.float32)
+        idx = np.sort(rng.choice(max(n, 1), min(n, 40), replace=False)) if n else np.zeros(0, int)
+        want = idx[np.argsort(-w[idx], kind="stable")]
+        assert kernels._by_weight(w, idx.astype(np.int64)).tolist() == want.tolist()
+
+
+def test_placed() -> None:
+    """The numpy definition: drop the row; keep a full list whose last beats it; else insert it
+    after the rows of an equal key and cut to size."""
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        key = rng.choice([0.0, 1.0, 2.0, 2.0, 3.0, 5.0], 30) + rng.choice([0, 0, 0.25], 30)
+        size = int(rng.integers(1, 8))
+        pool = rng.choice(30, int(rng.integers(0, size + 1)), replace=False)
+        ranked = pool[np.argsort(-key[pool], kind="stable")].astype(np.int32)
+        row = (
+            int(rng.choice(ranked)) if len(ranked) and rng.random() < 0.4 else int(rng.integers(30))
+        )
+        key[row] += rng.choice([0.0, 1.0, 2.5])  # a written row's key grows
+        t = ranked[ranked != row]
+        if len(t) >= size and key[row] <= key[t[-1]]:
+            want = t
+        else:
+            at = int(np.searchsorted(-key[t], -key[row], side="right"))
+            want = np.insert(t, at, row)[:size]
+        got = kernels.placed(ranked, key, row, size)
+        assert got.dtype == np.int32 and got.tolist() == want.tolist()
