@@ -109,19 +109,6 @@ def _softplus(x: float) -> float:  # pragma: no cover
 
 
 @njit(cache=True)
-def _find(r: np.ndarray, lo: int, hi: int, row: int) -> int:  # pragma: no cover
-    """Index of ``row`` (a row, or an item hash) in the sorted r[lo:hi], or -1."""
-    a, b = lo, hi
-    while a < b:
-        mid = (a + b) // 2
-        if r[mid] < row:
-            a = mid + 1
-        else:
-            b = mid
-    return a if a < hi and r[a] == row else -1
-
-
-@njit(cache=True)
 def _in_filter(flags: np.ndarray, b: int, pos: np.ndarray, row: int) -> bool:  # pragma: no cover
     """Whether every Bloom position of ``row`` is set in user b's filter (the filter's bytes,
     flags[b], bit p at byte p >> 3, bit p & 7: ranking.seen)."""
@@ -624,12 +611,12 @@ def lookup_rows(keys, rows, hashes):  # pragma: no cover
 
 
 @njit(cache=True)
-def user_rows(recent, recent_w, disliked, decay, keys, rows):  # pragma: no cover
+def user_rows(recent, recent_w, excluded, decay, keys, rows):  # pragma: no cover
     """One user's seeds and exact exclusions as catalog rows (ranking.scoring.resolve_users):
     the first ``len(decay)`` positive items of ``recent`` newest first (``recent_w`` > 0), those
     in the catalog kept, the d-th kept one weighted ``decay[d - 1]``; and the sorted rows of
-    ``recent`` and ``disliked`` that are in the catalog. Returns (seed rows int64, their event
-    weights float32, recency weights float64, exclusions int64)."""
+    the ``excluded`` hashes (UserState.excluded) that are in the catalog. Returns (seed rows
+    int64, their event weights float32, recency weights float64, exclusions int64)."""
     n, window = len(recent), len(decay)
     seed_r = np.empty(min(n, window), np.int64)
     seed_w = np.empty(len(seed_r), np.float32)
@@ -647,11 +634,10 @@ def user_rows(recent, recent_w, disliked, decay, keys, rows):  # pragma: no cove
                 seed_w[k] = recent_w[i]
                 seed_a[k] = decay[k]
                 k += 1
-    ex = np.empty(n + len(disliked), np.int64)
+    ex = np.empty(len(excluded), np.int64)
     m = 0
-    for i in range(n + len(disliked)):
-        h = recent[i] if i < n else disliked[i - n]
-        r = _lookup(keys, rows, h)
+    for i in range(len(excluded)):
+        r = _lookup(keys, rows, excluded[i])
         if r >= 0:
             ex[m] = r
             m += 1

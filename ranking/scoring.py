@@ -135,7 +135,7 @@ def resolve_users(
                 if n > 1e-9:
                     interests[i][b] = v / np.float32(n)
                     ihas[i, b] = True
-        rows, ws, a, ex = kernels.user_rows(st.recent, st.recent_w, st.disliked, decay, *index)
+        rows, ws, a, ex = kernels.user_rows(st.recent, st.recent_w, st.excluded(), decay, *index)
         seed_rows.append(rows)
         seed_ws.append(ws)
         seed_as.append(a)
@@ -146,9 +146,6 @@ def resolve_users(
             flags[b] = np.frombuffer(st.seen_filter, np.uint8)
             fhas[b] = True
         weights[b] = user_weights(prior, None if shared is None else shared[b], st)
-    if B == 1:
-        return Users(interests, ihas, seed_start, seed_rows[0], seed_as[0], seed_ws[0],
-                     ex_start, ex_rows[0], flags, fhas, weights)  # fmt: skip
     return Users(
         interests,
         ihas,

@@ -174,7 +174,8 @@ def test_user_rows() -> None:
         recent = rng.choice(HASHES, 12, replace=False)  # some beyond the catalog (rows 180+)
         recent_w = rng.choice([-1.0, 0.0, 0.5, 1.0], 12).astype(np.float32)
         disliked = rng.choice(HASHES, 3, replace=False)
-        rows, ws, a, ex = kernels.user_rows(recent, recent_w, disliked, decay, *index)
+        excluded = np.concatenate([recent, disliked])
+        rows, ws, a, ex = kernels.user_rows(recent, recent_w, excluded, decay, *index)
         positive = [i for i in range(11, -1, -1) if recent_w[i] > 0][: len(decay)]
         kept = [i for i in positive if int(recent[i]) in row]
         assert rows.tolist() == [row[int(recent[i])] for i in kept]
