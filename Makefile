@@ -9,9 +9,11 @@ BIN    := $(VENV)/bin
 
 $(BIN)/recstream: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch==2.13.0 (CPU build) is pinned in the "export" extra: the worker never imports it.
-	$(BIN)/pip install --quiet -e '.[export,test,dev,bench]'
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	# torch==2.13.0 is pinned in the "export" extra (the worker never imports it). On Linux x86-64
+	# PyPI serves only its CUDA build: with the nvidia-* wheels it pulls, the venv is ~6.4 GB and
+	# the install peaks near 10 GB of disk. --no-cache-dir: no second copy in pip's cache.
+	$(BIN)/pip install --quiet --no-cache-dir -e '.[export,test,dev,bench]'
 	touch $@
 
 models: $(BIN)/recstream
