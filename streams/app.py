@@ -246,7 +246,11 @@ def build_app(
     else:
         bind(events, "user-events", None, handlers.on_event)
     bind(requests, "recommendation-requests", None, handlers.on_request)
-    bind(item_activity, "item-activity", None, handlers.on_item_activity)
+    if settings.activity_batch_size > 1:
+        batch = (settings.activity_batch_size, settings.activity_batch_ms)
+        bind(item_activity, "item-activity", batch, handlers.on_item_activities)
+    else:
+        bind(item_activity, "item-activity", None, handlers.on_item_activity)
 
     @app.task
     async def catalog() -> None:  # started and caught up before the app (streams/worker.py)

@@ -6,7 +6,7 @@ encoding stage) and ``<app_id>-item-stats-changelog`` (each item's popularity, c
 co-occurrence row, written by whichever worker owns the item's partition). Each record goes
 into the worker's catalog (ranking/catalog.py) as it arrives; ``ready`` is set once both
 topics have been read up to their ends as of the start, and the worker handles no event before
-(its lists would be made from a partial catalog). ``sync`` waits until everything written
+(its lists would be made from a partial catalog). ``sync`` waits until every item written
 before the call has been read: a request answered after an item's ``content-indexed`` record
 sees the item.
 """
@@ -139,12 +139,16 @@ class CatalogReader:
             log.warning("skipped an unreadable record of %s: %s", topic, exc)
 
     async def sync(self, timeout_s: float = 5.0, min_interval_s: float = 0.02) -> None:
-        """Until every record written before this call has been read (at most ``timeout_s``;
-        calls within ``min_interval_s`` of the last one share it)."""
+        """Until every item written to the items topic before this call has been read (at most
+        ``timeout_s``; calls within ``min_interval_s`` of the last one share it). The item-stats
+        changelog is not waited for: it changes with every event, and popularity a few
+        milliseconds old ranks as well."""
         assert self._consumer is not None
         if time.monotonic() - self._last_sync < min_interval_s:
             return
-        end = await self._consumer.end_offsets(self._tps)
+        end = await self._consumer.end_offsets(
+            [tp for tp in self._tps if tp.topic == self.items_topic]
+        )
         deadline = time.monotonic() + timeout_s
         while not await self._reached(end) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)  # the reader task moves the positions

@@ -11,7 +11,8 @@ step over the catalog every ranking worker holds whole (streams/catalog_reader.p
   recommendation-requests  parse -> the user's state -> ``OnlineModel.recommend`` ->
                            recommendations (the state does not change)
   item-activity            each item's side (ranking/item_side.py) in the item-stats Table,
-                           whose compacted changelog every worker's catalog reads
+                           whose compacted changelog every worker's catalog reads: a stream
+                           batch at a time, each item changed written once per batch
 
 Failures: bad input -> dead-letters (the reason and the original bytes) and go on; anything
 else is a bug -> the worker crashes loudly and its restart processes the message again
@@ -99,6 +100,28 @@ def dedupe_id(msg: Msg, event_id: str | None) -> str | None:
         return event_id
     origin = forwarded_from(msg)
     return None if origin is None else f"{FORWARDED_FROM}={origin}"
+
+
+@dataclass
+class _Batch:
+    """What a batch's rounds leave to write: per user the latest state (with the message of
+    its last applied event), per partition the shared weights (with the last message they
+    learned from; None: read, unchanged), the item-side updates and the answers in order."""
+
+    states: dict[str, tuple[UserState, Msg | None]] = dataclasses.field(default_factory=dict)
+    shared: dict[int, tuple[SharedWeights, Msg | None]] = dataclasses.field(default_factory=dict)
+    updates: list[Update] = dataclasses.field(default_factory=list)
+    answers: list[tuple[schemas.UserEvent, Ranked]] = dataclasses.field(default_factory=list)
+
+    def state(self, user_id: str, load: Callable[[str], UserState]) -> UserState:
+        got = self.states.get(user_id)
+        return got[0] if got is not None else load(user_id)
+
+    def weights(self, partition: int, load: Callable[[int], SharedWeights]) -> SharedWeights:
+        got = self.shared.get(partition)
+        if got is None:
+            got = self.shared[partition] = (load(partition), None)
+        return got[0]
 
 
 class Handlers:
@@ -211,36 +234,16 @@ class Handlers:
         prior = self.model.p.score.prior
         return SharedWeights.from_bytes(raw, prior) if raw else SharedWeights.start(prior)
 
-    def _learn_shared(
-        self,
-        events: Sequence[tuple[Msg, schemas.UserEvent]],
-        gradients: Mapping[int, np.ndarray],
-        shared: Mapping[int, SharedWeights],
-    ) -> None:
-        """Each partition's shared weights take one step along its events' gradients, written
-        to the weights Table before the users' states: an event replayed after a crash (its
-        offset at or below the stored ``upto``) is not learned from twice."""
-        by_part: dict[int, list[tuple[Msg, np.ndarray]]] = {}
-        for n, g in sorted(gradients.items()):
-            msg = events[n][0]
-            if msg.offset > shared[msg.partition].upto:
-                by_part.setdefault(msg.partition, []).append((msg, g))
-        p = self.model.p
-        for part, got in by_part.items():
-            sw = shared[part]
-            sw.learn([g for _, g in got], p.shared_learning_rate, p.shared_l2)
-            last = max((m for m, _ in got), key=lambda m: m.offset)
-            sw.upto = last.offset
-            self.table_scope(last)
-            self.weights[str(part)] = sw.to_bytes()
-
     async def on_event(self, msg: Msg) -> None:
         await self.on_events([msg])
 
     async def on_events(self, batch: Sequence[Msg]) -> None:
         """Learn from each event and answer it with a fresh list, a stream batch at a time, in
         rounds: a user's first event of the batch in the first round, their second in the
-        next, ... so each user's events apply in order."""
+        next, ... so each user's events apply in order. The rounds run in memory (a round reads
+        the states and shared weights the rounds before it left); then the batch is written:
+        its item-side updates, each partition's shared weights and each user's state once,
+        with the latest values, and an answer per event."""
         rounds: list[list[tuple[Msg, schemas.UserEvent]]] = []
         taken: dict[str, int] = {}
         ahead = self.settings.max_event_ahead_ms
@@ -266,11 +269,34 @@ class Handlers:
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append((msg, event))
+        if not rounds:
+            return
+        out = _Batch()
         for events in rounds:
-            await self._event_round(events)
+            await self._event_round(events, out)
+        # The item side's updates go out before the states that record these events as
+        # applied: a crash in between replays the events (not yet applied) rather than leaving
+        # them applied to users but never counted by the items. The shared weights go before
+        # the states too: an event replayed after a crash (its offset at or below the stored
+        # ``upto``) is not learned from twice.
+        await self._send_activity(out.updates)
+        for part, (sw, last) in out.shared.items():
+            if last is not None:
+                self.table_scope(last)
+                self.weights[str(part)] = sw.to_bytes()
+        for user_id, (state, last) in out.states.items():
+            if last is not None:
+                self.table_scope(last)
+                self.users[user_id] = state.to_bytes()
+        for event, ranked in out.answers:
+            await self._send_recommendation(
+                event.user_id, ranked, trigger=event.event_id, source_ts=event.ts
+            )
 
-    async def _event_round(self, events: Sequence[tuple[Msg, schemas.UserEvent]]) -> None:
-        states = [self.load_state(e.user_id) for _, e in events]
+    async def _event_round(
+        self, events: Sequence[tuple[Msg, schemas.UserEvent]], out: _Batch
+    ) -> None:
+        states = [out.state(e.user_id, self.load_state) for _, e in events]
         step_events = [
             Event(
                 e.user_id,
@@ -284,33 +310,46 @@ class Handlers:
             )  # fmt: skip
             for msg, e in events
         ]
-        shared = {p: self.shared(p) for p in {msg.partition for msg, _ in events}}
+        shared = {p: out.weights(p, self.shared) for p in {msg.partition for msg, _ in events}}
         res = self.model.step(
             step_events, states, self.clock(), [shared[msg.partition].w for msg, _ in events]
         )
-        # The item side's updates go out before the states that record these events as
-        # applied: a crash in between replays the events (not yet applied) rather than leaving
-        # them applied to users but never counted by the items.
-        await self._send_activity(res.updates)
-        self._learn_shared(events, res.gradients, shared)
-        answers: list[tuple[schemas.UserEvent, Ranked]] = []
-        for (msg, event), out in zip(events, res.outcomes, strict=True):
-            if out.status == "unknown_item":
+        out.updates.extend(res.updates)
+        self._learn_shared(events, res.gradients, shared, out)
+        for (msg, event), o in zip(events, res.outcomes, strict=True):
+            if o.status == "unknown_item":
                 await self.dead_letter(
                     msg,
                     f"unknown item: no item {event.item_id!r} in the catalog (never "
                     "published, deleted, or not indexed yet)",
                 )
                 continue
-            if out.status == "applied":
-                self.table_scope(msg)
-                self.users[event.user_id] = out.state.to_bytes()
-            assert out.ranked is not None
-            answers.append((event, out.ranked))
-        for event, ranked in answers:
-            await self._send_recommendation(
-                event.user_id, ranked, trigger=event.event_id, source_ts=event.ts
-            )
+            if o.status == "applied":
+                out.states[event.user_id] = (o.state, msg)
+            assert o.ranked is not None
+            out.answers.append((event, o.ranked))
+
+    def _learn_shared(
+        self,
+        events: Sequence[tuple[Msg, schemas.UserEvent]],
+        gradients: Mapping[int, np.ndarray],
+        shared: Mapping[int, SharedWeights],
+        out: _Batch,
+    ) -> None:
+        """Each partition's shared weights take one step along its events' gradients (events
+        at or below the weights' ``upto`` offset were learned from before a crash: skipped)."""
+        by_part: dict[int, list[tuple[Msg, np.ndarray]]] = {}
+        for n, g in sorted(gradients.items()):
+            msg = events[n][0]
+            if msg.offset > shared[msg.partition].upto:
+                by_part.setdefault(msg.partition, []).append((msg, g))
+        p = self.model.p
+        for part, got in by_part.items():
+            sw = shared[part]
+            sw.learn([g for _, g in got], p.shared_learning_rate, p.shared_l2)
+            last = max((m for m, _ in got), key=lambda m: m.offset)
+            sw.upto = last.offset
+            out.shared[part] = (sw, last)
 
     async def _send_activity(self, updates: Sequence[Update]) -> None:
         """Per destination partition (murmur2 of the item's hash key, the item-stats Table's
@@ -368,22 +407,30 @@ class Handlers:
 
     # -- item activity (internal, keyed by item) -------------------------------------------
     async def on_item_activity(self, msg: Msg) -> None:
-        """Fold a record's updates into the items' rows (the item-stats Table), in the order
-        they were made; each item changed is written once."""
-        try:
-            updates = activity_from_bytes(msg.value)
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            await self.dead_letter(msg, f"invalid item-activity record: {exc}")
-            return
+        await self.on_item_activities([msg])
+
+    async def on_item_activities(self, batch: Sequence[Msg]) -> None:
+        """Fold a stream batch of records' updates into the items' rows (the item-stats Table),
+        in the order they were made; each item changed is written once, after the batch, under
+        the last record that changed it (an item's records all come on its own partition)."""
         p = self.model.p
-        changed: dict[bytes, ItemRow] = {}
-        for u in updates:
-            key = hash_key(u.item)
-            row = changed.get(key)
-            if row is None:
-                raw = self.item_stats.get(key)
-                row = ItemRow.from_bytes(raw) if raw is not None else ItemRow()
-                changed[key] = row
-            row.apply(u, p.cooc, p.score.trending_half_life_ms, p.score.hot_half_life_ms)
-        for key, row in changed.items():
+        changed: dict[bytes, tuple[ItemRow, Msg]] = {}
+        for msg in batch:
+            try:
+                updates = activity_from_bytes(msg.value)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                await self.dead_letter(msg, f"invalid item-activity record: {exc}")
+                continue
+            for u in updates:
+                key = hash_key(u.item)
+                got = changed.get(key)
+                if got is not None:
+                    row = got[0]
+                else:
+                    raw = self.item_stats.get(key)
+                    row = ItemRow.from_bytes(raw) if raw is not None else ItemRow()
+                row.apply(u, p.cooc, p.score.trending_half_life_ms, p.score.hot_half_life_ms)
+                changed[key] = (row, msg)
+        for key, (row, msg) in changed.items():
+            self.table_scope(msg)
             self.item_stats[key] = row.to_bytes()

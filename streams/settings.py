@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     # the worker (p50 1.6 s, backlog growing) where 10 ms kept up (p50 91 ms); 20 ms no better.
     events_batch_size: int = Field(default=64, ge=1)
     events_batch_ms: int = Field(default=10, ge=1)
+    # Item-activity records are folded a stream batch at a time (up to activity_batch_size
+    # records, flushed every activity_batch_ms): each item changed in a batch is written to the
+    # item-stats Table, its changelog and so every worker's catalog once, with its latest value.
+    # The record cache of a Kafka Streams aggregation, which forwards each key's latest value
+    # once per commit interval; 100 ms is Kafka Streams' commit interval under exactly-once.
+    # Popularity and co-occurrence reach the catalogs up to that much later. 1: each record.
+    activity_batch_size: int = Field(default=1024, ge=1)
+    activity_batch_ms: int = Field(default=100, ge=1)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)

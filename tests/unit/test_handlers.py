@@ -275,6 +275,34 @@ def test_the_shared_weights_learn_from_each_event_once_per_partition() -> None:
     assert sw.n == learned[u1.partition].n + 1 and sw.upto == later.offset
 
 
+def test_a_batch_writes_each_user_and_partition_once_with_what_its_rounds_one_by_one_give() -> None:
+    users = ["u1", "u2", "u1", "u1", "u2", "u3"]
+    items = ["a0", "a1", "b0", "a2", "a0", "b1"]
+
+    def msgs(w: World) -> list[Msg]:
+        return [w.msg(EVENTS, owner(u), u.encode(), event(u, i, n, f"e{n}"))
+                for n, (u, i) in enumerate(zip(users, items, strict=True))]  # fmt: skip
+
+    one, batched = make_world(), make_world()
+    m = msgs(one)
+    for rnd in ([m[0], m[1], m[5]], [m[2], m[4]], [m[3]]):  # each user's 1st, 2nd, 3rd events
+        run(one.h.on_events(rnd))
+    run(batched.h.on_events(msgs(batched)))
+    assert dict(batched.users) == dict(one.users)
+    assert dict(batched.h.weights) == dict(one.h.weights)
+
+    def answers(w: World) -> list[tuple[str, list[dict[str, Any]]]]:  # by event, in rounds
+        return sorted((a["trigger"], a["items"]) for a in w.answers())
+
+    assert answers(batched) == answers(one) and len(one.answers()) == len(users)
+    assert sorted(batched.updates(), key=repr) == sorted(one.updates(), key=repr)
+    assert sorted(batched.users.writes) == ["u1", "u2", "u3"]  # once each: their last state
+    assert len(one.users.writes) == len(users)
+    # one record per item partition (ACTIVITY_RECORD_UPDATES at most each), not per round
+    parts = {key_partition(hash_key(u.item), PARTITIONS) for u in batched.updates()}
+    assert len(batched.activity.sent) == len(parts) < len(one.activity.sent)
+
+
 # -- the item side -----------------------------------------------------------------------------
 def _trend(*weighted: tuple[float, int]) -> float:
     """The log-space decayed popularity of these (weight, ts) interactions."""
@@ -330,6 +358,29 @@ def test_item_activity_folds_updates_into_the_rows_in_order_each_item_written_on
     assert (after.count, after.trend) == (row.count, row.trend)
     assert nbw(after) == {rare: 0.75, x: 0.5}
     assert not w.dead.sent
+
+
+def test_a_batch_of_item_activity_writes_each_item_once_as_the_records_one_by_one_would() -> None:
+    pop, rare, x = h("pop"), h("rare"), h("x")
+    records = [
+        activity_to_bytes([Update(pop, 1.0, 4000), Update(rare, 1.0, 4000, ((pop, 1.0),))]),
+        b"{not json",
+        activity_to_bytes([Update(pop, 2.0, 5000, ((rare, 0.25), (x, 0.5)))]),
+        activity_to_bytes([Update(pop, 0.0, 9000, ((rare, 0.5),))]),
+    ]
+    one, batched = make_world(), make_world()
+    for value in records:
+        _activity(one, value)
+    scoped: list[Msg] = []
+    batched.h.table_scope = scoped.append
+    msgs = [batched.msg(ACTIVITY, 0, b"k", v) for v in records]
+    run(batched.h.on_item_activities(msgs))
+    assert dict(batched.stats) == dict(one.stats)
+    assert len(one.stats.writes) == 4
+    assert batched.stats.writes == [hash_key(pop), hash_key(rare)]  # once each, in first order
+    assert scoped == [msgs[3], msgs[0]]  # under the last record that changed the item
+    assert batched.dead_errors() == one.dead_errors()
+    assert len(one.dead_errors()) == 1
 
 
 def test_version_1_records_with_string_ids_are_still_read() -> None:
@@ -564,5 +615,5 @@ def test_a_request_is_answered_from_the_state_without_changing_it_k_at_most_max_
         assert not {r["item_id"] for r in a["items"]} & {i for i, _ in taken}
     cold = run(ask("dave"))  # nobody yet: answered, and still nobody
     assert len(cold["items"]) == 4 and "dave" not in w.users
-    assert w.users == users and w.users.writes == ["carol"] * 3
+    assert w.users == users and w.users.writes == ["carol"]  # a batch writes a user once
     assert len(w.activity.sent) == activity and w.dead.sent == []
