@@ -108,7 +108,7 @@ class _Batch:
     its last applied event), per partition the shared weights (with the last message they
     learned from; None: read, unchanged), the item-side updates and the answers in order."""
 
-    states: dict[str, tuple[UserState, Msg | None]] = dataclasses.field(default_factory=dict)
+    states: dict[str, tuple[UserState, Msg]] = dataclasses.field(default_factory=dict)
     shared: dict[int, tuple[SharedWeights, Msg | None]] = dataclasses.field(default_factory=dict)
     updates: list[Update] = dataclasses.field(default_factory=list)
     answers: list[tuple[schemas.UserEvent, Ranked]] = dataclasses.field(default_factory=list)
@@ -285,9 +285,8 @@ class Handlers:
                 self.table_scope(last)
                 self.weights[str(part)] = sw.to_bytes()
         for user_id, (state, last) in out.states.items():
-            if last is not None:
-                self.table_scope(last)
-                self.users[user_id] = state.to_bytes()
+            self.table_scope(last)
+            self.users[user_id] = state.to_bytes()
         for event, ranked in out.answers:
             await self._send_recommendation(
                 event.user_id, ranked, trigger=event.event_id, source_ts=event.ts
