@@ -96,6 +96,7 @@ class Catalog:
         self.nb = np.zeros((0, self.top), np.int32)  # neighbour rows, strongest first
         self.nb_w = np.zeros((0, self.top), np.float32)  # raw co-occurrence weights
         self.nb_len = np.zeros(0, np.int32)
+        self._whole = np.zeros(0, bool)  # per slot: it holds its row's whole top (set_side)
         self.n_slots = 0
         self.dense_hist: np.ndarray | None = (
             np.zeros((cap, cap), np.float32) if cap <= params.dense_limit else None
@@ -276,11 +277,14 @@ class Catalog:
             self.version += 1
 
     # -- the item side ------------------------------------------------------------------------
-    def set_side(self, item: int, side: ItemRow) -> None:
+    def set_side(self, item: int, side: ItemRow, changed: np.ndarray | None = None) -> None:
         """An item's published side: trends, count and its strongest ``top`` neighbours (the
         ``top_n`` first feed "cf" and collaborative candidates, the ``history_top_n`` first
         "history", where scoring weighs each by 1 / count(neighbour) ** history_alpha with the
-        counts known then: the result does not depend on the order rows are published in)."""
+        counts known then: the result does not depend on the order rows are published in).
+        ``changed``: the neighbours (hashes, sorted) whose weights are all that changed in the
+        row since it was last given here, when the caller knows (``ItemSide.apply``): the
+        published entries are then moved rather than chosen again from the whole row."""
         row = self.row_of.get(item)
         if row is None:
             self._pending_side[item] = side
@@ -303,6 +307,16 @@ class Catalog:
             return
         s = int(self.slot[row])
         old = 0 if s < 0 else int(self.nb_len[s])
+        dense = self.dense_hist if self.dense_hist is not None else _NO_DENSE
+        if changed is not None and s >= 0 and self._whole[s] and self._moves_ok():
+            m = kernels.publish_changes(
+                side.nb, side.w, changed, self.top, self._keys, self._rows, self.nb[s],
+                self.nb_w[s], old, dense, self.dense_hist is not None, row, self.hashes,
+            )  # fmt: skip
+            if m >= 0:
+                self.nb_len[s] = m
+                self.version += 1
+                return
         if s < 0:
             s = self.n_slots
             if s >= len(self.nb):
@@ -310,15 +324,24 @@ class Catalog:
                 self.nb = _grow(self.nb, cap)
                 self.nb_w = _grow(self.nb_w, cap)
                 self.nb_len = _grow(self.nb_len, cap)
+                self._whole = _grow(self._whole, cap, False)
             self.n_slots += 1
             self.slot[row] = s
-        self.nb_len[s] = kernels.publish_row(
+        m = kernels.publish_row(
             side.nb, side.w, self.top, self._keys, self._rows, self.nb[s], self.nb_w[s], old,
-            self.dense_hist if self.dense_hist is not None else _NO_DENSE,
-            self.dense_hist is not None, row,
-            self.cooc.history_top_n,
+            dense, self.dense_hist is not None, row, self.cooc.history_top_n,
         )  # fmt: skip
+        self.nb_len[s] = m
+        # every entry of the row's top published (no neighbour skipped as not in the catalog)
+        self._whole[s] = m == min(self.top, len(side.nb))
         self.version += 1
+
+    def _moves_ok(self) -> bool:
+        """Whether published entries can be moved (``kernels.publish_changes``): a row's top
+        survives the trimming of long rows, and the dense history holds every published entry
+        when there is one."""
+        dense_ok = self.dense_hist is None or self.cooc.history_top_n == self.top
+        return dense_ok and self.cooc.max_row * 3 // 4 >= self.top
 
     def count_powers(self, *exponents: float) -> tuple[np.ndarray, ...]:
         """Per exponent e, float64[capacity] 1 / max(count, 1) ** e (kept current)."""

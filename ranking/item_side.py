@@ -182,14 +182,15 @@ class ItemSide:
         self.hot_half_life_ms = hot_half_life_ms
         self.rows: dict[int, ItemRow] = {}
 
-    def apply(self, updates: Iterable[Update]) -> list[int]:
+    def apply(self, updates: Iterable[Update]) -> dict[int, np.ndarray]:
         """Apply updates in order; returns the items changed, each once, in first-change
-        order."""
-        changed: dict[int, None] = {}
+        order, each with the neighbours (hashes, sorted) whose weights changed in its row
+        (what ``Catalog.set_side`` takes as ``changed``)."""
+        changed: dict[int, set[int]] = {}
         for u in updates:
             row = self.rows.get(u.item)
             if row is None:
                 row = self.rows[u.item] = ItemRow()
             row.apply(u, self.params, self.half_life_ms, self.hot_half_life_ms)
-            changed[u.item] = None
-        return list(changed)
+            changed.setdefault(u.item, set()).update(nb for nb, _ in u.pairs)
+        return {h: np.asarray(sorted(nbs), np.uint64) for h, nbs in changed.items()}

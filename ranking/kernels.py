@@ -511,6 +511,70 @@ def publish_row(
 
 
 @njit(cache=True)
+def _ahead(out_nb, out_w, hashes, a, b):  # pragma: no cover
+    """Whether published entry a goes before entry b: a larger weight, ties by item hash."""
+    wa, wb = out_w[a], out_w[b]
+    return wa > wb or (wa == wb and hashes[out_nb[a]] < hashes[out_nb[b]])
+
+
+@njit(cache=True)
+def publish_changes(
+    nb, w, changed, top, keys, rows, out_nb, out_w, m, dense, use_dense, row, hashes
+):  # pragma: no cover
+    """``publish_row``'s result for a row of which only the neighbours ``changed`` (hashes)
+    gained weight since its slot was published whole, found with work in the changes rather
+    than in the row: co-occurrence weights only grow, so the published ``top`` entries of the
+    new row are the old ones with the changed entries moved up, or let in over the last.
+    For a slot that holds every entry of the row's top (none skipped as unknown), whose first
+    entries are all the dense history's (``top`` = its ``hist_n``). Returns the new length, or
+    -1, touching nothing, where a changed neighbour is unknown, gone from the row, or lighter
+    than published (then ``publish_row`` does it whole)."""
+    crow = np.empty(len(changed), np.int64)
+    cw = np.empty(len(changed), np.float32)
+    for c in range(len(changed)):
+        i = np.searchsorted(nb, changed[c])
+        if i >= len(nb) or nb[i] != changed[c]:
+            return -1
+        r = _lookup(keys, rows, changed[c])
+        if r < 0:
+            return -1
+        crow[c] = r
+        cw[c] = w[i]
+        for e in range(m):
+            if out_nb[e] == r:
+                if w[i] < out_w[e]:
+                    return -1
+                break
+    for c in range(len(changed)):
+        e = -1
+        for q in range(m):  # positions move as earlier changes move up
+            if out_nb[q] == crow[c]:
+                e = q
+                break
+        if e < 0:
+            if m < top:
+                e = m
+                m += 1
+            else:
+                last = m - 1
+                lw = out_w[last]
+                if not (cw[c] > lw or (cw[c] == lw and hashes[crow[c]] < hashes[out_nb[last]])):
+                    continue
+                if use_dense:
+                    dense[out_nb[last], row] = 0.0
+                e = last
+            out_nb[e] = crow[c]
+        out_w[e] = cw[c]
+        if use_dense:
+            dense[crow[c], row] = cw[c]
+        while e > 0 and _ahead(out_nb, out_w, hashes, e, e - 1):
+            out_nb[e], out_nb[e - 1] = out_nb[e - 1], out_nb[e]
+            out_w[e], out_w[e - 1] = out_w[e - 1], out_w[e]
+            e -= 1
+    return m
+
+
+@njit(cache=True)
 def quantize(v):  # pragma: no cover
     """int8 codes and float32 scale of a float32 vector: ``scale = float32(max|v| / 127)``,
     ``codes = clip(rint(v / scale), -127, 127)`` (all zeros, scale 0, for a zero vector)."""

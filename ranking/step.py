@@ -210,10 +210,13 @@ class OnlineModel:
         states: Sequence[UserState],
         now_ms: int,
         shared: Sequence[np.ndarray | None] | None = None,
+        explain: bool = True,
     ) -> StepResult:
         """One round: events of distinct users, each with its user's current state and the
         shared weights in effect for it (``shared``, per event; None: their start). The
-        shared weights do not change here: the result has each learning event's gradient."""
+        shared weights do not change here: the result has each learning event's gradient.
+        ``explain`` False: the lists without reasons (the evaluator's; the states are the
+        same)."""
         cat, p = self.cat, self.p
         outcomes: list[Outcome | None] = [None] * len(events)
         after: list[UserState] = []
@@ -276,7 +279,7 @@ class OnlineModel:
             lo, hi = int(both.starts[L + b]), int(both.starts[L + b + 1])
             kernels.weigh(scored.features, users.weights[L + b], lo, hi, scored.scores)
         sc = scored.tail(users, both, L)
-        lists = self._lists(users_after, pairs_after, sc, [p.k] * len(index))
+        lists = self._lists(users_after, pairs_after, sc, [p.k] * len(index), explain)
         for b, n in enumerate(index):
             o = outcomes[n]
             assert o is not None

@@ -108,8 +108,12 @@ class OnlineRecstream:
         text: np.ndarray | None,
         *,
         time_every: int = 0,
+        explain: bool = False,
     ) -> None:
+        """``explain``: the lists ``learn`` returns carry their reasons (the protocols only
+        read the rows)."""
         self.data = data
+        self.explain = explain
         self.params = model_params(settings)
         dims = {"text": int(text.shape[1])} if text is not None else {}
         self.cat = Catalog(
@@ -174,7 +178,9 @@ class OnlineRecstream:
         t0 = time.perf_counter_ns()
         st = self._state(u)
         t1 = time.perf_counter_ns()
-        res = self.model.step([ev], [st], int(d.ts[j]), [self.shared.w])
+        res = self.model.step(
+            [ev], [st], int(d.ts[j]), [self.shared.w], explain=self.explain
+        )
         t2 = time.perf_counter_ns()
         self.states[u] = res.outcomes[0].state.to_bytes()
         t3 = time.perf_counter_ns()
@@ -184,8 +190,8 @@ class OnlineRecstream:
             self.timings["total"].append(t3 - t0)
         p = self.params
         self.shared.learn(res.gradients.values(), p.shared_learning_rate, p.shared_l2)
-        for h in self.side.apply(res.updates):
-            self.cat.set_side(h, self.side.rows[h])
+        for h, changed in self.side.apply(res.updates).items():
+            self.cat.set_side(h, self.side.rows[h], changed)
         return res.outcomes[0].ranked
 
     def item_vectors(self) -> np.ndarray | None:

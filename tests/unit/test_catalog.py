@@ -150,6 +150,46 @@ def test_a_side_before_its_item_applies_when_the_item_arrives() -> None:
     assert cat.trending.tolist() == [row]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_moving_the_changed_entries_publishes_what_choosing_again_does(seed: int) -> None:
+    """``set_side(..., changed)`` (kernels.publish_changes) against ``set_side`` from the whole
+    row, over random growing rows: neighbours not yet in the catalog (skipped, then published
+    whole), ties of weight, rows longer than a slot and trimmed (max_row), and the dense
+    history, kept equal to the slots."""
+    from recstream.ranking.item_side import ItemSide, Update
+
+    rng = np.random.default_rng(seed)
+    cooc = CoocParams(top_n=3, history_top_n=6, max_row=12)
+    ids = [f"i{n}" for n in range(30)]
+    moved, whole = filled("", cooc), filled("", cooc)
+    for cat in (moved, whole):
+        for i in ids[:24]:  # the last six arrive later: unknown neighbours until then
+            cat.upsert(i, {"text": v(1, 0)})
+    side = ItemSide(cooc, 3_600_000.0, 600_000.0)
+    for step in range(300):
+        if step == 150:
+            for cat in (moved, whole):
+                for i in ids[24:]:
+                    cat.upsert(i, {"text": v(0, 1)})
+        item = ids[int(rng.integers(24))]
+        n = int(rng.integers(1, 4))
+        nbs = rng.choice([i for i in ids if i != item], n, replace=False)
+        pairs = tuple((item_hash(str(i)), float(rng.integers(1, 4)) / 2) for i in nbs)
+        for h, changed in side.apply([Update(item_hash(item), 0.0, step, pairs)]).items():
+            moved.set_side(h, side.rows[h], changed)
+            whole.set_side(h, side.rows[h])
+    assert moved.n_slots == whole.n_slots > 10
+    for s in range(whole.n_slots):
+        n = int(whole.nb_len[s])
+        assert int(moved.nb_len[s]) == n
+        assert moved.nb[s, :n].tolist() == whole.nb[s, :n].tolist()
+        assert moved.nb_w[s, :n].tolist() == whole.nb_w[s, :n].tolist()
+    assert whole.dense_hist is not None and moved.dense_hist is not None
+    assert (moved.dense_hist == whole.dense_hist).all()
+    assert (moved.dense_hist == dense_from_slots(moved)).all()
+    assert max(len(r.nb) for r in side.rows.values()) > cooc.top_n  # rows outgrew the slots
+
+
 def dense_from_slots(cat: Catalog) -> np.ndarray:
     """What the slots say: column ``row`` holds the row's first history_top_n entries."""
     want = np.zeros((cat.capacity, cat.capacity), np.float32)

@@ -186,10 +186,14 @@ def test_apply_returns_the_changed_items_once_in_first_change_order() -> None:
     changed = side.apply(
         [Update(b, 1.0, 0, ()), Update(a, 0.0, 0, ((b, 1.0),)), Update(b, 0.0, 0, ((a, 1.0),))]
     )
-    assert changed == [b, a]
+    assert list(changed) == [b, a]
+    # with the neighbours whose weights changed in each row (none in b's first update)
+    assert changed[b].tolist() == [a] and changed[a].tolist() == [b]
     assert side.rows[b].count == 1.0 and row_dict(side.rows[b]) == {a: 1.0}
-    assert side.apply([]) == []
-    assert side.apply(updates_for_event([a, c], [1.0, 1.0], d, 1.0, 5, P)) == [d, c, a]
+    assert side.apply([]) == {}
+    again = side.apply(updates_for_event([a, c], [1.0, 1.0], d, 1.0, 5, P))
+    assert list(again) == [d, c, a]
+    assert again[d].tolist() == sorted([a, c]) and again[c].tolist() == [d]
 
 
 def test_side_equals_the_dense_sum_of_the_same_pairs() -> None:

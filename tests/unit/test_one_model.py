@@ -103,7 +103,7 @@ def _worker(
 def _evaluator(
     data: Interactions, text: np.ndarray, settings: Settings
 ) -> tuple[dict[int, bytes], list[list[tuple[str, float, str]]], np.ndarray]:
-    m = OnlineRecstream(data, settings.ranking, text)
+    m = OnlineRecstream(data, settings.ranking, text, explain=True)
     lists = []
     for j in range(len(data)):
         ranked = m.learn(j)  # the list the step answers the event with
