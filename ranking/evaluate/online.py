@@ -178,9 +178,7 @@ class OnlineRecstream:
         t0 = time.perf_counter_ns()
         st = self._state(u)
         t1 = time.perf_counter_ns()
-        res = self.model.step(
-            [ev], [st], int(d.ts[j]), [self.shared.w], explain=self.explain
-        )
+        res = self.model.step([ev], [st], int(d.ts[j]), [self.shared.w], explain=self.explain)
         t2 = time.perf_counter_ns()
         self.states[u] = res.outcomes[0].state.to_bytes()
         t3 = time.perf_counter_ns()
