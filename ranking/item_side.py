@@ -22,6 +22,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,10 +91,11 @@ def cooc_pairs(
     return out
 
 
-@dataclass(frozen=True)
-class Update:
+class Update(NamedTuple):
     """One change to an item's side: an interaction of weight ``w`` at ``ts`` (0: none, only
-    co-occurrence) and ``pairs`` (neighbour hash, weight) to add to its row."""
+    co-occurrence) and ``pairs`` (neighbour hash, weight) to add to its row. (A named tuple:
+    every positive event makes a dozen or more, and a frozen dataclass costs several times as
+    much to make.)"""
 
     item: int
     w: float
@@ -137,6 +139,18 @@ class ItemRow:
             self.count += 1.0
         if not u.pairs:
             return
+        if len(u.pairs) == 1:  # most updates: a recent item's row gains the event's item
+            nb, pw = u.pairs[0]
+            at = int(np.searchsorted(self.nb, np.uint64(nb)))
+            if at < len(self.nb) and int(self.nb[at]) == nb:
+                self.w[at] += np.float32(pw)  # merge_row's float32 sum
+                return
+            self.nb, self.w = kernels.merge_row(
+                self.nb, self.w, np.asarray([nb], np.uint64), np.asarray([pw], np.float32)
+            )
+            if len(self.nb) > params.max_row:
+                self._trim(params)
+            return
         add: dict[int, float] = {}
         for nb, pw in u.pairs:
             add[nb] = add.get(nb, 0.0) + pw
@@ -148,10 +162,14 @@ class ItemRow:
             np.asarray([add[k] for k in keys], np.float32),
         )
         if len(self.nb) > params.max_row:
-            # keep the strongest three quarters (ties by neighbour), so replays agree
-            keep = np.lexsort((self.nb, -self.w))[: params.max_row * 3 // 4]
-            keep.sort()
-            self.nb, self.w = self.nb[keep], self.w[keep]
+            self._trim(params)
+
+    def _trim(self, params: CoocParams) -> None:
+        """Keep the strongest three quarters of ``max_row`` (ties by neighbour), so replays
+        agree."""
+        keep = np.lexsort((self.nb, -self.w))[: params.max_row * 3 // 4]
+        keep.sort()
+        self.nb, self.w = self.nb[keep], self.w[keep]
 
     # -- wire form: the item-stats Table's value -----------------------------------------------
     def to_bytes(self) -> bytes:

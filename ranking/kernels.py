@@ -101,7 +101,10 @@ def column_sums(dense: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:  # p
 @njit(cache=True)
 def _softplus(x: float) -> float:  # pragma: no cover
     """log(1 + e^x), stable: max(x, 0) + log1p(e^-|x|); below -37, e^x (log1p(y) is y to the
-    last bit for y < 2^-53: one call fewer for the many items long quiet)."""
+    last bit for y < 2^-53: one call fewer for the many items long quiet); below -104, 0: what
+    e^x rounds to in the float32 features it is stored in (under half the least float32)."""
+    if x < -104.0:
+        return 0.0
     if x < -37.0:
         return np.exp(x)
     ax = x if x > 0.0 else -x

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import njit
 
 from recstream.ranking.evaluate.data import Interactions
 
@@ -45,9 +46,8 @@ class ItemKNNModel:
         hist = self.history.get(user)
         if not hist:
             return self.count.astype(np.float64) * 1e-9  # cold user: popularity
-        inv = 1.0 / np.sqrt(np.maximum(self.count, 1.0))
-        s = self.co[hist].T @ inv[hist]
-        return s.astype(np.float64) * inv + self.count * 1e-9
+        inv = 1.0 / np.sqrt(np.maximum(self.count.astype(np.float64), 1.0))
+        return _rows_summed(self.co, np.asarray(hist, np.int64), inv) * inv + self.count * 1e-9
 
     def learn(self, j: int) -> None:
         u, i = int(self.data.user[j]), int(self.data.item[j])
@@ -59,6 +59,18 @@ class ItemKNNModel:
             self.co[i, hist] += 1.0
         hist.append(i)
         self.count[i] += 1.0
+
+
+@njit(cache=True)
+def _rows_summed(co, rows, w):  # pragma: no cover
+    """sum over r in ``rows`` of co[r] * w[r], float64: the rows read in place (a fancy index
+    would copy them first), every column summed in the same order."""
+    out = np.zeros(co.shape[1])
+    for r in rows:
+        wr = w[r]
+        for c in range(co.shape[1]):
+            out[c] += co[r, c] * wr
+    return out
 
 
 class RandomModel:

@@ -11,6 +11,7 @@ sentence on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -87,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, help="exported encoders (default: settings)")
     p.add_argument("--no-text", action="store_true", help="do not encode item texts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 2),
+        help="processes: with 2, the baselines replay in a second process beside recstream "
+        "(the same results; default: 2 where there are two cores)",
+    )
     p.add_argument(
         "--stream-cost-every",
         type=int,
@@ -180,7 +188,7 @@ def main(argv: list[str]) -> int:
     )
     if args.limit:
         data = data.head(args.limit)
-    from recstream.ranking.evaluate.protocols import prequential, split, split_replay
+    from recstream.ranking.evaluate.protocols import beside, prequential, split, split_replay
 
     part = None
     if args.protocol == "split":
@@ -192,11 +200,14 @@ def main(argv: list[str]) -> int:
     vectors = next((t for t in texts if t is not None), None)
     t0 = time.perf_counter()
     if args.protocol == "prequential":
-        results = prequential(data, models, k=args.k, progress=not args.quiet, item_vectors=vectors)
-    else:
-        results = split(
-            data, models, k=args.k, progress=not args.quiet, part=part, item_vectors=vectors
+        results = beside(
+            prequential, data, models, args.jobs, not args.quiet, k=args.k, item_vectors=vectors
         )
+    else:
+        results = beside(
+            split, data, models, args.jobs, not args.quiet, k=args.k, part=part,
+            item_vectors=vectors,
+        )  # fmt: skip
     elapsed = time.perf_counter() - t0
     print(table(results))
     print(

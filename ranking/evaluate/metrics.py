@@ -55,6 +55,12 @@ def list_ranks(
 
 def query_metrics(ranks: Sequence[int], k: int) -> dict[str, float]:
     """Metrics of one query with ``len(ranks)`` relevant items (RecBole's definitions)."""
+    if len(ranks) == 1:  # the prequential protocol's every query: one target
+        r = ranks[0]
+        if r >= k:
+            return dict.fromkeys(METRICS, 0.0)
+        return {"HR": 1.0, "NDCG": 1.0 / math.log2(r + 2), "Recall": 1.0,
+                "Precision": 1.0 / k, "MRR": 1.0 / (r + 1)}  # fmt: skip
     hits = sorted(r for r in ranks if r < k)
     n_rel = len(ranks)
     dcg = sum(1.0 / math.log2(r + 2) for r in hits)
@@ -87,17 +93,23 @@ class Accumulator:
     def add(self, ranks: Sequence[int], segments: Iterable[str], topk: Iterable[int]) -> None:
         m = query_metrics(ranks, self.k)
         for seg in ("all", *segments):
-            acc = self.sums.setdefault(seg, dict.fromkeys(METRICS, 0.0))
+            acc = self.sums.get(seg)
+            if acc is None:
+                acc = self.sums[seg] = dict.fromkeys(METRICS, 0.0)
+                self.counts[seg] = 0
             for name, v in m.items():
                 acc[name] += v
-            self.counts[seg] = self.counts.get(seg, 0) + 1
-        listed = [int(i) for i in topk]
-        self.shown.update(listed)
-        if self.vectors is not None and len(listed) > 1:
+            self.counts[seg] += 1
+        listed = np.fromiter(topk, np.intp)
+        self.shown.update(listed.tolist())
+        n = len(listed)
+        if self.vectors is not None and n > 1:
             vecs = self.vectors[listed]
-            g = vecs @ vecs.T
-            n = len(listed)
-            self.ild_sum += 1.0 - float(g.sum() - np.trace(g)) / (n * (n - 1))
+            # the cosines of the list's pairs, summed: |sum of the vectors|^2 less their own
+            # squared norms (the Gram matrix's off-diagonal, without forming it)
+            total = vecs.sum(axis=0)
+            pairs = float(total @ total) - float(np.einsum("ij,ij->", vecs, vecs))
+            self.ild_sum += 1.0 - pairs / (n * (n - 1))
             self.ild_lists += 1
 
     def result(self) -> dict[str, float | int]:

@@ -14,9 +14,11 @@ split        RecBole's default: each user's interactions shuffled (seeded) and c
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -87,6 +89,29 @@ def _ranked(
     if lst is None:
         return target_ranks(s, cand, targets), top_k(s, cand, k)
     return list_ranks(lst, s, cand, targets), lst
+
+
+def beside(
+    run: Callable[..., dict[str, dict[str, float | int]]],
+    data: Interactions,
+    models: Sequence[Model],
+    jobs: int,
+    progress: bool,
+    **kwargs: Any,
+) -> dict[str, dict[str, float | int]]:
+    """``run(data, models, progress=..., **kwargs)`` (a protocol), with ``jobs`` > 1 the
+    models that learn without the stream's step (the baselines) in a second process at the
+    same time as the others. Each model reads only the data and its own state, so the
+    results are the ones one process gives; the per-model timings are each process's own."""
+    stream = [m for m in models if hasattr(m, "ranked")]
+    others = [m for m in models if not hasattr(m, "ranked")]
+    if jobs <= 1 or not stream or not others:
+        return run(data, models, progress=progress, **kwargs)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        later = pool.submit(run, data, others, progress=False, **kwargs)
+        out = run(data, stream, progress=progress, **kwargs)
+        out.update(later.result())
+    return {m.name: out[m.name] for m in models}
 
 
 def prequential(

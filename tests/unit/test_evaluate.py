@@ -6,6 +6,7 @@ popularity on data with a planted co-occurrence structure."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -22,7 +23,13 @@ from recstream.ranking.evaluate.online import (
     ranking_settings,
     replay_states,
 )
-from recstream.ranking.evaluate.protocols import prequential, split, split_indices, split_replay
+from recstream.ranking.evaluate.protocols import (
+    beside,
+    prequential,
+    split,
+    split_indices,
+    split_replay,
+)
 from recstream.ranking.scoring import FEATURES, Pairs
 
 
@@ -116,6 +123,28 @@ def test_prequential_oracle_random_and_models(with_text: bool) -> None:
     assert r["recstream"]["HR@10"] > 0.6
     assert 0 < r["recstream"]["Coverage@10"] <= 1
     assert r["recstream"]["ms_p99"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["prequential", "split"])
+def test_baselines_beside_give_what_one_process_gives(protocol: str) -> None:
+    """``beside`` with two jobs: the baselines replay in a second (spawned) process while
+    recstream replays in this one; every metric is the one a single process gives."""
+    data = synthetic(per_user=20)
+    run = prequential if protocol == "prequential" else split
+
+    def models() -> list[Any]:
+        text = texts(data)
+        ours = OnlineRecstream(data, ranking_settings(["learning_rate=0.05"]), text)
+        return [PopularityModel(data), ours, ItemKNNModel(data), RandomModel(data, seed=1)]
+
+    one = beside(run, data, models(), 1, False, k=10)
+    two = beside(run, data, models(), 2, False, k=10)
+    assert list(two) == ["popularity", "recstream", "item-knn", "random"]
+    timing = ("ms_p50", "ms_p99", "ms_mean", "stream")
+    for name in one:
+        a = {k: v for k, v in one[name].items() if not k.startswith(timing)}
+        b = {k: v for k, v in two[name].items() if not k.startswith(timing)}
+        assert a == b, name
 
 
 def test_split_protocol() -> None:
