@@ -85,6 +85,12 @@ class Catalog:
         self.log_count = np.zeros(cap, np.float64)  # log1p(count): the "popular" feature
         # scratch of the scoring kernel: a row's index among the user's pairs (-1 between calls)
         self.pair_at = np.full(cap, -1, np.int64)
+        # the scoring kernel's cache of the rows' popularity features at one time (set_side
+        # clears a row's when its trends change)
+        self.pop_key = np.full(3, np.nan)
+        self.pop_trend = np.zeros(cap, np.float32)
+        self.pop_hot = np.zeros(cap, np.float32)
+        self.pop_ok = np.zeros(cap, bool)
         # content neighbours (hashes, resolved when read) and their cosines, best first
         k = params.content_k
         self.cn = np.zeros((cap, k), np.uint64)
@@ -162,6 +168,9 @@ class Catalog:
         self.count = _grow(self.count, cap)
         self.log_count = _grow(self.log_count, cap)
         self.pair_at = _grow(self.pair_at, cap, -1)
+        self.pop_trend = _grow(self.pop_trend, cap)
+        self.pop_hot = _grow(self.pop_hot, cap)
+        self.pop_ok = _grow(self.pop_ok, cap, False)
         self._powers = {e: np.maximum(self.count, 1.0) ** -e for e in self._powers}
         self.cn = _grow(self.cn, cap)
         self.cn_sim = _grow(self.cn_sim, cap)
@@ -291,9 +300,11 @@ class Catalog:
             return
         if side.trend != self.trend[row]:
             self.trend[row] = side.trend
+            self.pop_ok[row] = False
             self._on_trend(row)
         if side.hot != self.hot[row]:
             self.hot[row] = side.hot
+            self.pop_ok[row] = False
             self._on_hot(row)
         if side.count != self.count[row]:
             self.count[row] = side.count

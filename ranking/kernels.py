@@ -166,6 +166,10 @@ def score_pairs(
     top_n,
     hist_n,  # inv_seed: 1 / max(count, 1) ** cf_alpha
     pair_at,  # int64[cap], all -1: scratch (a row's pair index within the user's), left all -1
+    pop_key,  # float64[3]: the (now, trend_k, hot_k) the cached popularities are for
+    pop_trend,
+    pop_hot,  # float32[cap]: cached popularity and hot features of rows (pop_ok), at pop_key
+    pop_ok,  # bool[cap]: which rows' are cached (the catalog clears a row's when it changes)
 ):  # pragma: no cover
     """The features (raw and scaled), scores and divisors of ranking.scoring, over the pairs
     (see its module doc; tests/unit/test_kernels.py checks it against plain Python). Returns
@@ -181,6 +185,11 @@ def score_pairs(
     scales = np.ones((n_users, N_FEATURES), np.float32)
     best_seed = np.full(n_pairs, -1, np.int64)
     best_term = np.zeros(n_pairs, np.float64)
+    # the popularity features depend on the row and the time only: kept for the rows scored at
+    # this time already (by another user of the call, or a call at the same time)
+    if pop_key[0] != now or pop_key[1] != trend_k or pop_key[2] != hot_k:
+        pop_ok[:] = False
+        pop_key[0], pop_key[1], pop_key[2] = now, trend_k, hot_k
     for b in range(n_users):
         lo, hi = start[b], start[b + 1]
         if hi == lo:
@@ -293,8 +302,12 @@ def score_pairs(
         for p in range(lo, hi):
             row = r[p]
             raw[p, 2] = raw[p, 2] * inv_cf[row]
-            raw[p, 3] = _softplus(trend[row] - now * trend_k)
-            raw[p, 7] = _softplus(hot[row] - now * hot_k)
+            if not pop_ok[row]:
+                pop_trend[row] = _softplus(trend[row] - now * trend_k)
+                pop_hot[row] = _softplus(hot[row] - now * hot_k)
+                pop_ok[row] = True
+            raw[p, 3] = pop_trend[row]
+            raw[p, 7] = pop_hot[row]
             if not np.isnan(pub[row]):
                 age = now - pub[row]
                 raw[p, 4] = np.exp(-(age if age > 0.0 else 0.0) * fresh_k)

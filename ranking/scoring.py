@@ -239,6 +239,7 @@ def score(
         math.log(2) / params.freshness_half_life_ms,
         int(top_n), int(history_top_n),
         cat.pair_at,
+        cat.pop_key, cat.pop_trend, cat.pop_hot, cat.pop_ok,
     )  # fmt: skip
     return Scored(raw, feats, s, scales, best)
 

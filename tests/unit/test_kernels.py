@@ -453,6 +453,42 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
             assert sc.best_seed[p] == -1
 
 
+def test_the_cached_popularity_follows_the_rows_trends_and_the_time() -> None:
+    """The kernel keeps each row's popularity features for the time it last scored at
+    (Catalog.pop_*): a trend written in between (set_side), another time or another half-life
+    gives what a catalog that never scored gives."""
+    rng = np.random.default_rng(11)
+    items = make_items(rng)
+    states = make_users(items, rng)
+    cat = build(items, 4096, rng)
+    pairs = Pairs.whole(len(states), cat.live_rows())
+
+    def feats(c: Catalog, now: int, sp: ScoreParams = SP) -> np.ndarray:
+        users = resolve_users(c, states, sp)
+        return score(c, users, pairs, now, sp, top_n=COOC.top_n,
+                     history_top_n=COOC.history_top_n).raw[:, [3, 7]]  # fmt: skip
+
+    first = feats(cat, NOW)
+    assert cat.pop_ok[pairs.r].all() and (first > 0).any()
+    row = int(np.argmax(cat.trend))
+    h = int(cat.hashes[row])
+    side = ItemRow(
+        float(cat.trend[row]) + 3.0, float(cat.count[row]), hot=float(cat.hot[row]) + 2.0
+    )
+    for c in (cat, fresh := build(items, 4096, np.random.default_rng(11))):
+        c.set_side(h, side)
+    assert not cat.pop_ok[row]
+    assert feats(cat, NOW).tolist() == feats(fresh, NOW).tolist()
+    assert feats(cat, NOW)[pairs.r == row].tolist() != first[pairs.r == row].tolist()
+    later = build(items, 4096, np.random.default_rng(11))
+    later.set_side(h, side)
+    assert feats(cat, NOW + 3_600_000).tolist() == feats(later, NOW + 3_600_000).tolist()
+    slow = ScoreParams(**{**SP.__dict__, "trending_half_life_ms": SP.trending_half_life_ms * 4})
+    other = build(items, 4096, np.random.default_rng(11))
+    other.set_side(h, side)
+    assert feats(cat, NOW, slow).tolist() == feats(other, NOW, slow).tolist()
+
+
 def test_by_weight_is_a_stable_sort_by_weight_descending() -> None:
     rng = np.random.default_rng(2)
     for _ in range(50):
