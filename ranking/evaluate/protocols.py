@@ -124,7 +124,10 @@ def prequential(
     """``item_vectors``: unit vectors per item, for every model's ILD@k (metrics.Accumulator)."""
     accs = {m.name: Accumulator(k, data.n_items, item_vectors) for m in models}
     timers = {m.name: Timer() for m in models}
-    seen: dict[int, list[int]] = {}
+    # each user's items so far, in an array (an index array ready for the candidate mask) and
+    # a set; users seen at all
+    seen_rows: dict[int, np.ndarray] = {}
+    seen_n: dict[int, int] = {}
     seen_set: dict[int, set[int]] = {}
     item_events = np.zeros(data.n_items, dtype=np.int64)
     cand = np.ones(data.n_items, dtype=bool)
@@ -133,11 +136,13 @@ def prequential(
         mine = seen_set.setdefault(u, set())
         repeat = i in mine
         segments = []
-        if u not in seen:
+        if u not in seen_n:
             segments.append("first")
+            seen_n[u] = 0
+            seen_rows[u] = np.zeros(16, np.intp)
         if item_events[i] < COLD_ITEM_EVENTS:
             segments.append("cold")
-        hist = seen.setdefault(u, [])
+        hist = seen_rows[u][: seen_n[u]]
         cand[hist] = False
         for m in models:
             t0 = time.perf_counter_ns()
@@ -154,7 +159,11 @@ def prequential(
             timers[m.name].ns.append((t1 - t0) + (t3 - t2))
         cand[hist] = True
         if not repeat:
-            hist.append(i)
+            n = seen_n[u]
+            if n == len(seen_rows[u]):
+                seen_rows[u] = np.concatenate([seen_rows[u], np.zeros(n, np.intp)])
+            seen_rows[u][n] = i
+            seen_n[u] = n + 1
             mine.add(i)
         item_events[i] += 1
     return {
