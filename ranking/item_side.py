@@ -141,9 +141,7 @@ class ItemRow:
             return
         if len(u.pairs) == 1:  # most updates: a recent item's row gains the event's item
             nb, pw = u.pairs[0]
-            at = int(np.searchsorted(self.nb, np.uint64(nb)))
-            if at < len(self.nb) and int(self.nb[at]) == nb:
-                self.w[at] += np.float32(pw)  # merge_row's float32 sum
+            if kernels.add_to_row(self.nb, self.w, np.uint64(nb), pw):
                 return
             self.nb, self.w = kernels.merge_row(
                 self.nb, self.w, np.asarray([nb], np.uint64), np.asarray([pw], np.float32)

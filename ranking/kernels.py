@@ -393,6 +393,17 @@ def top_pairs(scores, hashes, r, start, ks):  # pragma: no cover
 
 
 @njit(cache=True)
+def add_to_row(nb, w, h, x):  # pragma: no cover
+    """w[i] += float32(x) where nb[i] == h (``nb`` sorted): merge_row's sum for one pair of a
+    neighbour already in the row, in place. Returns whether it was there."""
+    i = np.searchsorted(nb, h)
+    if i < len(nb) and nb[i] == h:
+        w[i] += np.float32(x)
+        return True
+    return False
+
+
+@njit(cache=True)
 def merge_row(nb, w, add_nb, add_w):  # pragma: no cover
     """An item-side row (neighbour hashes, sorted, and weights) plus updates (sorted, unique):
     the weights of neighbours in both are summed. Returns the new (nb, w)."""

@@ -310,8 +310,10 @@ class OnlineModel:
         negatives, catalog items drawn uniformly (and, with ``learning_negatives``, the items
         shown above it in the user's last list, all of them when it was not listed)."""
         p = self.p
-        us, rs, negatives = [], [], []
-        for j, b in enumerate(learners):
+        negatives: list[np.ndarray] = []
+        rs: list[int] = []  # each learner's rows, sorted and unique (as Pairs.build makes them)
+        starts = [0]
+        for b in learners:
             taken = extra[b]
             assert taken is not None
             above = np.zeros(0, np.int64)
@@ -320,12 +322,13 @@ class OnlineModel:
                 pos = np.flatnonzero(shown == taken)
                 above = shown[: int(pos[0])] if len(pos) else shown
                 above = above[above >= 0][: p.learning_negatives]
-            negatives.append(np.concatenate([above, self._random_rows(taken, before[b])]))
-            us.append(np.full(len(negatives[j]) + 1, j, np.intp))
-            rs.append(np.concatenate([[taken], negatives[j]]).astype(np.int64))
-        if not learners:
-            return Pairs.build(0, np.zeros(0, np.intp), np.zeros(0, np.int64)), negatives
-        return Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs)), negatives
+            neg = np.concatenate([above, self._random_rows(taken, before[b])])
+            negatives.append(neg)
+            rs.extend(sorted({taken, *neg.tolist()}))
+            starts.append(len(rs))
+        counts = np.diff(np.asarray(starts, np.intp))
+        u = np.repeat(np.arange(len(learners), dtype=np.intp), counts)
+        return Pairs(u, np.asarray(rs, np.int64), np.asarray(starts, np.intp)), negatives
 
     def _learn(
         self,

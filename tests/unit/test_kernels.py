@@ -67,6 +67,22 @@ def test_merge_row() -> None:
         assert got_w.tolist() == [float(want[h]) for h in sorted(want)]
 
 
+def test_add_to_row_is_merge_rows_sum_in_place() -> None:
+    rng = np.random.default_rng(5)
+    nb = np.sort(rng.choice(HASHES[:80], 30, replace=False))
+    w = rng.random(30).astype(np.float32)
+    for h in (nb[0], nb[17], nb[-1]):
+        want_nb, want_w = kernels.merge_row(nb, w, np.asarray([h]), np.asarray([0.3], np.float32))
+        assert kernels.add_to_row(nb, w, h, 0.3)
+        assert nb.tolist() == want_nb.tolist() and w.tolist() == want_w.tolist()
+    absent = [h for h in HASHES[:80].tolist() if h not in set(nb.tolist())]
+    before = w.copy()
+    for h in (min(absent), max(absent), absent[len(absent) // 2]):
+        assert not kernels.add_to_row(nb, w, np.uint64(h), 1.0)
+    assert w.tolist() == before.tolist()
+    assert not kernels.add_to_row(nb[:0], w[:0], nb[0], 1.0)
+
+
 def test_top_pairs_best_first_ties_by_hash_without_infinities() -> None:
     rng = np.random.default_rng(4)
     sizes, ks = [0, 5, 30, 50, 12], np.asarray([3, 4, 10, 60, 0])
