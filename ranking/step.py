@@ -312,8 +312,9 @@ class OnlineModel:
         p = self.p
         negatives: list[np.ndarray] = []
         rs: list[int] = []  # each learner's rows, sorted and unique (as Pairs.build makes them)
+        us: list[int] = []
         starts = [0]
-        for b in learners:
+        for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
             above = np.zeros(0, np.int64)
@@ -324,11 +325,12 @@ class OnlineModel:
                 above = above[above >= 0][: p.learning_negatives]
             neg = np.concatenate([above, self._random_rows(taken, before[b])])
             negatives.append(neg)
-            rs.extend(sorted({taken, *neg.tolist()}))
+            rows = sorted({taken, *neg.tolist()})
+            rs.extend(rows)
+            us.extend([j] * len(rows))
             starts.append(len(rs))
-        counts = np.diff(np.asarray(starts, np.intp))
-        u = np.repeat(np.arange(len(learners), dtype=np.intp), counts)
-        return Pairs(u, np.asarray(rs, np.int64), np.asarray(starts, np.intp)), negatives
+        u, r = np.asarray(us, np.intp), np.asarray(rs, np.int64)
+        return Pairs(u, r, np.asarray(starts, np.intp)), negatives
 
     def _learn(
         self,
