@@ -142,13 +142,7 @@ class ItemRow:
         if len(u.pairs) == 1:  # most updates: a recent item's row gains the event's item
             nb, pw = u.pairs[0]
             if kernels.add_to_row(self.nb, self.w, np.uint64(nb), pw):
-                return
-            self.nb, self.w = kernels.merge_row(
-                self.nb, self.w, np.asarray([nb], np.uint64), np.asarray([pw], np.float32)
-            )
-            if len(self.nb) > params.max_row:
-                self._trim(params)
-            return
+                return  # one it had already: added in place (else merged below)
         add: dict[int, float] = {}
         for nb, pw in u.pairs:
             add[nb] = add.get(nb, 0.0) + pw
@@ -160,14 +154,10 @@ class ItemRow:
             np.asarray([add[k] for k in keys], np.float32),
         )
         if len(self.nb) > params.max_row:
-            self._trim(params)
-
-    def _trim(self, params: CoocParams) -> None:
-        """Keep the strongest three quarters of ``max_row`` (ties by neighbour), so replays
-        agree."""
-        keep = np.lexsort((self.nb, -self.w))[: params.max_row * 3 // 4]
-        keep.sort()
-        self.nb, self.w = self.nb[keep], self.w[keep]
+            # keep the strongest three quarters (ties by neighbour), so replays agree
+            keep = np.lexsort((self.nb, -self.w))[: params.max_row * 3 // 4]
+            keep.sort()
+            self.nb, self.w = self.nb[keep], self.w[keep]
 
     # -- wire form: the item-stats Table's value -----------------------------------------------
     def to_bytes(self) -> bytes:
