@@ -258,11 +258,8 @@ class Pairs:
 
     @classmethod
     def build(cls, n_users: int, u: np.ndarray, r: np.ndarray) -> Pairs:
-        key = np.unique(u.astype(np.int64) * (1 << 32) + r.astype(np.int64))
-        uu = (key >> 32).astype(np.intp)
-        rr = key & ((1 << 32) - 1)
-        starts = np.searchsorted(uu, np.arange(n_users + 1))
-        return cls(uu, rr, starts)
+        uu, rr, starts = kernels.unique_pairs(u.astype(np.int64), r.astype(np.int64), n_users)
+        return cls(uu.astype(np.intp), rr, starts.astype(np.intp))
 
     @classmethod
     def whole(cls, n_users: int, rows: np.ndarray) -> Pairs:

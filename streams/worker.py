@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 import faust
 
+from recstream.clock import now_ms
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.params import model_params
 from recstream.ranking.step import OnlineModel
+from recstream.ranking.warm import warm_up
 from recstream.streams import broker as brokers
 from recstream.streams.app import TopicNames, build_app, topic_specs
 from recstream.streams.catalog_reader import CatalogReader
@@ -142,6 +144,8 @@ def run_worker(settings: Settings, role: str = "all") -> None:
             return
         catalog = new_catalog(settings)
         model = OnlineModel(catalog, model_params(settings.ranking))
+        # numba's compiling (seconds on a fresh machine) before the catalog and the group
+        log.info("online model's kernels ready in %.1f s", warm_up(model, now_ms()))
         reader = CatalogReader(catalog, k.client_kwargs(), names.items, names.item_stats)
         # The whole catalog before the worker joins its consumer group: partitions are only
         # taken by a worker that can serve them (and none sits idle in the group meanwhile).

@@ -164,6 +164,22 @@ def table(hashes: np.ndarray, rows: np.ndarray, size: int = 512) -> tuple[np.nda
     return keys, out
 
 
+@pytest.mark.parametrize("n_users", [0, 1, 7])
+def test_unique_pairs_is_numpy_unique_of_the_pair_keys(n_users: int) -> None:
+    rng = np.random.default_rng(n_users)
+    n = 40 * n_users
+    u = rng.integers(0, max(n_users, 1), n)  # ungrouped, a user may have no pairs
+    r = rng.integers(0, 30, n)  # many repeats
+    key = np.unique(u * (1 << 32) + r)
+    uu, rr, starts = kernels.unique_pairs(u, r, n_users)
+    np.testing.assert_array_equal(uu, key >> 32)
+    np.testing.assert_array_equal(rr, key & ((1 << 32) - 1))
+    np.testing.assert_array_equal(starts, np.searchsorted(key >> 32, np.arange(n_users + 1)))
+    pairs = Pairs.build(n_users, u, r)
+    np.testing.assert_array_equal(pairs.r, rr)
+    assert pairs.u.dtype == np.intp and pairs.starts.dtype == np.intp
+
+
 def test_lookup_rows() -> None:
     queries = np.concatenate([HASHES, np.asarray([1, 2**64 - 1], np.uint64)])
     want = [i if i < 180 else -1 for i in range(200)] + [-1, -1]
