@@ -333,6 +333,11 @@ def _print_run(run: dict[str, Any]) -> None:
             f"max {r['max_ms']:7.1f} ms  achieved {r['achieved_rate']:7.1f}/s  "
             f"unanswered at the end {r['unanswered']}"
             + (
+                f"  made after {r['made_p50_ms']:.0f} / {r['made_p99_ms']:.0f} ms"
+                if r.get("made_p50_ms") == r.get("made_p50_ms") and "made_p50_ms" in r
+                else ""
+            )
+            + (
                 f"  broker CPU {r['broker_cpu_percent']:.0f}%"
                 if r.get("broker_cpu_percent")
                 else ""

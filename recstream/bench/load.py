@@ -42,6 +42,10 @@ class LoadResult:
     seconds: float
     sent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # each answer's part before it was made: its generated_at minus the event's ts (both this
+    # machine's wall clock, ms): fetching, batching, the step; the rest is the producer, the
+    # broker and this reader's fetch
+    made_ms: list[float] = field(default_factory=list)
     last_answer_s: float = 0.0
     lag: list[tuple[float, int]] = field(default_factory=list)  # (s since start, unanswered)
     cpu: list[float] = field(default_factory=list)
@@ -51,6 +55,7 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        made = np.array(self.made_ms) if self.made_ms else np.array([np.nan])
         third = max(1, len(self.lag) // 3)
         in_window = [v for t, v in self.lag if t <= self.seconds]
         t3 = max(1, len(in_window) // 3)
@@ -64,6 +69,8 @@ class LoadResult:
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "max_ms": round(float(np.max(lat)), 2),
             "mean_ms": round(float(np.mean(lat)), 2),
+            "made_p50_ms": round(float(np.percentile(made, 50)), 2),
+            "made_p99_ms": round(float(np.percentile(made, 99)), 2),
             "lag": [[round(t, 1), v] for t, v in self.lag],
             "lag_first_third": float(np.mean(in_window[:t3])) if in_window else 0.0,
             "lag_last_third": float(np.mean(in_window[-t3:])) if in_window else 0.0,
@@ -156,12 +163,16 @@ async def drive(
     async def read() -> None:
         async for m in consumer:
             got = time.perf_counter()
-            trig = orjson.loads(m.value).get("trigger")
+            rec = orjson.loads(m.value)
+            trig = rec.get("trigger")
             t = sent_at.get(trig)
             if t is not None and trig not in answered:
                 answered.add(trig)
                 if not trig.startswith("warm"):
                     res.latencies_ms.append((got - t) * 1000)
+                    made, source = rec.get("generated_at"), rec.get("source_ts")
+                    if isinstance(made, int) and isinstance(source, int):
+                        res.made_ms.append(made - source)
                     res.last_answer_s = got - t0
 
     replay = getattr(args, "replay", None)
