@@ -1,7 +1,7 @@
 """The online step alone, without Kafka: what one core computes per event at catalog scale.
 
     python -m recstream.bench.step [--items 100000] [--users 100000] [--batch 1 16 64]
-        [--events 20000] [--report R.json]
+        [--events 20000] [--handlers] [--report R.json]
 
 The bench's synthetic catalog (recstream/bench/catalog.py: 384-d text vectors around 64
 topics, content neighbours, Zipf popularity) in a Catalog, users drawn uniformly, items on the
@@ -11,14 +11,23 @@ weights learning, one step per round, as in the worker), the item side's
 updates applied and published into the catalog after each round (what the worker's item-stats
 Table and catalog reader do). Prints, per batch size, events/s and the per-round p50 / p99 of
 the state codec, the step and the item side, and writes them as JSON.
+
+``--handlers``: the worker's handler instead (``streams/handlers.py``: parse, forward check,
+state codec, step, lists and reasons, the batch's writes and answers as JSON), with dicts for
+the Faust tables and lists for the topics, and the item-activity records folded and published
+into the catalog as the worker's item-activity agent and catalog reader do: per batch size,
+``on_events`` and ``on_item_activities`` microseconds per event. What Faust and the Kafka
+clients add on top is the difference to `recstream bench` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -26,7 +35,7 @@ import orjson
 from recstream.bench.catalog import hot_sides, item_id, synthetic, zipf_weights
 from recstream.bench.load import TYPE_P, TYPES
 from recstream.ranking.catalog import Catalog, CatalogParams
-from recstream.ranking.item_side import ItemSide
+from recstream.ranking.item_side import ItemRow, ItemSide
 from recstream.ranking.learner import SharedWeights
 from recstream.ranking.params import model_params
 from recstream.ranking.settings import RankingSettings
@@ -107,6 +116,99 @@ def run(model: OnlineModel, side: ItemSide, args: argparse.Namespace, batch: int
     return out
 
 
+class _Table(dict[bytes, bytes]):
+    """A Faust table as a dict that remembers the keys written since ``written()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written: set[bytes] = set()
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        super().__setitem__(key, value)
+        self._written.add(key)
+
+    def written(self) -> set[bytes]:
+        out, self._written = self._written, set()
+        return out
+
+
+class _Sink:
+    """A topic as a list of (key, value, partition)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes, int | None]] = []
+
+    async def send(
+        self, *, key: bytes | None, value: bytes, partition: int | None = None, **_: Any
+    ) -> None:
+        self.sent.append((key, value, partition))
+
+
+def run_handlers(model: OnlineModel, args: argparse.Namespace, batch: int) -> dict:
+    """``--handlers``: stream batches of ``batch`` events through the worker's handler."""
+    from recstream.streams.handlers import Handlers, Msg
+    from recstream.streams.internal import key_partition
+    from recstream.streams.settings import Settings
+
+    settings = Settings()
+    parts = settings.kafka.partitions
+    users: dict[str, bytes] = {}
+    stats = _Table()
+    recs, dead, activity = _Sink(), _Sink(), _Sink()
+    h = Handlers(settings, model=model, users=users, item_stats=stats, recommendations=recs,
+                 dead_letters=dead, item_activity=activity, weights={})  # fmt: skip
+    rng = np.random.default_rng(args.seed)
+    item_cdf = np.cumsum(zipf_weights(len(model.cat), 0.8))
+    item_cdf /= item_cdf[-1]
+    type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
+    offsets = [0] * parts
+    now = time.time_ns() // 1_000_000
+
+    def messages() -> list[Msg]:
+        out = []
+        for _ in range(batch):
+            user = f"user-{int(rng.integers(args.users)):06d}"
+            i = min(int(np.searchsorted(item_cdf, rng.random(), "right")), len(item_cdf) - 1)
+            t = TYPES[min(int(np.searchsorted(type_cdf, rng.random(), "right")), len(TYPES) - 1)]
+            p = key_partition(user.encode(), parts)
+            ev = {"user_id": user, "item_id": item_id(i), "type": t, "ts": now,
+                  "event_id": f"e{p}-{offsets[p]}"}  # fmt: skip
+            out.append(Msg("user-events", p, offsets[p], user.encode(), orjson.dumps(ev)))
+            offsets[p] += 1
+        return out
+
+    async def loop() -> dict:
+        t_ev: list[float] = []
+        t_act: list[float] = []
+        done = answered = 0
+        while done < args.events:
+            msgs = messages()
+            t0 = time.perf_counter()
+            await h.on_events(msgs)
+            t1 = time.perf_counter()
+            records = [Msg("item-activity", p or 0, n, k, v)
+                       for n, (k, v, p) in enumerate(activity.sent)]  # fmt: skip
+            activity.sent.clear()
+            await h.on_item_activities(records)
+            for key in stats.written():  # what the catalog reader publishes
+                model.cat.set_side(int.from_bytes(key, "little"), ItemRow.from_bytes(stats[key]))
+            t2 = time.perf_counter()
+            answered += len(recs.sent)
+            recs.sent.clear()
+            t_ev.append((t1 - t0) / len(msgs))
+            t_act.append((t2 - t1) / len(msgs))
+            done += len(msgs)
+        assert not dead.sent, dead.sent[:1]
+        skip = len(t_ev) // 10  # numba compiled, warm
+        return {
+            "batch": batch, "events": done, "answered": answered,
+            "on_events_us_per_event": round(float(np.mean(t_ev[skip:])) * 1e6, 1),
+            "item_side_us_per_event": round(float(np.mean(t_act[skip:])) * 1e6, 1),
+        }  # fmt: skip
+
+    return asyncio.run(loop())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recstream.bench.step", description=__doc__)
     p.add_argument("--items", type=int, default=100_000)
@@ -114,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--handlers", action="store_true", help="the worker's handler instead")
     p.add_argument("--report", type=Path)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -121,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"catalog of {args.items} items built in {time.perf_counter() - t0:.1f} s")
     rows = []
     for b in args.batch:
-        r = run(model, side, args, b)
+        r = run_handlers(model, args, b) if args.handlers else run(model, side, args, b)
         rows.append(r)
         print(orjson.dumps(r).decode())
     if args.report:
