@@ -311,9 +311,8 @@ class OnlineModel:
         shown above it in the user's last list, all of them when it was not listed)."""
         p = self.p
         negatives: list[np.ndarray] = []
-        rs: list[int] = []  # each learner's rows, sorted and unique (as Pairs.build makes them)
-        us: list[int] = []
-        starts = [0]
+        us: list[np.ndarray] = []
+        rs: list[np.ndarray] = []
         for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
@@ -323,14 +322,12 @@ class OnlineModel:
                 pos = np.flatnonzero(shown == taken)
                 above = shown[: int(pos[0])] if len(pos) else shown
                 above = above[above >= 0][: p.learning_negatives]
-            neg = np.concatenate([above, self._random_rows(taken, before[b])])
-            negatives.append(neg)
-            rows = sorted({taken, *neg.tolist()})
-            rs.extend(rows)
-            us.extend([j] * len(rows))
-            starts.append(len(rs))
-        u, r = np.asarray(us, np.intp), np.asarray(rs, np.int64)
-        return Pairs(u, r, np.asarray(starts, np.intp)), negatives
+            negatives.append(np.concatenate([above, self._random_rows(taken, before[b])]))
+            us.append(np.full(len(negatives[j]) + 1, j, np.int64))
+            rs.append(np.concatenate([[taken], negatives[j]]).astype(np.int64))
+        if not learners:
+            return Pairs.build(0, np.zeros(0, np.int64), np.zeros(0, np.int64)), negatives
+        return Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs)), negatives
 
     def _learn(
         self,

@@ -60,21 +60,19 @@ def _replay(model: OnlineModel, p: ModelParams, now_ms: int) -> None:
     for n in range(ROUNDS):
         events = [
             Event(
-                f"u{u}",
-                ids[(u + 4 * n) % ITEMS],
-                positive[(u + n) % len(positive)],
-                now_ms + n,
-                None,
-                f"e{n}-{u}",
-                0,
-                n * USERS + u,
-            )  # fmt: skip
+                user_id=f"u{u}",
+                item_id=ids[(u + 4 * n) % ITEMS],
+                type=positive[(u + n) % len(positive)],
+                ts=now_ms + n,
+                dedupe_id=f"e{n}-{u}",
+                partition=0,
+                offset=n * USERS + u,
+            )
             for u in range(USERS)
         ]
         before = [UserState.from_bytes(states[e.user_id]) if e.user_id in states else UserState()
                   for e in events]  # fmt: skip
         res = model.step(events, before, now_ms + n, [shared.w] * len(events))
-        shared = SharedWeights.from_bytes(shared.to_bytes(), p.score.prior)
         shared.learn(res.gradients.values(), p.shared_learning_rate, p.shared_l2)
         for e, o in zip(events, res.outcomes, strict=True):
             states[e.user_id] = o.state.to_bytes()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import math
 import os
 import platform
 import shutil
@@ -334,7 +335,7 @@ def _print_run(run: dict[str, Any]) -> None:
             f"unanswered at the end {r['unanswered']}"
             + (
                 f"  made after {r['made_p50_ms']:.0f} / {r['made_p99_ms']:.0f} ms"
-                if r.get("made_p50_ms") == r.get("made_p50_ms") and "made_p50_ms" in r
+                if not math.isnan(r.get("made_p50_ms", math.nan))
                 else ""
             )
             + (

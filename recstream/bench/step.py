@@ -69,11 +69,28 @@ def build(n_items: int, seed: int, settings: RankingSettings) -> tuple[OnlineMod
     return OnlineModel(cat, params), side
 
 
+class _Draws:
+    """Users uniformly, items on the load generator's Zipf curve, its event types."""
+
+    def __init__(self, n_items: int, n_users: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.n_users = n_users
+        self.item_cdf = np.cumsum(zipf_weights(n_items, 0.8))
+        self.item_cdf /= self.item_cdf[-1]
+        self.type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
+
+    def users(self, n: int) -> list[str]:
+        return [f"user-{int(u):06d}" for u in self.rng.integers(self.n_users, size=n)]
+
+    def item_and_type(self) -> tuple[str, str]:
+        cdf, types = self.item_cdf, self.type_cdf
+        i = min(int(np.searchsorted(cdf, self.rng.random(), "right")), len(cdf) - 1)
+        t = min(int(np.searchsorted(types, self.rng.random(), "right")), len(TYPES) - 1)
+        return item_id(i), TYPES[t]
+
+
 def run(model: OnlineModel, side: ItemSide, args: argparse.Namespace, batch: int) -> dict:
-    rng = np.random.default_rng(args.seed)
-    item_cdf = np.cumsum(zipf_weights(len(model.cat), 0.8))
-    item_cdf /= item_cdf[-1]
-    type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
+    draws = _Draws(len(model.cat), args.users, args.seed)
     states: dict[str, bytes] = {}
     p = model.p
     shared = SharedWeights.start(p.score.prior)  # one partition's, learned as the worker does
@@ -82,13 +99,11 @@ def run(model: OnlineModel, side: ItemSide, args: argparse.Namespace, batch: int
     done = 0
     t_all = time.perf_counter()
     while done < args.events:
-        users = {f"user-{int(u):06d}" for u in rng.integers(args.users, size=batch)}
         evs: list[Event] = []
-        for u in sorted(users):
-            i = min(int(np.searchsorted(item_cdf, rng.random(), "right")), len(item_cdf) - 1)
-            t = TYPES[min(int(np.searchsorted(type_cdf, rng.random(), "right")), len(TYPES) - 1)]
+        for u in sorted(set(draws.users(batch))):
+            i, t = draws.item_and_type()
             now += 1
-            evs.append(Event(u, item_id(i), t, now, None, f"e{done + len(evs)}"))
+            evs.append(Event(u, i, t, now, None, f"e{done + len(evs)}"))
         t0 = time.perf_counter()
         sts = [UserState.from_bytes(states[e.user_id]) if e.user_id in states else UserState()
                for e in evs]  # fmt: skip
@@ -157,21 +172,16 @@ def run_handlers(model: OnlineModel, args: argparse.Namespace, batch: int) -> di
     recs, dead, activity = _Sink(), _Sink(), _Sink()
     h = Handlers(settings, model=model, users=users, item_stats=stats, recommendations=recs,
                  dead_letters=dead, item_activity=activity, weights={})  # fmt: skip
-    rng = np.random.default_rng(args.seed)
-    item_cdf = np.cumsum(zipf_weights(len(model.cat), 0.8))
-    item_cdf /= item_cdf[-1]
-    type_cdf = np.cumsum(TYPE_P) / np.sum(TYPE_P)
+    draws = _Draws(len(model.cat), args.users, args.seed)
     offsets = [0] * parts
     now = time.time_ns() // 1_000_000
 
     def messages() -> list[Msg]:
         out = []
-        for _ in range(batch):
-            user = f"user-{int(rng.integers(args.users)):06d}"
-            i = min(int(np.searchsorted(item_cdf, rng.random(), "right")), len(item_cdf) - 1)
-            t = TYPES[min(int(np.searchsorted(type_cdf, rng.random(), "right")), len(TYPES) - 1)]
+        for user in draws.users(batch):
+            i, t = draws.item_and_type()
             p = key_partition(user.encode(), parts)
-            ev = {"user_id": user, "item_id": item_id(i), "type": t, "ts": now,
+            ev = {"user_id": user, "item_id": i, "type": t, "ts": now,
                   "event_id": f"e{p}-{offsets[p]}"}  # fmt: skip
             out.append(Msg("user-events", p, offsets[p], user.encode(), orjson.dumps(ev)))
             offsets[p] += 1
