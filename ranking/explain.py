@@ -143,48 +143,36 @@ def reasons(
         return []
     u = pairs.u[listed]
     contrib = scored.features[listed] * users.weights[u]
-    order = np.argsort(-contrib, axis=1, kind="stable").tolist()
-    cf_seed = scored.best_seed[listed].tolist()
+    cf_seed = scored.best_seed[listed]
     # the rows whose reason may be content's: content or recent comes before any term stated
     # without a seed like the item (a cf term with no seed to name is passed over)
-    need = []
-    for n, ts in enumerate(order):
-        for t in ts:
-            if contrib[n, t] <= 0:
-                break
-            if t in (0, 1):
-                need.append(n)
-                break
-            if FEATURES[t] != "cf" or cf_seed[n] >= 0:
-                break
-    anchor = _anchors(cat, users, pairs.r[listed], u, np.asarray(need, np.intp), params)
+    first = kernels.reason_terms(contrib, cf_seed, np.zeros(len(listed), np.int64))
+    need = np.flatnonzero((first >= 0) & (first <= 1))
+    anchor = _anchors(cat, users, pairs.r[listed], u, need, params)
+    terms = kernels.reason_terms(contrib, cf_seed, anchor).tolist()
+    anchors = anchor.tolist()
+    seeds = cf_seed.tolist()
     seed_row = users.seed_row
     liked = (users.seed_w >= np.float32(params.liked_weight)).tolist()
     rows = pairs.r[listed].tolist()
     out = []
-    for n, r in enumerate(rows):
-        why = "more from the catalog"  # nothing it was listed for can be named
-        for t in order[n]:
-            if contrib[n, t] <= 0:
-                break
-            name = FEATURES[t]
-            if name in ("cf", "history") and cf_seed[n] >= 0:
-                seed = _title(cat, seed_row[cf_seed[n]])
-                why = f"popular with people who watched \u201c{seed}\u201d"
-            elif name == "history":
-                why = "popular with people who watch what you watch"
-            elif name in ("content", "recent") and anchor[n] >= 0:
-                verb = "because you liked" if liked[anchor[n]] else "similar to"
-                why = f"{verb} \u201c{_title(cat, seed_row[anchor[n]])}\u201d"
-            elif name in ("popularity", "hot"):
-                why = "trending now"
-            elif name == "popular":
-                why = "popular"
-            elif name == "freshness":
-                why = f"new in {cat.tags[r][0]}" if cat.tags[r] else "new"
-            else:
-                continue  # not stated truthfully: the next term
-            break
+    for n, t in enumerate(terms):
+        if t < 0:
+            why = "more from the catalog"  # nothing it was listed for can be named
+        elif FEATURES[t] in ("cf", "history") and seeds[n] >= 0:
+            why = f"popular with people who watched \u201c{_title(cat, seed_row[seeds[n]])}\u201d"
+        elif FEATURES[t] == "history":
+            why = "popular with people who watch what you watch"
+        elif t in (0, 1):  # content, recent: an anchor really like the item
+            verb = "because you liked" if liked[anchors[n]] else "similar to"
+            why = f"{verb} \u201c{_title(cat, seed_row[anchors[n]])}\u201d"
+        elif FEATURES[t] in ("popularity", "hot"):
+            why = "trending now"
+        elif FEATURES[t] == "popular":
+            why = "popular"
+        else:  # freshness
+            r = rows[n]
+            why = f"new in {cat.tags[r][0]}" if cat.tags[r] else "new"
         out.append(why)
     return out
 
@@ -196,18 +184,19 @@ def _anchors(
     u: np.ndarray,
     want: np.ndarray,
     params: ScoreParams,
-) -> list[int]:
-    """Per listed row (``want``: those to look at): the user's seed (index into seed_row) most
-    like it, if it is really like it (``really_similar``); else -1."""
+) -> np.ndarray:
+    """int64[len(rows)]: per listed row (``want``: those to look at), the user's seed (index
+    into seed_row) most like it, if it is really like it (``really_similar``); else -1."""
     anchor = np.full(len(rows), -1, np.int64)
     if not len(want):
-        return anchor.tolist()
+        return anchor
     su = u[want]
     lens = users.seed_start[su + 1] - users.seed_start[su]
     rep = np.repeat(np.arange(len(want)), lens)
     if not len(rep):
-        return anchor.tolist()
-    sidx = np.concatenate([np.arange(users.seed_start[x], users.seed_start[x + 1]) for x in su])
+        return anchor
+    # each wanted row's seeds: seed_start[su] .. seed_start[su + 1], laid end to end
+    sidx = np.arange(len(rep)) + np.repeat(users.seed_start[su] - (np.cumsum(lens) - lens), lens)
     similar, like = really_similar(
         cat, rows[want][rep], users.seed_row[sidx], params.modality_weights
     )
@@ -216,7 +205,7 @@ def _anchors(
     best = order[first[1]]
     good = similar[best]
     anchor[want[first[0][good]]] = sidx[best[good]]
-    return anchor.tolist()
+    return anchor
 
 
 def _title(cat: Catalog, row: int) -> str:

@@ -813,3 +813,82 @@ def unique_pairs(u, r, n_users):  # pragma: no cover
                 m += 1
         out_starts[b + 1] = m
     return out_u[:m], out_r[:m], out_starts
+
+
+@njit(cache=True)
+def learner_gradients(raw, start, r, taken, neg, neg_start, scales, weights):  # pragma: no cover
+    """float64[L, F]: per learner j (its pairs start[j]:start[j + 1], rows ``r`` sorted within
+    it), ``bpr_gradient(weights[j], f[taken[j]], f[negatives])`` with the features f of its
+    pairs ``np.minimum(raw / scales[j], 1)`` in float32 and the negatives neg[neg_start[j]:
+    neg_start[j + 1]] in that order (each among the learner's rows); 0 for a learner with
+    none (ranking.step: one call for a round's learning steps)."""
+    n_learners = len(start) - 1
+    f = raw.shape[1]
+    out = np.zeros((n_learners, f), np.float64)
+    tf = np.empty(f, np.float32)
+    diff = np.empty(f, np.float64)
+    one = np.float32(1.0)
+    for j in range(n_learners):
+        lo, hi = start[j], start[j + 1]
+        m = neg_start[j + 1] - neg_start[j]
+        if m == 0:
+            continue
+        tp = lo
+        while tp < hi and r[tp] != taken[j]:
+            tp += 1
+        for x in range(f):
+            tf[x] = np.minimum(raw[tp, x] / scales[j, x], one)
+        for q in range(neg_start[j], neg_start[j + 1]):
+            a, b = lo, hi
+            while a < b:  # numpy's searchsorted (left) in the learner's rows
+                mid = (a + b) >> 1
+                if r[mid] < neg[q]:
+                    a = mid + 1
+                else:
+                    b = mid
+            s = 0.0
+            for x in range(f):
+                nf = np.minimum(raw[a, x] / scales[j, x], one)
+                diff[x] = np.float64(tf[x]) - np.float64(nf)
+                s += diff[x] * np.float64(weights[j, x])
+            g = 1.0 / (1.0 + np.exp(min(max(s, -30.0), 30.0)))
+            for x in range(f):
+                out[j, x] += g * diff[x]
+        for x in range(f):
+            out[j, x] /= m
+    return out
+
+
+@njit(cache=True)
+def reason_terms(contrib, cf_seed, anchor):  # pragma: no cover
+    """int64[n]: per listed pair i, the feature term its reason is stated from (-1: none).
+    Terms are tried by contribution, largest first (numpy's stable ``argsort(-contrib[i])``:
+    ties by the lower index, NaN last), up to the first not positive; cf (2) only with a seed
+    to name (``cf_seed[i] >= 0``), content and recent (0, 1) only with an anchor
+    (``anchor[i] >= 0``), every other term always (ranking.explain.reasons)."""
+    n, f = contrib.shape
+    out = np.full(n, -1, np.int64)
+    used = np.zeros(f, np.bool_)
+    for i in range(n):
+        used[:] = False
+        for _ in range(f):
+            best = -1
+            for t in range(f):
+                if used[t]:
+                    continue
+                if best < 0:
+                    best = t
+                    continue
+                a, c = contrib[i, t], contrib[i, best]
+                if (np.isnan(c) and not np.isnan(a)) or a > c:
+                    best = t
+            used[best] = True
+            if contrib[i, best] <= 0:
+                break
+            if best == 2 and cf_seed[i] < 0:
+                continue
+            if (best == 0 or best == 1) and anchor[i] < 0:
+                continue
+            out[i] = best
+            break
+    return out

@@ -29,7 +29,7 @@ import numpy as np
 from recstream.ranking import explain, kernels, scoring
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.item_side import CoocParams, Update, updates_for_event
-from recstream.ranking.learner import bpr_gradient, user_step
+from recstream.ranking.learner import user_step
 from recstream.ranking.scoring import Pairs, ScoreParams, Users
 from recstream.ranking.user_state import (
     StateParams,
@@ -346,24 +346,34 @@ class OnlineModel:
         after it. Returns each learner's gradient (by position in ``after``) for the shared
         weights."""
         p = self.p
+        nf = scoring.N_FEATURES
+        ok = [len(negatives[j]) > 0 and len(before[b].scales) == nf for j, b in enumerate(learners)]
+        if not any(ok):
+            return {}
+        # scaled as the user's last list was, and no further than its best: an item that has
+        # grown since (a burst of popularity) must not take a step thousands of times the
+        # usual (ML-100k's "hot" weight reached 1e35 before the clip and the divisors' floor,
+        # kernels.score_pairs)
+        scales = np.ones((len(learners), nf), np.float32)
+        lens = np.zeros(len(learners) + 1, np.int64)
+        for j, b in enumerate(learners):
+            if ok[j]:
+                scales[j] = before[b].scales
+                lens[j + 1] = len(negatives[j])
+        neg = [negatives[j] for j in range(len(learners)) if ok[j]]
+        taken = np.asarray([extra[b] for b in learners], np.int64)
+        g = kernels.learner_gradients(
+            raw, pairs.starts.astype(np.int64), pairs.r, taken,
+            np.concatenate(neg).astype(np.int64), np.cumsum(lens), scales,
+            users.weights[: len(learners)],
+        )  # fmt: skip
         grads: dict[int, np.ndarray] = {}
         for j, b in enumerate(learners):
-            st = before[b]
-            if not len(negatives[j]) or len(st.scales) != scoring.N_FEATURES:
+            if not ok[j]:
                 continue
-            lo, hi = int(pairs.starts[j]), int(pairs.starts[j + 1])
-            rows = pairs.r[lo:hi]
-            # scaled as the user's last list was, and no further than its best: an item that
-            # has grown since (a burst of popularity) must not take a step thousands of times
-            # the usual (ML-100k's "hot" weight reached 1e35 before the clip and the divisors'
-            # floor, kernels.score_pairs)
-            f = np.minimum(raw[lo:hi] / st.scales, 1.0)
-            taken = int(np.flatnonzero(rows == extra[b])[0])
-            above = np.searchsorted(rows, negatives[j])  # rows: the user's, sorted, unique
-            g = bpr_gradient(users.weights[j], f[taken], f[above])
-            grads[b] = g
+            grads[b] = g[j]
             if p.learning_rate > 0:
-                nf = scoring.N_FEATURES
+                st = before[b]
                 deltas = st.weights if len(st.weights) == nf else np.zeros(nf)
-                after[b].weights = user_step(deltas, g, p.learning_rate, p.learning_l2)
+                after[b].weights = user_step(deltas, g[j], p.learning_rate, p.learning_l2)
         return grads

@@ -553,3 +553,64 @@ def test_placed() -> None:
             want = np.insert(t, at, row)[:size]
         got = kernels.placed(ranked, key, row, size)
         assert got.dtype == np.int32 and got.tolist() == want.tolist()
+
+
+def test_learner_gradients_is_bpr_gradient_of_each_learners_clipped_features() -> None:
+    rng = np.random.default_rng(7)
+    f = len(FEATURES)
+    rows_of = [np.sort(rng.choice(50, n, replace=False)) for n in (6, 1, 9, 4)]
+    start = np.concatenate([[0], np.cumsum([len(x) for x in rows_of])])
+    r = np.concatenate(rows_of).astype(np.int64)
+    raw = (rng.random((len(r), f)) * 3).astype(np.float32)  # some above their divisors
+    scales = (rng.random((4, f)) + 0.5).astype(np.float32)
+    weights = rng.normal(size=(4, f)).astype(np.float32)
+    taken = np.asarray([x[2] if len(x) > 2 else x[0] for x in rows_of], np.int64)
+    # negatives in draw order (not sorted); learner 1 has none
+    negs = [rng.permutation(x[x != t])[:5] for x, t in zip(rows_of, taken, strict=True)]
+    negs[1] = negs[1][:0]
+    neg_start = np.concatenate([[0], np.cumsum([len(x) for x in negs])])
+    got = kernels.learner_gradients(
+        raw, start, r, taken, np.concatenate(negs).astype(np.int64), neg_start, scales, weights
+    )
+    for j, rows in enumerate(rows_of):
+        feats = np.minimum(raw[start[j] : start[j + 1]] / scales[j], 1.0)
+        if not len(negs[j]):
+            np.testing.assert_array_equal(got[j], 0.0)
+            continue
+        want = kernels.bpr_gradient(
+            weights[j], feats[np.flatnonzero(rows == taken[j])[0]],
+            feats[np.searchsorted(rows, negs[j])],
+        )  # fmt: skip
+        np.testing.assert_array_equal(got[j], want)
+
+
+def reference_terms(contrib: np.ndarray, cf_seed: np.ndarray, anchor: np.ndarray) -> list[int]:
+    out = []
+    for n, ts in enumerate(np.argsort(-contrib, axis=1, kind="stable").tolist()):
+        chosen = -1
+        for t in ts:
+            if contrib[n, t] <= 0:
+                break
+            if (t == 2 and cf_seed[n] < 0) or (t in (0, 1) and anchor[n] < 0):
+                continue
+            chosen = t
+            break
+        out.append(chosen)
+    return out
+
+
+def test_reason_terms_tries_terms_by_contribution_as_a_stable_argsort() -> None:
+    rng = np.random.default_rng(3)
+    f = len(FEATURES)
+    # ties (a coarse grid), zeros of both signs, negatives, a row with nothing positive
+    contrib = (np.round(rng.normal(size=(400, f)) * 2) / 2).astype(np.float32)
+    contrib[5] = -1.0
+    contrib[6] = 0.0
+    contrib[7, :] = -0.0
+    contrib[7, 3] = 0.5
+    cf_seed = rng.integers(-1, 3, 400)
+    anchor = rng.integers(-1, 3, 400)
+    got = kernels.reason_terms(contrib, cf_seed, anchor).tolist()
+    assert got == reference_terms(contrib, cf_seed, anchor)
+    assert got[5] == got[6] == -1 and got[7] == 3
+    assert {2, 0, 1} & set(got) and -1 in got
