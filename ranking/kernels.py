@@ -825,8 +825,6 @@ def learner_gradients(raw, start, r, taken, neg, neg_start, scales, weights):  #
     n_learners = len(start) - 1
     f = raw.shape[1]
     out = np.zeros((n_learners, f), np.float64)
-    tf = np.empty(f, np.float32)
-    diff = np.empty(f, np.float64)
     one = np.float32(1.0)
     for j in range(n_learners):
         lo, hi = start[j], start[j + 1]
@@ -836,26 +834,21 @@ def learner_gradients(raw, start, r, taken, neg, neg_start, scales, weights):  #
         tp = lo
         while tp < hi and r[tp] != taken[j]:
             tp += 1
-        for x in range(f):
-            tf[x] = np.minimum(raw[tp, x] / scales[j, x], one)
-        for q in range(neg_start[j], neg_start[j + 1]):
-            a, b = lo, hi
-            while a < b:  # numpy's searchsorted (left) in the learner's rows
-                mid = (a + b) >> 1
-                if r[mid] < neg[q]:
-                    a = mid + 1
-                else:
-                    b = mid
-            s = 0.0
+        feats = np.empty((m + 1, f), np.float32)  # the taken item's, then its negatives'
+        for q in range(m + 1):
+            p = tp
+            if q > 0:
+                a, b = lo, hi
+                while a < b:  # numpy's searchsorted (left) in the learner's rows
+                    mid = (a + b) >> 1
+                    if r[mid] < neg[neg_start[j] + q - 1]:
+                        a = mid + 1
+                    else:
+                        b = mid
+                p = a
             for x in range(f):
-                nf = np.minimum(raw[a, x] / scales[j, x], one)
-                diff[x] = np.float64(tf[x]) - np.float64(nf)
-                s += diff[x] * np.float64(weights[j, x])
-            g = 1.0 / (1.0 + np.exp(min(max(s, -30.0), 30.0)))
-            for x in range(f):
-                out[j, x] += g * diff[x]
-        for x in range(f):
-            out[j, x] /= m
+                feats[q, x] = np.minimum(raw[p, x] / scales[j, x], one)
+        out[j] = bpr_gradient(weights[j], feats[0], feats[1:])
     return out
 
 
