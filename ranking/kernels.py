@@ -251,7 +251,10 @@ def score_pairs(
                 if feats[p, j] > 0:
                     raw[p, j] /= feats[p, j]
                 feats[p, j] = 0.0
-        # cf: the seeds' published neighbours, found among the user's rows through pair_at
+        # cf: the seeds' published neighbours, found among the user's rows through pair_at;
+        # cf_mass: the co-occurrence weight behind all of it (recency-weighted, not normalised
+        # by counts), its confidence (below)
+        cf_mass = 0.0
         for p in range(lo, hi):
             pair_at[r[p]] = p
         for s in range(s0, s1):
@@ -266,6 +269,7 @@ def score_pairs(
                 if p >= 0:
                     t = nb_w[sl, e] * scale
                     raw[p, 2] += t
+                    cf_mass += nb_w[sl, e] * seed_a[s]
                     if t > best_term[p]:
                         best_term[p] = t
                         best_seed[p] = s
@@ -319,7 +323,10 @@ def score_pairs(
             mx6 = max(mx6, raw[p, 6])
             mx7 = max(mx7, raw[p, 7])
         if mx2 > 0:
-            scales[b, 2] = mx2
+            # the user's best counts for m / (m + 1) of itself, m all the co-occurrence weight
+            # behind the user's cf: one co-occurrence is as likely chance as association (a
+            # half), a catalog's worth is not; a user with thin evidence keeps it thin
+            scales[b, 2] = mx2 * (cf_mass + 1.0) / cf_mass
         # popularity: never divided by less than one interaction's worth (log 2), so a
         # catalog gone quiet does not blow a trace of popularity up to 1 (nor, in the learner,
         # a later burst to thousands: the same divisors scale the next event's features)

@@ -399,6 +399,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
     raw, feats = np.zeros((len(pairs), nf)), np.zeros((len(pairs), nf))
     scores = np.zeros(len(pairs))
     terms: list[dict[int, float]] = [{} for _ in range(len(pairs))]
+    mass = np.zeros(len(states))
     base = 0  # the user's first seed among all seeds
     for b, st in enumerate(states):
         lo, hi = int(pairs.starts[b]), int(pairs.starts[b + 1])
@@ -425,6 +426,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
                 for j, w, _ in published[s][: COOC.top_n]:
                     if j == r:
                         terms[p][base + d] = a[d] * w / count[s] ** SP.cf_alpha
+                        mass[b] += a[d] * w  # the co-occurrence weight behind the user's cf
             raw[p, 2] = sum(terms[p].values()) / count[r] ** SP.cf_beta
             raw[p, 3] = np.logaddexp(0.0, it.side.trend - NOW * k_tr)  # softplus
             if it.pub is not None:
@@ -439,6 +441,8 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             top = raw[lo:hi, f].max(initial=0.0)
             if f in (3, 7):  # popularity: never by less than one interaction's worth
                 top = max(top, math.log(2))
+            if f == 2 and top > 0:  # cf: the best counts m / (m + 1) of itself
+                top *= (mass[b] + 1) / mass[b]
             feats[lo:hi, f] /= top if top > 0 else 1.0
         w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w
@@ -446,7 +450,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             it = items[int(pairs.r[p])]
             if st.has_seen(it.id) or item_hash(it.id) in st.disliked.tolist():
                 scores[p] = -np.inf
-    return raw, feats, scores, terms
+    return raw, feats, scores, terms, mass
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "subset"])
@@ -465,7 +469,7 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
         pairs = Pairs.build(len(states), np.concatenate(us), np.concatenate(rs))
     users = resolve_users(cat, states, SP)
     sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
-    raw, feats, scores, terms = reference(items, states, pairs)
+    raw, feats, scores, terms, mass = reference(items, states, pairs)
     assert (raw != 0).any(0).all()  # every feature is exercised
     np.testing.assert_allclose(sc.raw, raw, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sc.features, feats, rtol=1e-4, atol=1e-5)
@@ -477,6 +481,8 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
         lo, hi = pairs.starts[b], pairs.starts[b + 1]
         for f in (2, 3, 5):
             top = raw[lo:hi, f].max(initial=0.0)
+            if f == 2 and top > 0:
+                top *= (mass[b] + 1) / mass[b]
             assert sc.scales[b, f] == pytest.approx(top if top > 0 else 1.0, rel=1e-5)
     for p in range(len(pairs)):  # the seed with the largest cf term
         if terms[p]:
@@ -614,3 +620,31 @@ def test_reason_terms_tries_terms_by_contribution_as_a_stable_argsort() -> None:
     assert got == reference_terms(contrib, cf_seed, anchor)
     assert got[5] == got[6] == -1 and got[7] == 3
     assert {2, 0, 1} & set(got) and -1 in got
+
+
+@pytest.mark.parametrize("weight", [1.0, 50.0])
+def test_cf_counts_the_co_occurrence_behind_it(weight: float) -> None:
+    """A user whose one seed co-occurred with one item once gets that item's cf at a half of
+    the user's scale (one co-occurrence: as likely chance as association), not the full 1 that
+    dividing by the user's best alone gives; fifty co-occurrences count for nearly all of it."""
+    cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS))
+    ids = ["seed", "linked", "other"]
+    rng = np.random.default_rng(5)
+    for i in ids:
+        cat.upsert(i, {"text": rng.normal(size=8).astype(np.float32)}, published_at=None)
+    h = {i: item_hash(i) for i in ids}
+    cat.set_side(h["seed"], ItemRow(NO_TREND, 1.0, np.asarray([h["linked"]], np.uint64),
+                                    np.asarray([weight], np.float32)))  # fmt: skip
+    for i in ("linked", "other"):
+        cat.set_side(h[i], ItemRow(NO_TREND, 1.0))
+    p = StateParams(event_weights=WEIGHTS, half_life_ms=48 * HOUR, seen_filter_bits=BITS)
+    st = apply_event(
+        UserState(), item=h["seed"], item_digest16=item_digest("seed"),
+        item_vectors={"text": cat.vectors(cat.row_of[h["seed"]])["text"]}, event_type="like",
+        ts=NOW, value=None, params=p,
+    )  # fmt: skip
+    users = resolve_users(cat, [st], SP)
+    pairs = Pairs.whole(1, cat.live_rows())
+    sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
+    linked = int(np.flatnonzero(pairs.r == cat.row_of[h["linked"]])[0])
+    assert sc.features[linked, FEATURES.index("cf")] == pytest.approx(weight / (weight + 1))
