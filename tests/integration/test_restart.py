@@ -168,12 +168,17 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
         async with AppHarness(s, worker) as app:
             await app.wait_ready()
             await app.publish_catalog(items)
-            for i, ev in enumerate(events):
-                await app.client.send_event(ev)
-                if i % 50 == 49:
-                    await asyncio.sleep(0.05)  # a stream, not one burst
-            await app.client.flush()
-            # Kill -9 when about half the events have been answered: mid-stream.
+
+            async def send_all() -> None:
+                for i, ev in enumerate(events):
+                    await app.client.send_event(ev)
+                    if i % 25 == 24:
+                        await asyncio.sleep(0.1)  # a stream (~250 events/s), not one burst
+                await app.client.flush()
+
+            # Kill -9 when about half the events have been answered, while the rest are still
+            # being sent: mid-stream however fast the worker is.
+            sender = asyncio.create_task(send_all())
             await app.wait(
                 lambda: (
                     sum(1 for r in app.recs if (r.get("trigger") or "").startswith("ev-"))
@@ -184,6 +189,7 @@ def test_kill9_mid_stream_loses_and_doubles_nothing(
             worker.kill9()
             done_before = sum(1 for r in app.recs if (r.get("trigger") or "").startswith("ev-"))
             assert done_before < N_EVENTS, "the kill must land mid-stream"
+            await sender
             worker = make_worker()
             app.worker = worker
             # Wait until every event has been answered at least once.
