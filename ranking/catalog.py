@@ -121,6 +121,7 @@ class Catalog:
         # new vector against a few earlier ones): how alike a typical pair is in this catalog
         self.cos_stats = {m: np.zeros(3) for m in self.dims}
         self.version = 0  # bumped on every change (caches key on it)
+        self._live_rows: np.ndarray | None = None  # live_rows(), until an item comes or goes
         # 1 / max(count, 1) ** exponent per row, per exponent (scoring's normalisers), kept
         # current as counts change
         self._powers: dict[float, np.ndarray] = {}
@@ -244,6 +245,7 @@ class Catalog:
         revived = not self.live[row] and self.trend[row] > NO_TREND / 2
         if not self.live[row]:
             self.n_live += 1
+            self._live_rows = None
         self.live[row] = True
         if revived:
             self._on_trend(row)
@@ -279,6 +281,7 @@ class Catalog:
         if row is not None and self.live[row]:
             self.live[row] = False
             self.n_live -= 1
+            self._live_rows = None
             self.trending = self.trending[self.trending != row]
             self.hottest = self.hottest[self.hottest != row]
             self.popular = self.popular[self.popular != row]
@@ -429,7 +432,12 @@ class Catalog:
         return out
 
     def live_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.live[: self.n])
+        """int64: the live rows, ascending (read-only; kept until an item comes or goes)."""
+        if self._live_rows is None:
+            rows = np.flatnonzero(self.live[: self.n]).astype(np.int64)
+            rows.flags.writeable = False
+            self._live_rows = rows
+        return self._live_rows
 
     def popularity_now(self, rows: np.ndarray, now_ms: int, half_life_ms: float) -> np.ndarray:
         """The rows' current decayed popularity, from their log-space trend."""

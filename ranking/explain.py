@@ -143,7 +143,7 @@ def reasons(
         return []
     u = pairs.u[listed]
     contrib = scored.features[listed] * users.weights[u]
-    cf_seed = scored.best_seed[listed]
+    cf_seed = scored.cf_seeds(listed)
     # the rows whose reason may be content's: content or recent comes before any term stated
     # without a seed like the item (a cf term with no seed to name is passed over)
     first = kernels.reason_terms(contrib, cf_seed, np.zeros(len(listed), np.int64))

@@ -18,6 +18,7 @@ also watched". Items are known by their 64-bit hashes (ranking.user_state.item_h
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Iterable, Sequence
@@ -112,10 +113,40 @@ def updates_for_event(
     its row's pairs), then each recent item whose row gains it, in pair order."""
     if w <= 0:
         return []
-    rows: dict[int, list[tuple[int, float]]] = {item: []}
-    for r, nb, pw in cooc_pairs(recent, recent_w, item, w, params):
-        rows.setdefault(r, []).append((nb, round(pw, 6)))
-    return [Update(r, w if r == item else 0.0, ts, tuple(p)) for r, p in rows.items()]
+    # (cooc_pairs' pairs, grouped by row as they come: the event's item first; written out
+    # here, with the weights rounded once per params, since every positive event runs it)
+    fwd, back = _pair_weights(params.window, params.decay, params.backward)
+    item = int(item)
+    rec = recent.tolist() if isinstance(recent, np.ndarray) else list(recent)
+    rws = recent_w.tolist() if isinstance(recent_w, np.ndarray) else list(recent_w)
+    mine: list[tuple[int, float]] = []
+    rows: dict[int, list[tuple[int, float]]] = {}
+    d = 0
+    for i in range(len(rec) - 1, -1, -1):
+        r = rec[i]
+        if r == item or rws[i] <= 0:
+            continue
+        if d == params.window:
+            break
+        got = rows.get(r)
+        if got is None:
+            rows[r] = [(item, fwd[d])]
+        else:
+            got.append((item, fwd[d]))
+        if back:
+            mine.append((r, back[d]))
+        d += 1
+    others = [Update(r, 0.0, ts, tuple(p)) for r, p in rows.items()]
+    return [Update(item, w, ts, tuple(mine)), *others]
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_weights(window: int, decay: float, backward: float) -> tuple[list[float], list[float]]:
+    """The pair weights of cooc_pairs by step back d (0-based), rounded to 6 places as
+    updates carry them: r -> j, and j -> r (empty when ``backward`` is 0)."""
+    fwd = [decay**d for d in range(window)]
+    back = [round(backward * pw, 6) for pw in fwd] if backward > 0 else []
+    return [round(pw, 6) for pw in fwd], back
 
 
 @dataclass

@@ -632,6 +632,30 @@ def quantize(v):  # pragma: no cover
 
 
 @njit(cache=True)
+def fold_interest(old, decay, w, vec, has_vec, has_old):  # pragma: no cover
+    """A user's interest after an event, float32[d]: ``old * decay`` (if ``has_old``) plus
+    ``w * vec`` (if ``has_vec``), as ``quantize`` codes times their scale (what the state
+    stores). All float32 and in numpy's order of operations, so it equals
+    ``dequantize(quantize(old * decay + w * vec))``."""
+    n = len(vec) if has_vec else len(old)
+    v = np.zeros(n, np.float32)
+    for i in range(n):
+        x = np.float32(0.0)
+        if has_old:
+            x = old[i] * decay
+            if has_vec:
+                x = x + w * vec[i]
+        else:
+            x = w * vec[i]
+        v[i] = x
+    q, scale = quantize(v)
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        out[i] = np.float32(q[i]) * scale
+    return out
+
+
+@njit(cache=True)
 def top_summed(u, r, w, n_users, limits, live, ex_u, ex_row, total, mark):  # pragma: no cover
     """Each user's ``limits[b]`` rows with the largest summed weight over the (u, r, w)
     entries, live rows not among the user's exclusions (``ex_u``/``ex_row``, grouped by user),

@@ -183,15 +183,23 @@ class Scored:
     features: np.ndarray  # float32[P, N_FEATURES] scaled
     scores: np.ndarray  # float64[P], excluded pairs -inf
     scales: np.ndarray  # float32[B, N_FEATURES]: the users' divisors
-    best_seed: np.ndarray  # int64[P]: the seed contributing most to the pair's cf (-1: none)
+    # int64[P]: the seed contributing most to the pair's cf (-1: none), numbered from
+    # ``seed_base`` (see cf_seeds)
+    best_seed: np.ndarray
+    seed_base: int = 0
+
+    def cf_seeds(self, at: np.ndarray) -> np.ndarray:
+        """The best cf seed of pairs ``at``, as an index into the users' ``seed_row`` (-1:
+        none)."""
+        best = self.best_seed[at]
+        return np.where(best >= 0, best - self.seed_base, -1)
 
     def tail(self, users: Users, pairs: Pairs, n: int) -> Scored:
         """The part of users n on (scored in ``users`` and ``pairs`` with others before them,
         their pairs last), numbered as ``users.tail(n)`` and their own pairs number them."""
         at, s = int(pairs.starts[n]), int(users.seed_start[n])
-        best = self.best_seed[at:]
         return Scored(self.raw[at:], self.features[at:], self.scores[at:], self.scales[n:],
-                      np.where(best >= 0, best - s, -1))  # fmt: skip
+                      self.best_seed[at:], self.seed_base + s)  # fmt: skip
 
 
 def score(
@@ -231,7 +239,8 @@ def score(
         users.flags, users.fhas,
         users.ex_start, users.ex_row,
         users.weights,
-        pairs.u.astype(np.int64), pairs.r.astype(np.int64), pairs.starts.astype(np.int64),
+        pairs.u.astype(np.int64, copy=False), pairs.r.astype(np.int64, copy=False),
+        pairs.starts.astype(np.int64, copy=False),
         inv_seed,
         float(now_ms),
         math.log(2) / params.trending_half_life_ms,
@@ -258,27 +267,36 @@ class Pairs:
 
     @classmethod
     def build(cls, n_users: int, u: np.ndarray, r: np.ndarray) -> Pairs:
-        uu, rr, starts = kernels.unique_pairs(u.astype(np.int64), r.astype(np.int64), n_users)
-        return cls(uu.astype(np.intp), rr, starts.astype(np.intp))
+        uu, rr, starts = kernels.unique_pairs(
+            u.astype(np.int64, copy=False), r.astype(np.int64, copy=False), n_users
+        )
+        return cls(uu.astype(np.intp, copy=False), rr, starts.astype(np.intp, copy=False))
 
     @classmethod
     def whole(cls, n_users: int, rows: np.ndarray) -> Pairs:
+        """Every user paired with every one of ``rows`` (read-only arrays: a model keeps them
+        while the catalog's live rows stay the same)."""
         n = len(rows)
-        return cls(
+        out = cls(
             np.repeat(np.arange(n_users), n),
-            np.tile(rows.astype(np.int64), n_users),
+            np.tile(rows.astype(np.int64, copy=False), n_users),
             np.arange(n_users + 1) * n,
             full=True,
         )
+        for a in (out.u, out.r, out.starts):
+            a.flags.writeable = False
+        return out
 
     @classmethod
     def stack(cls, first: Pairs, second: Pairs) -> Pairs:
         """The pairs of two batches of users as one, ``second``'s users after ``first``'s."""
         n = len(first.starts) - 1
         return cls(
-            np.concatenate([first.u, second.u + n]).astype(np.intp),
-            np.concatenate([first.r, second.r]).astype(np.int64),
-            np.concatenate([first.starts[:-1], second.starts + len(first)]).astype(np.intp),
+            np.concatenate([first.u, second.u + n]).astype(np.intp, copy=False),
+            np.concatenate([first.r, second.r]).astype(np.int64, copy=False),
+            np.concatenate([first.starts[:-1], second.starts + len(first)]).astype(
+                np.intp, copy=False
+            ),
         )
 
     def index(self, u: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -108,6 +108,8 @@ class OnlineModel:
         # scratch of _top_per_user's kernel, one entry per catalog row (kept zero between calls)
         self._total = np.zeros(0, np.float64)
         self._mark = np.zeros(0, np.int8)
+        # the whole-catalog pairs of the last call (candidates): the live rows they are for
+        self._whole: tuple[np.ndarray, Pairs] | None = None
 
     # -- candidates ---------------------------------------------------------------------------
     def candidates(
@@ -117,7 +119,11 @@ class OnlineModel:
         event is about, so learning sees it) or None."""
         cat, B = self.cat, len(users)
         if cat.n_live <= self.p.full_scan_limit:
-            return Pairs.whole(B, cat.live_rows())
+            rows = cat.live_rows()  # the same array until an item comes or goes
+            got = self._whole
+            if got is None or got[0] is not rows or len(got[1].starts) != B + 1:
+                got = self._whole = (rows, Pairs.whole(B, rows))
+            return got[1]
         limits = [k * self.p.candidate_factor for k in (ks or [self.p.k] * B)]
         us: list[tuple[np.ndarray, np.ndarray]] = []
         # co-occurrence: the seeds' published neighbours, summed seed-weighted

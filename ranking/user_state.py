@@ -49,6 +49,7 @@ _U64 = np.dtype("<u8")
 _F32 = np.dtype("<f4")
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_NO_VEC = np.zeros(1, dtype=np.float32)  # kernels.fold_interest's placeholder for "none"
 
 
 def item_digest(item_id: str) -> bytes:
@@ -74,10 +75,6 @@ def quantize(v: np.ndarray) -> tuple[np.ndarray, float]:
 
 def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
     return q.astype(np.float32) * np.float32(scale)
-
-
-def requantize(v: np.ndarray) -> np.ndarray:
-    return dequantize(*quantize(v))
 
 
 @dataclass
@@ -258,6 +255,15 @@ class StateParams:
     seen_filter_bits: int = SEEN_FILTER_BITS
 
 
+def _push(old: np.ndarray, value: Any, n: int, dtype: type) -> np.ndarray:
+    """The last ``n`` of ``old`` with ``value`` appended (np.append's result, in a fraction of
+    its time: every event makes several)."""
+    out: np.ndarray = np.empty(len(old) + 1, dtype)
+    out[:-1] = old
+    out[-1] = value
+    return out[-n:]
+
+
 def apply_event(
     state: UserState,
     *,
@@ -285,31 +291,43 @@ def apply_event(
     dt = max(0, ts - state.last_ts) if state.n_events else 0
     decay = np.float32(0.5 ** (dt / params.half_life_ms) if dt else 1.0)
 
-    interest = {m: v * decay for m, v in state.interest.items()}
+    # per modality: decayed, plus the item's vector times w, rounded to int8 codes and back
+    interest = {}
+    w32 = np.float32(w)
+    for m, v in state.interest.items():
+        vec = item_vectors.get(m)
+        v = np.asarray(v, np.float32)
+        if vec is None:
+            vec, has = _NO_VEC, False
+        else:
+            vec, has = np.asarray(vec, np.float32), True
+            if len(vec) != len(v):
+                raise ValueError(f"{m} vector of {len(vec)} dims, the state's has {len(v)}")
+        interest[m] = kernels.fold_interest(v, decay, w32, vec, has, True)
     for m, vec in item_vectors.items():
-        contrib = np.float32(w) * np.asarray(vec, dtype=np.float32)
-        interest[m] = interest[m] + contrib if m in interest else contrib
-    interest = {m: requantize(v) for m, v in interest.items()}
+        if m not in interest:
+            vec = np.asarray(vec, np.float32)
+            interest[m] = kernels.fold_interest(vec, decay, w32, vec, True, False)
 
     h = np.uint64(item)
     keep = state.recent != h
     n = params.recent_items
-    recent = np.append(state.recent[keep], h)[-n:]
-    recent_w = np.append(state.recent_w[keep], np.float32(round(w, 4)))[-n:]
+    recent = _push(state.recent[keep], h, n, np.uint64)
+    recent_w = _push(state.recent_w[keep], np.float32(round(w, 4)), n, np.float32)
     seen_filter = bloom.add_positions(
         state.seen_filter or bloom.empty(params.seen_filter_bits), item_digest16
     )
     disliked = state.disliked
     if event_type == "dislike" and not (disliked == h).any():
-        disliked = np.append(disliked, h)[-MAX_DISLIKED:]
+        disliked = _push(disliked, h, MAX_DISLIKED, np.uint64)
     liked = state.liked
     if w > POSITIVE_THRESHOLD:
-        liked = np.append(liked[liked != h], h)[-params.recent_positive :]
+        liked = _push(liked[liked != h], h, params.recent_positive, np.uint64)
     elif w < 0:  # never explain a recommendation by an item the user has since rejected
         liked = liked[liked != h]
     event_ids = state.event_ids
     if event_id is not None and params.dedupe_window:
-        event_ids = np.append(event_ids, np.uint64(event_hash(event_id)))[-params.dedupe_window :]
+        event_ids = _push(event_ids, event_hash(event_id), params.dedupe_window, np.uint64)
     offsets = state.offsets
     if partition is not None and offset is not None:
         offsets = {**offsets, partition: max(offset, offsets.get(partition, -1))}

@@ -78,6 +78,28 @@ def test_updates_for_event_group_the_pairs_by_row() -> None:
     assert [u.pairs for u in got[1:]] == [((x, 1.0),), ((x, 0.9),), ((x, 0.81),), ((x, 0.729),)]
 
 
+def test_updates_for_event_is_cooc_pairs_grouped_by_row() -> None:
+    """Random histories (repeats, non-positive weights, long and short windows): the event's
+    item first with its weight and the pairs that go to it, then each other row in the order
+    cooc_pairs first names it, every weight rounded to 6 places."""
+    rng = np.random.default_rng(3)
+    items = [item_hash(f"i{n}") for n in range(12)]
+    for _ in range(300):
+        params = CoocParams(
+            window=int(rng.integers(0, 9)), decay=float(rng.random()),
+            backward=float(rng.choice([0.0, 0.5, 0.3])),
+        )  # fmt: skip
+        k = int(rng.integers(0, 15))
+        recent = np.asarray(rng.choice(items, k), np.uint64)
+        recent_w = rng.choice([1.0, 0.5, 0.0, -1.0], k).astype(np.float32)
+        item = items[int(rng.integers(0, len(items)))]
+        rows: dict[int, list[tuple[int, float]]] = {item: []}
+        for r, nb, pw in cooc_pairs(recent, recent_w, item, 2.0, params):
+            rows.setdefault(r, []).append((nb, round(pw, 6)))
+        want = [Update(r, 2.0 if r == item else 0.0, 9, tuple(p)) for r, p in rows.items()]
+        assert updates_for_event(recent, recent_w, item, 2.0, 9, params) == want
+
+
 # -- the item row -----------------------------------------------------------------------------
 
 

@@ -121,6 +121,29 @@ def test_quantize() -> None:
             np.testing.assert_array_equal(q, want)
 
 
+def test_fold_interest_is_the_decayed_sum_quantized_and_back() -> None:
+    """kernels.fold_interest against its numpy definition: old * decay + w * vec (either part
+    absent), through quantize and back, bit for bit."""
+    rng = np.random.default_rng(9)
+    for n in range(200):
+        old = rng.standard_normal(48).astype(np.float32)
+        vec = (rng.standard_normal(48) / 7).astype(np.float32)
+        decay = np.float32(rng.random())
+        w = np.float32(rng.choice([1.0, 0.5, -1.0, 2.5]))
+        has_old, has_vec = [(True, True), (True, False), (False, True)][n % 3]
+        if has_old and has_vec:
+            want = old * decay + w * vec
+        elif has_old:
+            want = old * decay
+        else:
+            want = w * vec
+        q, scale = kernels.quantize(want.astype(np.float32))
+        want = q.astype(np.float32) * np.float32(scale)
+        got = kernels.fold_interest(old, decay, w, vec, has_vec, has_old)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+
+
 def _top_summed_reference(u, r, w, n_users, limits, live, ex_u, ex_row):
     key = u * (1 << 32) + r
     uniq, inv = np.unique(key, return_inverse=True)
