@@ -87,7 +87,11 @@ def pick(
     """Each user's listed pair indices, best first (ties by item hash)."""
     pool_ks = [k * max(params.diversity_pool, 1) if params.diversity > 0 else k for k in ks]
     top = kernels.top_pairs(
-        s, cat.hashes, pairs.r, pairs.starts.astype(np.int64), np.asarray(pool_ks, np.int64)
+        s,
+        cat.hashes,
+        pairs.r,
+        pairs.starts.astype(np.int64, copy=False),
+        np.asarray(pool_ks, np.int64),
     )
     out = []
     for b, k in enumerate(ks):

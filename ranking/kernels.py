@@ -733,37 +733,54 @@ def lookup_rows(keys, rows, hashes):  # pragma: no cover
 
 
 @njit(cache=True)
-def user_rows(recent, recent_w, excluded, decay, keys, rows):  # pragma: no cover
-    """One user's seeds and exact exclusions as catalog rows (ranking.scoring.resolve_users):
-    the first ``len(decay)`` positive items of ``recent`` newest first (``recent_w`` > 0), those
-    in the catalog kept, the d-th kept one weighted ``decay[d - 1]``; and the sorted rows of
-    the ``excluded`` hashes (UserState.excluded) that are in the catalog. Returns (seed rows
-    int64, their event weights float32, recency weights float64, exclusions int64)."""
-    n, window = len(recent), len(decay)
-    seed_r = np.empty(min(n, window), np.int64)
-    seed_w = np.empty(len(seed_r), np.float32)
-    seed_a = np.empty(len(seed_r), np.float64)
+def users_rows(recent, recent_w, r_start, disliked, d_start, decay, keys, rows):  # pragma: no cover
+    """A batch of users' seeds and exact exclusions as catalog rows (ranking.scoring.
+    resolve_users), user b's items at recent[r_start[b]:r_start[b + 1]] (newest last) and
+    disliked[d_start[b]:...]. Seeds: the first ``len(decay)`` positive items of the user's
+    recent, newest first (``recent_w`` > 0), those in the catalog kept, the d-th kept one
+    weighted ``decay[d - 1]``; exclusions: the sorted rows of the user's recent and disliked
+    items that are in the catalog. Returns (seed_start int64[B + 1], seed rows int64, their
+    event weights float32, recency weights float64, ex_start int64[B + 1], exclusions int64)."""
+    n_users, window = len(r_start) - 1, len(decay)
+    seed_start = np.zeros(n_users + 1, np.int64)
+    seed_r = np.empty(len(recent), np.int64)
+    seed_w = np.empty(len(recent), np.float32)
+    seed_a = np.empty(len(recent), np.float64)
+    ex_start = np.zeros(n_users + 1, np.int64)
+    ex = np.empty(len(recent) + len(disliked), np.int64)
     k = 0
-    taken = 0
-    for i in range(n - 1, -1, -1):
-        if taken >= window:
-            break
-        if recent_w[i] > 0:
-            taken += 1
+    m = 0
+    for b in range(n_users):
+        lo, hi = r_start[b], r_start[b + 1]
+        taken = 0
+        d = 0
+        for i in range(hi - 1, lo - 1, -1):
+            if taken >= window:
+                break
+            if recent_w[i] > 0:
+                taken += 1
+                r = _lookup(keys, rows, recent[i])
+                if r >= 0:
+                    seed_r[k] = r
+                    seed_w[k] = recent_w[i]
+                    seed_a[k] = decay[d]
+                    k += 1
+                    d += 1
+        seed_start[b + 1] = k
+        m0 = m
+        for i in range(lo, hi):
             r = _lookup(keys, rows, recent[i])
             if r >= 0:
-                seed_r[k] = r
-                seed_w[k] = recent_w[i]
-                seed_a[k] = decay[k]
-                k += 1
-    ex = np.empty(len(excluded), np.int64)
-    m = 0
-    for i in range(len(excluded)):
-        r = _lookup(keys, rows, excluded[i])
-        if r >= 0:
-            ex[m] = r
-            m += 1
-    return seed_r[:k], seed_w[:k], seed_a[:k], np.sort(ex[:m])
+                ex[m] = r
+                m += 1
+        for i in range(d_start[b], d_start[b + 1]):
+            r = _lookup(keys, rows, disliked[i])
+            if r >= 0:
+                ex[m] = r
+                m += 1
+        ex[m0:m] = np.sort(ex[m0:m])
+        ex_start[b + 1] = m
+    return seed_start, seed_r[:k], seed_w[:k], seed_a[:k], ex_start, ex[:m]
 
 
 @njit(cache=True)

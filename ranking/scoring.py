@@ -65,6 +65,10 @@ class ScoreParams:
     diversity_pool: int = 3
 
 
+_NO_U64 = np.zeros(0, np.uint64)
+_NO_F32 = np.zeros(0, np.float32)
+
+
 @dataclass
 class Users:
     """What scoring reads of a batch of users, resolved against the catalog once, as the flat
@@ -119,14 +123,12 @@ def resolve_users(
     bits = cat.params.seen_bits
     interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
     ihas = np.zeros((len(cat.modalities), B), bool)
-    seed_rows, seed_ws, seed_as, ex_rows = [], [], [], []
-    seed_start, ex_start = np.zeros(B + 1, np.int64), np.zeros(B + 1, np.int64)
     flags = np.zeros((B, bits // 8), np.uint8)
     fhas = np.zeros(B, bool)
     weights = np.zeros((B, N_FEATURES), np.float32)
     prior = np.asarray(params.prior, np.float32)
-    decay = _decay(params.recency_decay, params.recent_window)
-    index = cat.index_arrays()
+    r_start = np.zeros(B + 1, np.int64)
+    d_start = np.zeros(B + 1, np.int64)
     for b, st in enumerate(states):
         for i, m in enumerate(cat.modalities):
             v = st.interest.get(m)
@@ -135,30 +137,26 @@ def resolve_users(
                 if n > 1e-9:
                     interests[i][b] = v / np.float32(n)
                     ihas[i, b] = True
-        rows, ws, a, ex = kernels.user_rows(st.recent, st.recent_w, st.excluded(), decay, *index)
-        seed_rows.append(rows)
-        seed_ws.append(ws)
-        seed_as.append(a)
-        ex_rows.append(ex)
-        seed_start[b + 1] = seed_start[b] + len(rows)
-        ex_start[b + 1] = ex_start[b] + len(ex)
+        r_start[b + 1] = r_start[b] + len(st.recent)
+        d_start[b + 1] = d_start[b] + len(st.disliked)
         if st.seen_filter and len(st.seen_filter) * 8 == bits:
             flags[b] = np.frombuffer(st.seen_filter, np.uint8)
             fhas[b] = True
         weights[b] = user_weights(prior, None if shared is None else shared[b], st)
-    return Users(
-        interests,
-        ihas,
-        seed_start,
-        np.concatenate(seed_rows) if B else np.zeros(0, np.int64),
-        np.concatenate(seed_as) if B else np.zeros(0),
-        np.concatenate(seed_ws) if B else np.zeros(0, np.float32),
-        ex_start,
-        np.concatenate(ex_rows) if B else np.zeros(0, np.int64),
-        flags,
-        fhas,
-        weights,
-    )
+    # every user's seeds and exclusions in one compiled call
+    if B == 1:
+        recent, recent_w, disliked = states[0].recent, states[0].recent_w, states[0].disliked
+    else:
+        recent = np.concatenate([st.recent for st in states]) if B else _NO_U64
+        recent_w = np.concatenate([st.recent_w for st in states]) if B else _NO_F32
+        disliked = np.concatenate([st.disliked for st in states]) if B else _NO_U64
+    seed_start, seed_row, seed_w, seed_a, ex_start, ex_row = kernels.users_rows(
+        recent.astype(np.uint64, copy=False), recent_w.astype(np.float32, copy=False), r_start,
+        disliked.astype(np.uint64, copy=False), d_start,
+        _decay(params.recency_decay, params.recent_window), *cat.index_arrays(),
+    )  # fmt: skip
+    return Users(interests, ihas, seed_start, seed_row, seed_a, seed_w, ex_start, ex_row, flags,
+                 fhas, weights)  # fmt: skip
 
 
 def user_weights(prior: np.ndarray, shared: np.ndarray | None, st: UserState) -> np.ndarray:

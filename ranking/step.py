@@ -305,9 +305,9 @@ class OnlineModel:
         if n <= 0 or len(cat) < 2:
             return np.zeros(0, np.int64)
         seed = (int(cat.hashes[taken]) ^ (int(st.n_events) * 0x9E3779B97F4A7C15)) % _MERSENNE
-        rows = np.asarray([(seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE % len(cat)
-                           for q in range(n)], np.int64)  # fmt: skip
-        return rows[cat.live[rows] & (rows != taken)]
+        size, live = len(cat), cat.live
+        drawn = ((seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE % size for q in range(n))
+        return np.asarray([r for r in drawn if r != taken and live[r]], np.int64)
 
     def _learn_pairs(
         self, before: Sequence[UserState], learners: Sequence[int], extra: Sequence[int | None]
@@ -317,23 +317,23 @@ class OnlineModel:
         shown above it in the user's last list, all of them when it was not listed)."""
         p = self.p
         negatives: list[np.ndarray] = []
-        us: list[np.ndarray] = []
-        rs: list[np.ndarray] = []
+        us: list[int] = []
+        rs: list[int] = []
         for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
-            above = np.zeros(0, np.int64)
+            neg = self._random_rows(taken, before[b])
             if p.learning_negatives > 0:
                 shown = self.cat.rows_of(before[b].shown)
                 pos = np.flatnonzero(shown == taken)
                 above = shown[: int(pos[0])] if len(pos) else shown
-                above = above[above >= 0][: p.learning_negatives]
-            negatives.append(np.concatenate([above, self._random_rows(taken, before[b])]))
-            us.append(np.full(len(negatives[j]) + 1, j, np.int64))
-            rs.append(np.concatenate([[taken], negatives[j]]).astype(np.int64))
-        if not learners:
-            return Pairs.build(0, np.zeros(0, np.int64), np.zeros(0, np.int64)), negatives
-        return Pairs.build(len(learners), np.concatenate(us), np.concatenate(rs)), negatives
+                neg = np.concatenate([above[above >= 0][: p.learning_negatives], neg])
+            negatives.append(neg)
+            us.extend([j] * (len(neg) + 1))
+            rs.append(taken)
+            rs.extend(neg.tolist())
+        u, r = np.asarray(us, np.int64), np.asarray(rs, np.int64)
+        return Pairs.build(len(learners), u, r), negatives
 
     def _learn(
         self,
@@ -369,8 +369,8 @@ class OnlineModel:
         neg = [negatives[j] for j in range(len(learners)) if ok[j]]
         taken = np.asarray([extra[b] for b in learners], np.int64)
         g = kernels.learner_gradients(
-            raw, pairs.starts.astype(np.int64), pairs.r, taken,
-            np.concatenate(neg).astype(np.int64), np.cumsum(lens), scales,
+            raw, pairs.starts.astype(np.int64, copy=False), pairs.r, taken,
+            np.concatenate(neg).astype(np.int64, copy=False), np.cumsum(lens), scales,
             users.weights[: len(learners)],
         )  # fmt: skip
         grads: dict[int, np.ndarray] = {}

@@ -217,27 +217,38 @@ def test_lookup_rows() -> None:
     assert kernels.lookup_rows(keys, rows, HASHES[:4]).tolist() == [0, 1, 2, 42]
 
 
-def test_user_rows() -> None:
-    """Seeds: the first len(decay) positive items newest first, those in the catalog kept and
-    weighted decay[d - 1] by their place among the kept; exclusions: the sorted catalog rows
-    of recent and disliked."""
+def test_users_rows() -> None:
+    """Per user of a batch: seeds, the first len(decay) positive items newest first, those in
+    the catalog kept and weighted decay[d - 1] by their place among the user's kept;
+    exclusions, the sorted catalog rows of the user's recent and disliked items."""
     rng = np.random.default_rng(9)
     index = kernels.table_build(HASHES[:180], 256)
     row = {int(h): i for i, h in enumerate(HASHES[:180])}
     decay = 0.8 ** np.arange(6, dtype=np.float64)
     for _ in range(20):
-        recent = rng.choice(HASHES, 12, replace=False)  # some beyond the catalog (rows 180+)
-        recent_w = rng.choice([-1.0, 0.0, 0.5, 1.0], 12).astype(np.float32)
-        disliked = rng.choice(HASHES, 3, replace=False)
-        excluded = np.concatenate([recent, disliked])
-        rows, ws, a, ex = kernels.user_rows(recent, recent_w, excluded, decay, *index)
-        positive = [i for i in range(11, -1, -1) if recent_w[i] > 0][: len(decay)]
-        kept = [i for i in positive if int(recent[i]) in row]
-        assert rows.tolist() == [row[int(recent[i])] for i in kept]
-        assert ws.tolist() == [float(recent_w[i]) for i in kept]
-        assert a.tolist() == decay[: len(kept)].tolist()
-        both = [*recent.tolist(), *disliked.tolist()]
-        assert ex.tolist() == sorted(row[int(h)] for h in both if int(h) in row)
+        users = []
+        for _ in range(int(rng.integers(0, 5))):
+            n = int(rng.integers(0, 13))  # some beyond the catalog (rows 180+), some users empty
+            users.append((rng.choice(HASHES, n, replace=False),
+                          rng.choice([-1.0, 0.0, 0.5, 1.0], n).astype(np.float32),
+                          rng.choice(HASHES, int(rng.integers(0, 4)), replace=False)))  # fmt: skip
+        starts = [np.cumsum([0] + [len(u[k]) for u in users]) for k in (0, 2)]
+        flat = [np.concatenate([u[k] for u in users] or [np.zeros(0, dt)])
+                for k, dt in ((0, np.uint64), (1, np.float32), (2, np.uint64))]  # fmt: skip
+        s_start, rows, ws, a, x_start, ex = kernels.users_rows(
+            flat[0], flat[1], starts[0], flat[2], starts[1], decay, *index
+        )
+        assert len(s_start) == len(x_start) == len(users) + 1
+        for b, (recent, recent_w, disliked) in enumerate(users):
+            got = slice(s_start[b], s_start[b + 1])
+            positive = [i for i in range(len(recent) - 1, -1, -1) if recent_w[i] > 0]
+            kept = [i for i in positive[: len(decay)] if int(recent[i]) in row]
+            assert rows[got].tolist() == [row[int(recent[i])] for i in kept]
+            assert ws[got].tolist() == [float(recent_w[i]) for i in kept]
+            assert a[got].tolist() == decay[: len(kept)].tolist()
+            both = [*recent.tolist(), *disliked.tolist()]
+            want = sorted(row[int(h)] for h in both if int(h) in row)
+            assert ex[x_start[b] : x_start[b + 1]].tolist() == want
 
 
 def test_bpr_gradient() -> None:
