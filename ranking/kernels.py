@@ -170,12 +170,15 @@ def score_pairs(
     pop_trend,
     pop_hot,  # float32[cap]: cached popularity and hot features of rows (pop_ok), at pop_key
     pop_ok,  # bool[cap]: which rows' are cached (the catalog clears a row's when it changes)
+    listing,  # bool[B]: users scored for a list, whose excluded pairs' content is not computed
 ):  # pragma: no cover
     """The features (raw and scaled), scores and divisors of ranking.scoring, over the pairs
     (see its module doc; tests/unit/test_kernels.py checks it against plain Python). Returns
     raw float32[P, F], scaled float32[P, F], scores float64[P] (excluded: -inf), the users'
     divisors float32[B, F] (F = N_FEATURES) and, per pair, the seed (index into seed_row)
-    contributing most to its cf (-1: none)."""
+    contributing most to its cf (-1: none). For a ``listing`` user the content and recent
+    features of excluded pairs (score -inf: never listed) are left 0, the rest as for any
+    user (the divisors take every pair, excluded or not)."""
     n_mod = len(codes)
     n_users = len(start) - 1
     n_pairs = len(r)
@@ -190,11 +193,23 @@ def score_pairs(
     if pop_key[0] != now or pop_key[1] != trend_k or pop_key[2] != hot_k:
         pop_ok[:] = False
         pop_key[0], pop_key[1], pop_key[2] = now, trend_k, hot_k
+    excluded = np.zeros(n_pairs, np.bool_)
     for b in range(n_users):
         lo, hi = start[b], start[b + 1]
         if hi == lo:
             continue
         s0, s1 = seed_start[b], seed_start[b + 1]
+        # the pairs never listed: in the user's seen filter or exact exclusions (pair_at: a
+        # row's pair index within the user's, set here for the cf below)
+        for p in range(lo, hi):
+            pair_at[r[p]] = p
+            if fhas[b] and _in_filter(flags, b, bloom_pos, r[p]):
+                excluded[p] = True
+        for x in range(ex_start[b], ex_start[b + 1]):
+            p = pair_at[ex_row[x]]
+            if p >= 0:
+                excluded[p] = True
+        skip = listing[b]
         # content and recent: cosines with the long- and short-term interests
         for m in range(n_mod):
             mat = codes[m]
@@ -225,6 +240,8 @@ def score_pairs(
                 continue
             iv = interests[m][b]
             for p in range(lo, hi):
+                if skip and excluded[p]:
+                    continue
                 vi = midx[m, r[p]]
                 if vi < 0:  # the item lacks the modality: no evidence of likeness (cosine 0)
                     if long_ok:
@@ -255,8 +272,6 @@ def score_pairs(
         # cf_mass: the co-occurrence weight behind all of it (recency-weighted, not normalised
         # by counts), its confidence (below)
         cf_mass = 0.0
-        for p in range(lo, hi):
-            pair_at[r[p]] = p
         for s in range(s0, s1):
             sr = seed_row[s]
             sl = slot[sr]
@@ -341,13 +356,8 @@ def score_pairs(
                 feats[p, j] = raw[p, j] / scales[b, j]
         weigh(feats, weights[b], lo, hi, scores)
         for p in range(lo, hi):
-            if fhas[b] and _in_filter(flags, b, bloom_pos, r[p]):
+            if excluded[p]:
                 scores[p] = -np.inf
-        for x in range(ex_start[b], ex_start[b + 1]):
-            p = pair_at[ex_row[x]]
-            if p >= 0:
-                scores[p] = -np.inf
-        for p in range(lo, hi):
             pair_at[r[p]] = -1
     return raw, feats, scores, scales, best_seed
 

@@ -209,8 +209,11 @@ def score(
     *,
     top_n: int,
     history_top_n: int,
+    listing: np.ndarray | None = None,
 ) -> Scored:
-    """Every pair's features and score (the compiled kernels.score_pairs)."""
+    """Every pair's features and score (the compiled kernels.score_pairs). ``listing``: bool per
+    user, scored for a list only (its excluded pairs' content and recent features are not
+    computed: they are never listed); None: no one."""
     dense = cat.dense_hist
     inv_seed, inv_cf, inv_hist, inv_alpha = cat.count_powers(
         params.cf_alpha, params.cf_beta, params.history_beta, cat.cooc.history_alpha
@@ -247,6 +250,7 @@ def score(
         int(top_n), int(history_top_n),
         cat.pair_at,
         cat.pop_key, cat.pop_trend, cat.pop_hot, cat.pop_ok,
+        np.zeros(len(users), np.bool_) if listing is None else listing,
     )  # fmt: skip
     return Scored(raw, feats, s, scales, best)
 

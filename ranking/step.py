@@ -171,10 +171,12 @@ class OnlineModel:
         )  # fmt: skip
 
     # -- scoring ------------------------------------------------------------------------------
-    def _score(self, users: Users, pairs: Pairs, now_ms: int) -> scoring.Scored:
+    def _score(self, users: Users, pairs: Pairs, now_ms: int, learners: int = 0) -> scoring.Scored:
+        """The pairs scored; the users from ``learners`` on are scored for their lists only."""
+        listing = np.arange(len(users)) >= learners
         return scoring.score(
             self.cat, users, pairs, now_ms, self.p.score,
-            top_n=self.p.cooc.top_n, history_top_n=self.p.cooc.history_top_n,
+            top_n=self.p.cooc.top_n, history_top_n=self.p.cooc.history_top_n, listing=listing,
         )  # fmt: skip
 
     def _lists(
@@ -274,7 +276,7 @@ class OnlineModel:
         learn_pairs, negatives = self._learn_pairs(before, learners, extra)
         both = Pairs.stack(learn_pairs, pairs_after)
         prior = np.asarray(p.score.prior, np.float32)
-        scored = self._score(users, both, now_ms)
+        scored = self._score(users, both, now_ms, L)
         grads: dict[int, np.ndarray] = {}
         for b, g in self._learn(before, after, learners, extra, negatives, users, learn_pairs,
                                 scored.raw).items():  # fmt: skip

@@ -524,6 +524,19 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
             assert terms[p][int(sc.best_seed[p])] == pytest.approx(max(terms[p].values()))
         else:
             assert sc.best_seed[p] == -1
+    # users scored for a list: their excluded pairs' content and recent features are left 0,
+    # everything else (scores, divisors, the other features) as before
+    listing = np.arange(len(states)) % 2 == 1
+    ls = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n,
+               listing=listing)  # fmt: skip
+    skipped = out & listing[pairs.u]
+    assert skipped.any() and (sc.raw[skipped, :2] != 0).any()
+    np.testing.assert_array_equal(ls.raw[skipped, :2], 0.0)
+    np.testing.assert_array_equal(ls.raw[~skipped], sc.raw[~skipped])
+    np.testing.assert_array_equal(ls.raw[skipped, 2:], sc.raw[skipped, 2:])
+    np.testing.assert_array_equal(ls.scores, sc.scores)
+    np.testing.assert_array_equal(ls.scales, sc.scales)
+    np.testing.assert_array_equal(ls.best_seed, sc.best_seed)
 
 
 def test_the_cached_popularity_follows_the_rows_trends_and_the_time() -> None:
