@@ -644,22 +644,14 @@ def quantize(v):  # pragma: no cover
 
 
 @njit(cache=True)
-def fold_interest(old, decay, w, vec, has_vec, has_old):  # pragma: no cover
-    """A user's interest after an event, float32[d]: ``old * decay`` (if ``has_old``) plus
-    ``w * vec`` (if ``has_vec``), as ``quantize`` codes times their scale (what the state
-    stores). All float32 and in numpy's order of operations, so it equals
-    ``dequantize(quantize(old * decay + w * vec))``."""
-    n = len(vec) if has_vec else len(old)
-    v = np.zeros(n, np.float32)
+def fold_interest(old, decay, w, vec):  # pragma: no cover
+    """A user's interest after an event, float32[d]: ``old * decay + w * vec`` as ``quantize``
+    codes times their scale (what the state stores). All float32 and in numpy's order of
+    operations, so it equals ``dequantize(quantize(old * decay + w * vec))``."""
+    n = len(old)
+    v = np.empty(n, np.float32)
     for i in range(n):
-        x = np.float32(0.0)
-        if has_old:
-            x = old[i] * decay
-            if has_vec:
-                x = x + w * vec[i]
-        else:
-            x = w * vec[i]
-        v[i] = x
+        v[i] = old[i] * decay + w * vec[i]
     q, scale = quantize(v)
     out = np.empty(n, np.float32)
     for i in range(n):

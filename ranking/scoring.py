@@ -65,10 +65,6 @@ class ScoreParams:
     diversity_pool: int = 3
 
 
-_NO_U64 = np.zeros(0, np.uint64)
-_NO_F32 = np.zeros(0, np.float32)
-
-
 @dataclass
 class Users:
     """What scoring reads of a batch of users, resolved against the catalog once, as the flat
@@ -144,19 +140,20 @@ def resolve_users(
             fhas[b] = True
         weights[b] = user_weights(prior, None if shared is None else shared[b], st)
     # every user's seeds and exclusions in one compiled call
-    if B == 1:
-        recent, recent_w, disliked = states[0].recent, states[0].recent_w, states[0].disliked
-    else:
-        recent = np.concatenate([st.recent for st in states]) if B else _NO_U64
-        recent_w = np.concatenate([st.recent_w for st in states]) if B else _NO_F32
-        disliked = np.concatenate([st.disliked for st in states]) if B else _NO_U64
     seed_start, seed_row, seed_w, seed_a, ex_start, ex_row = kernels.users_rows(
-        recent.astype(np.uint64, copy=False), recent_w.astype(np.float32, copy=False), r_start,
-        disliked.astype(np.uint64, copy=False), d_start,
+        _joined([st.recent for st in states], np.uint64),
+        _joined([st.recent_w for st in states], np.float32), r_start,
+        _joined([st.disliked for st in states], np.uint64), d_start,
         _decay(params.recency_decay, params.recent_window), *cat.index_arrays(),
     )  # fmt: skip
     return Users(interests, ihas, seed_start, seed_row, seed_a, seed_w, ex_start, ex_row, flags,
                  fhas, weights)  # fmt: skip
+
+
+def _joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    """The users' arrays end to end, as ``dtype`` (one user's as it is: no copy)."""
+    out = arrays[0] if len(arrays) == 1 else np.concatenate(arrays or [np.zeros(0, dtype)])
+    return out.astype(dtype, copy=False)
 
 
 def user_weights(prior: np.ndarray, shared: np.ndarray | None, st: UserState) -> np.ndarray:

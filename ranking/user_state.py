@@ -49,7 +49,6 @@ _U64 = np.dtype("<u8")
 _F32 = np.dtype("<f4")
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 _EMPTY_F32 = np.zeros(0, dtype=np.float32)
-_NO_VEC = np.zeros(1, dtype=np.float32)  # kernels.fold_interest's placeholder for "none"
 
 
 def item_digest(item_id: str) -> bytes:
@@ -308,23 +307,18 @@ def apply_event(
     dt = max(0, ts - state.last_ts) if state.n_events else 0
     decay = np.float32(0.5 ** (dt / params.half_life_ms) if dt else 1.0)
 
-    # per modality: decayed, plus the item's vector times w, rounded to int8 codes and back
+    # per modality: decayed, plus the item's vector times w, rounded to int8 codes and back (a
+    # part the user or the item lacks is zeros: adding or scaling zeros changes no code)
     interest = {}
     w32 = np.float32(w)
-    for m, v in state.interest.items():
-        vec = item_vectors.get(m)
-        v = np.asarray(v, np.float32)
-        if vec is None:
-            vec, has = _NO_VEC, False
-        else:
-            vec, has = np.asarray(vec, np.float32), True
-            if len(vec) != len(v):
-                raise ValueError(f"{m} vector of {len(vec)} dims, the state's has {len(v)}")
-        interest[m] = kernels.fold_interest(v, decay, w32, vec, has, True)
-    for m, vec in item_vectors.items():
-        if m not in interest:
-            vec = np.asarray(vec, np.float32)
-            interest[m] = kernels.fold_interest(vec, decay, w32, vec, True, False)
+    for m in [*state.interest, *(m for m in item_vectors if m not in state.interest)]:
+        v = np.asarray(state.interest.get(m, _EMPTY_F32), np.float32)
+        vec = np.asarray(item_vectors.get(m, _EMPTY_F32), np.float32)
+        v = v if m in state.interest else np.zeros(len(vec), np.float32)
+        vec = vec if m in item_vectors else np.zeros(len(v), np.float32)
+        if len(vec) != len(v):
+            raise ValueError(f"{m} vector of {len(vec)} dims, the state's has {len(v)}")
+        interest[m] = kernels.fold_interest(v, decay, w32, vec)
 
     h = np.uint64(item)
     keep = state.recent != h

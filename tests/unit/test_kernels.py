@@ -140,7 +140,9 @@ def test_fold_interest_is_the_decayed_sum_quantized_and_back() -> None:
             want = w * vec
         q, scale = kernels.quantize(want.astype(np.float32))
         want = q.astype(np.float32) * np.float32(scale)
-        got = kernels.fold_interest(old, decay, w, vec, has_vec, has_old)
+        # an absent part is passed as zeros (ranking.user_state.apply_event)
+        zeros = np.zeros(48, np.float32)
+        got = kernels.fold_interest(old if has_old else zeros, decay, w, vec if has_vec else zeros)
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
 
