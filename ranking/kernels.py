@@ -316,6 +316,7 @@ def score_pairs(
         mx2 = 0.0
         mx3 = 0.0
         mx5 = 0.0
+        hist_mass = 0.0
         mx6 = 0.0
         mx7 = 0.0
         for p in range(lo, hi):
@@ -330,6 +331,7 @@ def score_pairs(
             if not np.isnan(pub[row]):
                 age = now - pub[row]
                 raw[p, 4] = np.exp(-(age if age > 0.0 else 0.0) * fresh_k)
+            hist_mass += raw[p, 5]
             raw[p, 5] = raw[p, 5] * inv_hist[row]
             raw[p, 6] = log_count[row]
             mx2 = max(mx2, raw[p, 2])
@@ -347,7 +349,9 @@ def score_pairs(
         # a later burst to thousands: the same divisors scale the next event's features)
         scales[b, 3] = max(mx3, LOG2)
         if mx5 > 0:
-            scales[b, 5] = mx5
+            # as cf's: m all the history behind the user's pairs (each co-occurrence with a
+            # seen item weighed as history weighs it, before the candidate's own count)
+            scales[b, 5] = mx5 * (hist_mass + 1.0) / hist_mass
         if mx6 > 0:
             scales[b, 6] = mx6
         scales[b, 7] = max(mx7, LOG2)

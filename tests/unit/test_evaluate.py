@@ -322,7 +322,8 @@ def test_harness_item_side_follows_the_pair_rule_and_publishes_the_strongest() -
 def test_harness_history_reads_only_the_published_entries() -> None:
     """The "history" feature sums only the cooc_history_top_n strongest entries of each
     candidate's row (what the item side publishes) over the items in the user's filter,
-    / count ** history_beta, scaled by the user's maximum (history_alpha 0: raw weights)."""
+    / count ** history_beta, scaled by the user's maximum, which counts for m / (m + 1) of
+    itself, m all those entries' weight (history_alpha 0: raw weights)."""
     data, model = _replayed(["cooc_history_top_n=3", "history_alpha=0"])
     cat, p = model.cat, model.params
     assert any(len(row.nb) > 3 for row in model.side.rows.values())
@@ -339,10 +340,11 @@ def test_harness_history_reads_only_the_published_entries() -> None:
         for e in np.lexsort((row.nb, -row.w))[:3]:
             if seen.contains(st.seen_filter, cat.ids[cat.row_of[int(row.nb[e])]]):
                 h[r] += float(row.w[e])
+    mass = h.sum()  # all the history behind the user's pairs: its confidence, m / (m + 1)
     h /= np.maximum(np.bincount(data.item, minlength=data.n_items), 1.0) ** p.score.history_beta
-    assert h.max() > 0
+    assert h.max() > 0 and mass < 1000  # a user whose confidence shows
     got = sc.features[:, FEATURES.index("history")]
-    np.testing.assert_allclose(got, h / h.max(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, h / h.max() * mass / (mass + 1), rtol=1e-4, atol=1e-6)
 
 
 def test_list_ranks_count_only_what_the_list_shows() -> None:

@@ -436,7 +436,7 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
     raw, feats = np.zeros((len(pairs), nf)), np.zeros((len(pairs), nf))
     scores = np.zeros(len(pairs))
     terms: list[dict[int, float]] = [{} for _ in range(len(pairs))]
-    mass = np.zeros(len(states))
+    mass = np.zeros((len(states), nf))  # per feature (cf, history): the weight behind it
     base = 0  # the user's first seed among all seeds
     for b, st in enumerate(states):
         lo, hi = int(pairs.starts[b]), int(pairs.starts[b + 1])
@@ -463,13 +463,14 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
                 for j, w, _ in published[s][: COOC.top_n]:
                     if j == r:
                         terms[p][base + d] = a[d] * w / count[s] ** SP.cf_alpha
-                        mass[b] += a[d] * w  # the co-occurrence weight behind the user's cf
+                        mass[b, 2] += a[d] * w  # the co-occurrence weight behind the user's cf
             raw[p, 2] = sum(terms[p].values()) / count[r] ** SP.cf_beta
             raw[p, 3] = np.logaddexp(0.0, it.side.trend - NOW * k_tr)  # softplus
             if it.pub is not None:
                 raw[p, 4] = 0.5 ** (max(NOW - it.pub, 0) / SP.freshness_half_life_ms)
             hist = [hw for j, _, hw in published[r][: COOC.history_top_n] if taken[j]]
             raw[p, 5] = sum(hist) / count[r] ** SP.history_beta
+            mass[b, 5] += sum(hist)  # and behind the user's history
             raw[p, 6] = math.log1p(it.side.count)  # popular: all-time interactions
             raw[p, 7] = np.logaddexp(0.0, it.side.hot - NOW * k_hot)  # hot: softplus
         base += len(seeds)
@@ -478,8 +479,8 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             top = raw[lo:hi, f].max(initial=0.0)
             if f in (3, 7):  # popularity: never by less than one interaction's worth
                 top = max(top, math.log(2))
-            if f == 2 and top > 0:  # cf: the best counts m / (m + 1) of itself
-                top *= (mass[b] + 1) / mass[b]
+            if f in (2, 5) and top > 0:  # cf, history: the best counts m / (m + 1) of itself
+                top *= (mass[b, f] + 1) / mass[b, f]
             feats[lo:hi, f] /= top if top > 0 else 1.0
         w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w
@@ -518,8 +519,8 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
         lo, hi = pairs.starts[b], pairs.starts[b + 1]
         for f in (2, 3, 5):
             top = raw[lo:hi, f].max(initial=0.0)
-            if f == 2 and top > 0:
-                top *= (mass[b] + 1) / mass[b]
+            if f in (2, 5) and top > 0:
+                top *= (mass[b, f] + 1) / mass[b, f]
             assert sc.scales[b, f] == pytest.approx(top if top > 0 else 1.0, rel=1e-5)
     for p in range(len(pairs)):  # the seed with the largest cf term
         if terms[p]:
@@ -704,3 +705,33 @@ def test_cf_counts_the_co_occurrence_behind_it(weight: float) -> None:
     sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
     linked = int(np.flatnonzero(pairs.r == cat.row_of[h["linked"]])[0])
     assert sc.features[linked, FEATURES.index("cf")] == pytest.approx(weight / (weight + 1))
+
+
+@pytest.mark.parametrize("weight", [1.0, 50.0])
+def test_history_counts_the_co_occurrence_behind_it(weight: float) -> None:
+    """As cf: an item whose row links it once to the one item the user has seen gets history
+    at a half of the user's scale, not the full 1 of the user's best alone; fifty
+    co-occurrences count for nearly all of it."""
+    cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS))
+    ids = ["seed", "linked", "other"]
+    rng = np.random.default_rng(6)
+    for i in ids:
+        cat.upsert(i, {"text": rng.normal(size=8).astype(np.float32)}, published_at=None)
+    h = {i: item_hash(i) for i in ids}
+    cat.set_side(h["linked"], ItemRow(NO_TREND, 1.0, np.asarray([h["seed"]], np.uint64),
+                                      np.asarray([weight], np.float32)))  # fmt: skip
+    for i in ("seed", "other"):
+        cat.set_side(h[i], ItemRow(NO_TREND, 1.0))
+    p = StateParams(event_weights=WEIGHTS, half_life_ms=48 * HOUR, seen_filter_bits=BITS)
+    st = apply_event(
+        UserState(), item=h["seed"], item_digest16=item_digest("seed"),
+        item_vectors={"text": cat.vectors(cat.row_of[h["seed"]])["text"]}, event_type="like",
+        ts=NOW, value=None, params=p,
+    )  # fmt: skip
+    users = resolve_users(cat, [st], SP)
+    pairs = Pairs.whole(1, cat.live_rows())
+    sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
+    at = {i: int(np.flatnonzero(pairs.r == cat.row_of[h[i]])[0]) for i in ("linked", "other")}
+    hist = FEATURES.index("history")
+    assert sc.features[at["linked"], hist] == pytest.approx(weight / (weight + 1))
+    assert sc.features[at["other"], hist] == 0.0

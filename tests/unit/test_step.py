@@ -244,7 +244,9 @@ def test_history_counts_the_candidates_row_over_everything_the_user_took(dense: 
     w.side_row("both", nb=[(h, 3.0) for h in old[:20]], count=20.0)
     w.side_row("other", nb=[("filler", 9.0)], count=20.0)
     got = w.rank("u", now=NOW + 30).items(w.cat)
-    assert got[0] == ("both", pytest.approx(1.0), "popular with people who watch what you watch")
+    # history alone: "both" is the user's best, counting m / (m + 1), m = 20 x 3 behind it
+    reason = "popular with people who watch what you watch"
+    assert got[0] == ("both", pytest.approx(60 / 61), reason)
     rest = sorted(["other", "filler"], key=item_hash)  # tied at 0: by hash
     assert [(i, s) for i, s, _ in got[1:]] == [(i, 0.0) for i in rest]
 
