@@ -118,9 +118,13 @@ class RankingSettings(BaseSettings):
     learning_negatives: int = Field(default=0, ge=0)
     learning_random_negatives: int = Field(default=5, ge=0)
     # Online learning of the shared weights from every user's events: a step per event along
-    # its gradient (as the user's deltas take), and a weak pull toward zero (a tenth of the
-    # users'), so a feature that does not help fades and the weights stay bounded.
-    shared_learning_rate: float = Field(default=0.01, ge=0)
+    # its gradient, and a weak pull toward zero (a tenth of the users'), so a feature that
+    # does not help fades and the weights stay bounded. The features are scaled to [0, 1] and
+    # a BPR gradient is a mean of sigmoid-weighted differences of them, so one event moves a
+    # weight by at most the rate: 0.1 is a tenth of where the personal signals start (one
+    # event cannot reverse a signal, a few dozen that agree can). Ten times slower, the
+    # weights lagged the stream on every dataset measured (docs/evaluation.md, 2026-12-07).
+    shared_learning_rate: float = Field(default=0.1, ge=0)
     shared_l2: float = Field(default=0.001, ge=0)
     # Reasons: a recent item counts as "liked" ("because you liked <title>") when taken with
     # at least this event weight (like, share, complete, click, a view watched >= 90%).

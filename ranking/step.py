@@ -53,7 +53,7 @@ class ModelParams:
     learning_l2: float = 0.01
     learning_negatives: int = 0  # items shown above the taken one, at most
     learning_random_negatives: int = 5  # and catalog items drawn uniformly
-    shared_learning_rate: float = 0.01  # the shared weights (ranking/learner.py)
+    shared_learning_rate: float = 0.1  # the shared weights (ranking/learner.py)
     shared_l2: float = 0.001
 
 
