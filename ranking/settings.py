@@ -122,7 +122,7 @@ class RankingSettings(BaseSettings):
     # does not help fades and the weights stay bounded. The features are scaled to [0, 1] and
     # a BPR gradient is a mean of sigmoid-weighted differences of them, so one event moves a
     # weight by at most the rate: 0.1 is a tenth of where the personal signals start (one
-    # event cannot reverse a signal, a few dozen that agree can). Ten times slower, the
+    # event cannot reverse a signal, ten that agree fully can). Ten times slower, the
     # weights lagged the stream on every dataset measured (docs/evaluation.md, 2026-12-07).
     shared_learning_rate: float = Field(default=0.1, ge=0)
     shared_l2: float = Field(default=0.001, ge=0)
