@@ -679,21 +679,19 @@ def test_reason_terms_tries_terms_by_contribution_as_a_stable_argsort() -> None:
     assert {2, 0, 1} & set(got) and -1 in got
 
 
-@pytest.mark.parametrize("weight", [1.0, 50.0])
-def test_cf_counts_the_co_occurrence_behind_it(weight: float) -> None:
-    """A user whose one seed co-occurred with one item once gets that item's cf at a half of
-    the user's scale (one co-occurrence: as likely chance as association), not the full 1 that
-    dividing by the user's best alone gives; fifty co-occurrences count for nearly all of it."""
+def one_link(owner: str, to: str, weight: float) -> dict[str, np.ndarray]:
+    """Items "seed", "linked" and "other"; ``owner``'s published row holds ``to`` at
+    ``weight`` (every count 1), a user liked "seed" and nothing else: per item, the features
+    of its pair."""
     cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS))
     ids = ["seed", "linked", "other"]
     rng = np.random.default_rng(5)
     for i in ids:
         cat.upsert(i, {"text": rng.normal(size=8).astype(np.float32)}, published_at=None)
     h = {i: item_hash(i) for i in ids}
-    cat.set_side(h["seed"], ItemRow(NO_TREND, 1.0, np.asarray([h["linked"]], np.uint64),
-                                    np.asarray([weight], np.float32)))  # fmt: skip
-    for i in ("linked", "other"):
-        cat.set_side(h[i], ItemRow(NO_TREND, 1.0))
+    for i in ids:
+        link = (np.asarray([h[to]], np.uint64), np.asarray([weight], np.float32))
+        cat.set_side(h[i], ItemRow(NO_TREND, 1.0, *link) if i == owner else ItemRow(NO_TREND, 1.0))
     p = StateParams(event_weights=WEIGHTS, half_life_ms=48 * HOUR, seen_filter_bits=BITS)
     st = apply_event(
         UserState(), item=h["seed"], item_digest16=item_digest("seed"),
@@ -703,8 +701,18 @@ def test_cf_counts_the_co_occurrence_behind_it(weight: float) -> None:
     users = resolve_users(cat, [st], SP)
     pairs = Pairs.whole(1, cat.live_rows())
     sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
-    linked = int(np.flatnonzero(pairs.r == cat.row_of[h["linked"]])[0])
-    assert sc.features[linked, FEATURES.index("cf")] == pytest.approx(weight / (weight + 1))
+    return {i: sc.features[int(np.flatnonzero(pairs.r == cat.row_of[h[i]])[0])] for i in ids}
+
+
+@pytest.mark.parametrize("weight", [1.0, 50.0])
+def test_cf_counts_the_co_occurrence_behind_it(weight: float) -> None:
+    """A user whose one seed co-occurred with one item once gets that item's cf at a half of
+    the user's scale (one co-occurrence: as likely chance as association), not the full 1 that
+    dividing by the user's best alone gives; fifty co-occurrences count for nearly all of it."""
+    got = one_link("seed", "linked", weight)
+    cf = FEATURES.index("cf")
+    assert got["linked"][cf] == pytest.approx(weight / (weight + 1))
+    assert got["other"][cf] == 0.0
 
 
 @pytest.mark.parametrize("weight", [1.0, 50.0])
@@ -712,26 +720,7 @@ def test_history_counts_the_co_occurrence_behind_it(weight: float) -> None:
     """As cf: an item whose row links it once to the one item the user has seen gets history
     at a half of the user's scale, not the full 1 of the user's best alone; fifty
     co-occurrences count for nearly all of it."""
-    cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS))
-    ids = ["seed", "linked", "other"]
-    rng = np.random.default_rng(6)
-    for i in ids:
-        cat.upsert(i, {"text": rng.normal(size=8).astype(np.float32)}, published_at=None)
-    h = {i: item_hash(i) for i in ids}
-    cat.set_side(h["linked"], ItemRow(NO_TREND, 1.0, np.asarray([h["seed"]], np.uint64),
-                                      np.asarray([weight], np.float32)))  # fmt: skip
-    for i in ("seed", "other"):
-        cat.set_side(h[i], ItemRow(NO_TREND, 1.0))
-    p = StateParams(event_weights=WEIGHTS, half_life_ms=48 * HOUR, seen_filter_bits=BITS)
-    st = apply_event(
-        UserState(), item=h["seed"], item_digest16=item_digest("seed"),
-        item_vectors={"text": cat.vectors(cat.row_of[h["seed"]])["text"]}, event_type="like",
-        ts=NOW, value=None, params=p,
-    )  # fmt: skip
-    users = resolve_users(cat, [st], SP)
-    pairs = Pairs.whole(1, cat.live_rows())
-    sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
-    at = {i: int(np.flatnonzero(pairs.r == cat.row_of[h[i]])[0]) for i in ("linked", "other")}
+    got = one_link("linked", "seed", weight)
     hist = FEATURES.index("history")
-    assert sc.features[at["linked"], hist] == pytest.approx(weight / (weight + 1))
-    assert sc.features[at["other"], hist] == 0.0
+    assert got["linked"][hist] == pytest.approx(weight / (weight + 1))
+    assert got["other"][hist] == 0.0
