@@ -113,7 +113,7 @@ class UserState:
         )
 
     # -- wire form ----------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, version: int = STATE_VERSION) -> bytes:
         """Version 3: ``<B version> <q last_ts> <I n_events>``, then the modalities (``<B
         count>``, each ``<B name length> name <H dim> <f scale> int8[dim]``), then seven arrays
         each as ``<B length>`` + elements (recent: u64, recent_w: f32, disliked, liked,
@@ -124,8 +124,12 @@ class UserState:
         kernels.filter_gaps, where that is shorter than the filter).
 
         Version 4 is version 3 with mode 2: a sparse filter is as short as zlib made it, at a
-        tenth of the time (zlib was ~15 us of each write). Version 3 states load."""
-        out = [struct.pack("<BqIB", STATE_VERSION, self.last_ts, self.n_events, len(self.interest))]
+        tenth of the time (zlib was ~15 us of each write). Version 3 states load, and
+        ``version=3`` writes them (for a rolling upgrade from a release that reads only 3:
+        ``RECSTREAM_USER_STATE_VERSION``, streams/settings.py)."""
+        if version not in (3, STATE_VERSION):
+            raise ValueError(f"cannot write user state version {version!r}: 3 or {STATE_VERSION}")
+        out = [struct.pack("<BqIB", version, self.last_ts, self.n_events, len(self.interest))]
         for m, vec in sorted(self.interest.items()):
             q, s = quantize(vec)
             name = m.encode()
@@ -146,6 +150,11 @@ class UserState:
         out.append(struct.pack("<B", len(self.weights)))
         out.append(np.asarray(self.weights, dtype=_F32).tobytes())
         bits = self.seen_filter
+        if version == 3:
+            packed = zlib.compress(bits, 1) if bits else b""
+            mode, body = (1, packed) if len(packed) < len(bits) else (0, bits)
+            out.append(struct.pack("<BH", mode, len(body)) + body)
+            return b"".join(out)
         gaps = kernels.filter_gaps(np.frombuffer(bits, np.uint8)).tobytes() if bits else b""
         if bits and len(gaps) + 2 < len(bits):
             out.append(struct.pack("<BHH", 2, len(gaps) + 2, len(bits)) + gaps)

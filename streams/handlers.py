@@ -286,7 +286,7 @@ class Handlers:
                 self.weights[str(part)] = sw.to_bytes()
         for user_id, (state, last) in out.states.items():
             self.table_scope(last)
-            self.users[user_id] = state.to_bytes()
+            self.users[user_id] = state.to_bytes(self.settings.user_state_version)
         for event, ranked in out.answers:
             await self._send_recommendation(
                 event.user_id, ranked, trigger=event.event_id, source_ts=event.ts

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Values larger than this (bytes) go to the dead-letter topic unparsed.
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    # The version of the user states this worker writes (it reads every version). A rolling
+    # upgrade from a release that reads only version 3 (before 2026-12-07) runs in two
+    # bounces, as Kafka Streams' upgrade.from: first every worker on this release with 3 (the
+    # old workers still running can read what the new ones write), then again with 4.
+    user_state_version: Literal[3, 4] = 4
     model_version: str = "recstream-0.1"
     # A user event whose ts is more than this many ms ahead of the worker's clock goes to
     # dead-letters: applied, it would become the user's last_ts and freeze their interest's

@@ -131,8 +131,8 @@ class World:
         return out
 
 
-def make_world(ranking: RankingSettings | None = None) -> World:
-    settings = Settings(ranking=ranking or RankingSettings())
+def make_world(ranking: RankingSettings | None = None, **settings_kw: Any) -> World:
+    settings = Settings(ranking=ranking or RankingSettings(), **settings_kw)
     params = model_params(settings.ranking)
     cat = Catalog({"text": 4}, params.cooc)
     rng = np.random.default_rng(3)
@@ -248,6 +248,18 @@ def test_a_batch_is_the_same_as_its_events_one_at_a_time() -> None:
     # only the positive events of applied, distinct events are counted by the items
     counted = sorted(i for i, ups in batch["updates"].items() for x in ups if x[0] > 0)
     assert counted == sorted(h(i) for i in ("a0", "a1", "b1", "b0", "b1", "a2"))
+
+
+def test_user_states_are_written_in_the_version_set_for_a_rolling_upgrade() -> None:
+    """RECSTREAM_USER_STATE_VERSION=3: the states written are version 3 (what a release that
+    reads only version 3 reads), and decode to the states version 4 gives."""
+    new, old = make_world(), make_world(user_state_version=3)
+    for w in (new, old):
+        handle(w, _batch(w), batched=True)
+    assert new.users.keys() == old.users.keys() and len(new.users) == 3
+    for u, raw in old.users.items():
+        assert raw[0] == 3 and new.users[u][0] == 4
+        assert UserState.from_bytes(raw).to_bytes() == new.users[u]
 
 
 def test_the_shared_weights_learn_from_each_event_once_per_partition() -> None:

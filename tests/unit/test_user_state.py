@@ -381,6 +381,27 @@ def test_a_version_2_state_loads(weights: dict[str, float]) -> None:
     assert nxt.recent.tolist() == hashes("a", "b", "c", "d") and nxt.n_events == 18
 
 
+def test_version_3_is_written_as_the_release_before_version_4_wrote_it() -> None:
+    """``to_bytes(3)``: version 4's layout with version byte 3 and the Bloom filter
+    zlib-compressed (mode 1) where that is shorter, else raw (mode 0): what version 3's writer
+    gave; it loads back to the same state. Other versions are refused."""
+    bits = bytes(6144 // 8)
+    for n in range(40):
+        bits = seen.add(bits, f"i{n}")
+    sparse = UserState(seen_filter=bits)
+    dense = UserState(seen_filter=np.random.default_rng(0).bytes(768))  # incompressible
+    for st, mode in ((sparse, 1), (dense, 0)):
+        v3, v4 = st.to_bytes(3), st.to_bytes()
+        bits = st.seen_filter
+        body = zlib.compress(bits, 1) if mode == 1 else bits
+        tail = struct.pack("<BH", mode, len(body)) + body
+        head = len(v3) - len(tail)
+        assert v3[0] == 3 and v4[0] == 4 and v3[1:head] == v4[1:head] and v3[head:] == tail
+        assert fields(UserState.from_bytes(v3)) == fields(st)
+    with pytest.raises(ValueError, match="cannot write user state version 5"):
+        sparse.to_bytes(5)
+
+
 def test_unknown_state_version_is_refused() -> None:
     raw = bytes([99]) + UserState().to_bytes()[1:]
     with pytest.raises(ValueError, match="unsupported user state version 99"):
