@@ -114,7 +114,7 @@ class UserState:
 
     # -- wire form ----------------------------------------------------------------------------
     def to_bytes(self, version: int = STATE_VERSION) -> bytes:
-        """Version 3: ``<B version> <q last_ts> <I n_events>``, then the modalities (``<B
+        """Versions 3 and 4: ``<B version> <q last_ts> <I n_events>``, then the modalities (``<B
         count>``, each ``<B name length> name <H dim> <f scale> int8[dim]``), then seven arrays
         each as ``<B length>`` + elements (recent: u64, recent_w: f32, disliked, liked,
         event_ids, shown: u64, scales: f32), the offsets (``<B count>`` + ``<H partition> <q
