@@ -155,6 +155,7 @@ def score_pairs(
     ex_start,
     ex_row,  # the users' exact exclusions, by user
     weights,  # float32[B, F]
+    session,  # float32[B]: what the short-term features (recent, cf) count for
     u,
     r,
     start,  # the pairs: user, row (sorted within a user), int64[B + 1]
@@ -355,6 +356,13 @@ def score_pairs(
         if mx6 > 0:
             scales[b, 6] = mx6
         scales[b, 7] = max(mx7, LOG2)
+        # the short-term features fade while the user is away (after the divisors: a faded
+        # feature is a weaker one, not one scaled back up to the user's maximum)
+        f = session[b]
+        if f != 1.0:
+            for p in range(lo, hi):
+                raw[p, 1] *= f
+                raw[p, 2] *= f
         for p in range(lo, hi):
             for j in range(N_FEATURES):
                 feats[p, j] = raw[p, j] / scales[b, j]

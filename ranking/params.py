@@ -20,6 +20,7 @@ def model_params(s: RankingSettings) -> ModelParams:
             trending_half_life_ms=s.trending_half_life_hours * HOUR_MS,
             freshness_half_life_ms=s.freshness_half_life_hours * HOUR_MS,
             hot_half_life_ms=s.hot_half_life_minutes * 60_000,
+            session_half_life_ms=s.session_half_life_minutes * 60_000,
             cf_alpha=s.cf_alpha,
             cf_beta=s.cf_beta,
             recency_decay=s.recency_decay,

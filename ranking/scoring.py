@@ -25,6 +25,10 @@ about [0, 1] within a user's candidates so fixed weights mean the same for every
               the catalog's own popularity, whether its events are seconds or days apart,
               without a half-life chosen for one dataset
 
+The short-term features (recent, cf) are multiplied by the user's session factor, 0.5 ** (time
+since their last event / session_half_life_ms), after the scaling: within a session they count
+in full; a user back after days is ranked by their whole history and long-term interest.
+
 score = features . (the shared weights + the user's learned deltas, ranking.learner).
 """
 
@@ -53,6 +57,7 @@ class ScoreParams:
     trending_half_life_ms: float
     freshness_half_life_ms: float
     hot_half_life_ms: float = 600_000.0  # the "hot" popularity's (RankingSettings)
+    session_half_life_ms: float = 1_800_000.0  # recent and cf fade while the user is away
     cf_alpha: float = 0.5  # co-occurrence / count(seed) ** alpha
     cf_beta: float = 0.5  # ... / count(candidate) ** beta
     recency_decay: float = 0.8  # weight of the d-th latest positive item: decay ** (d - 1)
@@ -81,6 +86,9 @@ class Users:
     flags: np.ndarray  # uint8[B, bits / 8]: seen filters (their bytes)
     fhas: np.ndarray  # bool[B]: whether a user has one
     weights: np.ndarray  # float32[B, N_FEATURES]: the shared weights + the user's deltas
+    # float32[B]: what the short-term features (recent, cf) count for, 0.5 ** (time since the
+    # user's last event / session_half_life_ms): 1 in a session, towards 0 for one returning
+    session: np.ndarray
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -100,7 +108,7 @@ class Users:
             tuple(v[n:] for v in self.interests), self.ihas[:, n:],
             self.seed_start[n:] - s, self.seed_row[s:], self.seed_a[s:], self.seed_w[s:],
             self.ex_start[n:] - x, self.ex_row[x:], self.flags[n:], self.fhas[n:],
-            self.weights[n:],
+            self.weights[n:], self.session[n:],
         )  # fmt: skip
 
 
@@ -109,12 +117,15 @@ def resolve_users(
     states: Sequence[UserState],
     params: ScoreParams,
     shared: Sequence[np.ndarray | None] | None = None,
+    *,
+    now_ms: int,
 ) -> Users:
     """Seeds (each user's latest positive items in the catalog, newest first, weight decay **
-    (d - 1)), exact exclusions, seen filters, interests and weights of a batch of users.
-    ``shared``: per user, the shared weights in effect (None: their start, ``params.prior``);
-    the user's deltas are added (deltas of another length, from a state written before a
-    feature was added, are ignored)."""
+    (d - 1)), exact exclusions, seen filters, interests and weights of a batch of users, to be
+    scored at ``now_ms`` (their short-term features' fade, ``Users.session``). ``shared``: per
+    user, the shared weights in effect (None: their start, ``params.prior``); the user's deltas
+    are added (deltas of another length, from a state written before a feature was added, are
+    ignored)."""
     B = len(states)
     bits = cat.params.seen_bits
     interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
@@ -146,8 +157,10 @@ def resolve_users(
         _joined([st.disliked for st in states], np.uint64), d_start,
         _decay(params.recency_decay, params.recent_window), *cat.index_arrays(),
     )  # fmt: skip
+    away = np.asarray([now_ms - st.last_ts if st.n_events else 0 for st in states], np.float64)
+    session = (0.5 ** (np.maximum(away, 0.0) / params.session_half_life_ms)).astype(np.float32)
     return Users(interests, ihas, seed_start, seed_row, seed_a, seed_w, ex_start, ex_row, flags,
-                 fhas, weights)  # fmt: skip
+                 fhas, weights, session)  # fmt: skip
 
 
 def _joined(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -236,7 +249,7 @@ def score(
         users.seed_start, users.seed_row, users.seed_a,
         users.flags, users.fhas,
         users.ex_start, users.ex_row,
-        users.weights,
+        users.weights, users.session,
         pairs.u.astype(np.int64, copy=False), pairs.r.astype(np.int64, copy=False),
         pairs.starts.astype(np.int64, copy=False),
         inv_seed,

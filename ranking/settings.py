@@ -36,6 +36,11 @@ class RankingSettings(BaseSettings):
     # (events seconds or days apart).
     trending_half_life_hours: float = Field(default=24.0, gt=0)
     hot_half_life_minutes: float = Field(default=10.0, gt=0)
+    # The short-term features (recent, cf: the user's latest items) fade while the user is
+    # away: halved every session_half_life_minutes since their last event. 30: the inactivity
+    # timeout that ends a session in web analytics. A returning user is ranked by their whole
+    # history and long-term interest; one who is active, by what they took moments ago.
+    session_half_life_minutes: float = Field(default=30.0, gt=0)
     # The freshness feature is 0.5 ** (age / freshness_half_life_hours).
     freshness_half_life_hours: float = Field(default=48.0, gt=0)
     # Weighted fusion of per-modality similarity: w_text*sim_text + w_image*sim_image +

@@ -206,7 +206,7 @@ class OnlineModel:
         """Lists for users, from their current states (nothing changes); ``explain`` False:
         without reasons (the evaluator's); ``shared``: per user, the shared weights in effect
         (None: their start)."""
-        users = scoring.resolve_users(self.cat, states, self.p.score, shared)
+        users = scoring.resolve_users(self.cat, states, self.p.score, shared, now_ms=now_ms)
         pairs = self.candidates(users, ks=ks)
         return self._lists(users, pairs, self._score(users, pairs, now_ms), ks, explain)
 
@@ -268,9 +268,9 @@ class OnlineModel:
         # one resolve and one scoring call for the round: the learners' states before their
         # events (the features the learning step compares), then every user's state after it
         L = len(learners)
-        users = scoring.resolve_users(
-            cat, [before[b] for b in learners] + after, p.score, [base[b] for b in learners] + base
-        )
+        resolved = [before[b] for b in learners] + after
+        shared_in = [base[b] for b in learners] + base
+        users = scoring.resolve_users(cat, resolved, p.score, shared_in, now_ms=now_ms)
         users_after = users.tail(L)
         pairs_after = self.candidates(users_after, extra)
         learn_pairs, negatives = self._learn_pairs(before, learners, extra)

@@ -329,7 +329,7 @@ def test_harness_history_reads_only_the_published_entries() -> None:
     assert any(len(row.nb) > 3 for row in model.side.rows.values())
     u = int(data.user[0])
     st = replay_states(model, [u])[u]
-    users = scoring.resolve_users(cat, [st], p.score)
+    users = scoring.resolve_users(cat, [st], p.score, now_ms=int(data.ts[-1]))
     sc = scoring.score(cat, users, Pairs.whole(1, cat.live_rows()), int(data.ts[-1]), p.score,
                        top_n=p.cooc.top_n, history_top_n=p.cooc.history_top_n)  # fmt: skip
     h = np.zeros(data.n_items)

@@ -336,6 +336,7 @@ SP = ScoreParams(
     recency_decay=0.8,
     recent_window=6,
     history_beta=0.7,
+    session_half_life_ms=40 * HOUR,
 )
 WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "skip": -0.5, "dislike": -2.0}
 
@@ -482,6 +483,10 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
             if f in (2, 5) and top > 0:  # cf, history: the best counts m / (m + 1) of itself
                 top *= (mass[b, f] + 1) / mass[b, f]
             feats[lo:hi, f] /= top if top > 0 else 1.0
+        # the short-term features, by the time since the user's last event (after the scaling)
+        away = NOW - st.last_ts if st.n_events else 0
+        raw[lo:hi, 1:3] *= 0.5 ** (away / SP.session_half_life_ms)
+        feats[lo:hi, 1:3] *= 0.5 ** (away / SP.session_half_life_ms)
         w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w
         for p in range(lo, hi):
@@ -505,7 +510,7 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
         us = [np.full(100 + len(st.recent), b) for b, st in enumerate(states)]
         rs = [np.concatenate([rng.integers(0, N, 100), cat.rows_of(st.recent)]) for st in states]
         pairs = Pairs.build(len(states), np.concatenate(us), np.concatenate(rs))
-    users = resolve_users(cat, states, SP)
+    users = resolve_users(cat, states, SP, now_ms=NOW)
     sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
     raw, feats, scores, terms, mass = reference(items, states, pairs)
     assert (raw != 0).any(0).all()  # every feature is exercised
@@ -518,7 +523,7 @@ def test_score_pairs_matches_the_reference(dense_limit: int, whole: bool) -> Non
     for b in range(len(states)):
         lo, hi = pairs.starts[b], pairs.starts[b + 1]
         for f in (2, 3, 5):
-            top = raw[lo:hi, f].max(initial=0.0)
+            top = raw[lo:hi, f].max(initial=0.0) / (users.session[b] if f == 2 else 1.0)
             if f in (2, 5) and top > 0:
                 top *= (mass[b, f] + 1) / mass[b, f]
             assert sc.scales[b, f] == pytest.approx(top if top > 0 else 1.0, rel=1e-5)
@@ -553,7 +558,7 @@ def test_the_cached_popularity_follows_the_rows_trends_and_the_time() -> None:
     pairs = Pairs.whole(len(states), cat.live_rows())
 
     def feats(c: Catalog, now: int, sp: ScoreParams = SP) -> np.ndarray:
-        users = resolve_users(c, states, sp)
+        users = resolve_users(c, states, sp, now_ms=now)
         return score(c, users, pairs, now, sp, top_n=COOC.top_n,
                      history_top_n=COOC.history_top_n).raw[:, [3, 7]]  # fmt: skip
 
@@ -679,10 +684,10 @@ def test_reason_terms_tries_terms_by_contribution_as_a_stable_argsort() -> None:
     assert {2, 0, 1} & set(got) and -1 in got
 
 
-def one_link(owner: str, to: str, weight: float) -> dict[str, np.ndarray]:
+def one_link(owner: str, to: str, weight: float, away_ms: int = 0) -> dict[str, np.ndarray]:
     """Items "seed", "linked" and "other"; ``owner``'s published row holds ``to`` at
-    ``weight`` (every count 1), a user liked "seed" and nothing else: per item, the features
-    of its pair."""
+    ``weight`` (every count 1), a user liked "seed" and nothing else, scored ``away_ms`` after
+    that: per item, the features of its pair."""
     cat = Catalog(DIMS, COOC, CatalogParams(seen_bits=BITS))
     ids = ["seed", "linked", "other"]
     rng = np.random.default_rng(5)
@@ -698,9 +703,10 @@ def one_link(owner: str, to: str, weight: float) -> dict[str, np.ndarray]:
         item_vectors={"text": cat.vectors(cat.row_of[h["seed"]])["text"]}, event_type="like",
         ts=NOW, value=None, params=p,
     )  # fmt: skip
-    users = resolve_users(cat, [st], SP)
+    users = resolve_users(cat, [st], SP, now_ms=NOW + away_ms)
     pairs = Pairs.whole(1, cat.live_rows())
-    sc = score(cat, users, pairs, NOW, SP, top_n=COOC.top_n, history_top_n=COOC.history_top_n)
+    sc = score(cat, users, pairs, NOW + away_ms, SP, top_n=COOC.top_n,
+               history_top_n=COOC.history_top_n)  # fmt: skip
     return {i: sc.features[int(np.flatnonzero(pairs.r == cat.row_of[h[i]])[0])] for i in ids}
 
 
@@ -724,3 +730,21 @@ def test_history_counts_the_co_occurrence_behind_it(weight: float) -> None:
     hist = FEATURES.index("history")
     assert got["linked"][hist] == pytest.approx(weight / (weight + 1))
     assert got["other"][hist] == 0.0
+
+
+@pytest.mark.parametrize("half_lives", [1, 3])
+def test_short_term_features_fade_while_the_user_is_away(half_lives: int) -> None:
+    """Scored ``half_lives`` session half-lives after the user's one like, the short-term
+    features (recent: cosine with the latest items; cf: their co-occurrences) count 0.5 **
+    half_lives of what they count at once; the long-term ones (content, history) do not
+    change."""
+    now = one_link("seed", "linked", 3.0)
+    later = one_link("seed", "linked", 3.0, away_ms=int(half_lives * SP.session_half_life_ms))
+    recent, cf = FEATURES.index("recent"), FEATURES.index("cf")
+    for i in ("linked", "other"):
+        assert now[i][recent] != 0.0
+        assert later[i][recent] == pytest.approx(now[i][recent] * 0.5**half_lives, rel=1e-5)
+        for f in ("content", "history"):
+            assert later[i][FEATURES.index(f)] == pytest.approx(now[i][FEATURES.index(f)])
+    assert now["linked"][cf] == pytest.approx(0.75)
+    assert later["linked"][cf] == pytest.approx(0.75 * 0.5**half_lives, rel=1e-5)

@@ -334,7 +334,8 @@ def test_candidates_are_the_strongest_live_items_of_each_source() -> None:
     n0 4.8, n1 (deleted), n5 0.8 + 3 = 3.8, n2 3.2, n3 2.4 (s1: taken); content: c0 0.9,
     c1 0.8, c5 0.8 * 0.99, c2 0.7 (s1: taken); trending and fresh: their first 8 live ones."""
     w = candidate_world(CONTENT)
-    users = scoring.resolve_users(w.cat, [w.states["u"]], w.model.p.score)
+    st = w.states["u"]
+    users = scoring.resolve_users(w.cat, [st], w.model.p.score, now_ms=st.last_ts)
     got = {w.cat.ids[int(r)] for r in w.model.candidates(users, ks=[2]).r}
     trending = [f"t{n}" for n in (0, 1, 2, 3, 4, 6, 7, 8)]
     assert got == {"n0", "n5", "n2", "n3", "c0", "c1", "c5", "c2", *trending,
