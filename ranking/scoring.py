@@ -118,11 +118,12 @@ def resolve_users(
     params: ScoreParams,
     shared: Sequence[np.ndarray | None] | None = None,
     *,
-    now_ms: int,
+    now_ms: int | Sequence[int],
 ) -> Users:
     """Seeds (each user's latest positive items in the catalog, newest first, weight decay **
     (d - 1)), exact exclusions, seen filters, interests and weights of a batch of users, to be
-    scored at ``now_ms`` (their short-term features' fade, ``Users.session``). ``shared``: per
+    scored at ``now_ms`` (one time, or one per user), which sets the fade of their short-term
+    features (``Users.session``). ``shared``: per
     user, the shared weights in effect (None: their start, ``params.prior``); the user's deltas
     are added (deltas of another length, from a state written before a feature was added, are
     ignored)."""
@@ -157,7 +158,8 @@ def resolve_users(
         _joined([st.disliked for st in states], np.uint64), d_start,
         _decay(params.recency_decay, params.recent_window), *cat.index_arrays(),
     )  # fmt: skip
-    away = np.asarray([now_ms - st.last_ts if st.n_events else 0 for st in states], np.float64)
+    last = np.asarray([st.last_ts if st.n_events else 2**62 for st in states], np.float64)
+    away = np.broadcast_to(np.asarray(now_ms, np.float64), (B,)) - last
     session = (0.5 ** (np.maximum(away, 0.0) / params.session_half_life_ms)).astype(np.float32)
     return Users(interests, ihas, seed_start, seed_row, seed_a, seed_w, ex_start, ex_row, flags,
                  fhas, weights, session)  # fmt: skip

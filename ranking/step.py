@@ -268,9 +268,14 @@ class OnlineModel:
         # one resolve and one scoring call for the round: the learners' states before their
         # events (the features the learning step compares), then every user's state after it
         L = len(learners)
+        # the session fade (ranking/scoring.py) by the user's own time, not the worker's clock
+        # (hours later in a backlog): a learner was away from their last event to this one; a
+        # list answered is for a user in a session (their latest event: this one, or for a
+        # redelivery the one their list is from)
         resolved = [before[b] for b in learners] + after
         shared_in = [base[b] for b in learners] + base
-        users = scoring.resolve_users(cat, resolved, p.score, shared_in, now_ms=now_ms)
+        at = [events[index[b]].ts for b in learners] + [st.last_ts for st in after]
+        users = scoring.resolve_users(cat, resolved, p.score, shared_in, now_ms=at)
         users_after = users.tail(L)
         pairs_after = self.candidates(users_after, extra)
         learn_pairs, negatives = self._learn_pairs(before, learners, extra)

@@ -155,6 +155,26 @@ def test_a_cf_reason_names_the_seed_that_contributes_most() -> None:
     assert got[0][2] == "popular with people who watched “Title m2”"
 
 
+def test_the_session_is_the_users_own_time_not_the_workers_clock() -> None:
+    """An event processed hours after it happened (a backlog) is answered as one processed at
+    once: the user was in a session at the event's time. A request hours after the user's last
+    event counts the short-term feature (recent) at 0.5 ** (time away / session half-life):
+    with content and recent weighed alike and equal here (one like), about half the score."""
+    w = World(params(CONTENT))
+    for i, v in (("seen", (1, 0, 0, 0)), ("close", (1, 0.1, 0, 0)), ("far", (1, 0, 1, 0))):
+        w.add(i, v)
+    ev = [Event("u", "seen", "like", NOW)]
+    on_time = w.model.step(ev, [UserState()], NOW).outcomes[0]
+    late = w.model.step(ev, [UserState()], NOW + 5 * HOUR).outcomes[0]
+    assert on_time.ranked is not None and late.ranked is not None
+    assert w.ids(on_time.ranked) == w.ids(late.ranked) == ["close", "far"]
+    np.testing.assert_allclose(late.ranked.scores, on_time.ranked.scores)
+    w.states["u"] = on_time.state
+    back = w.rank("u", now=NOW + 5 * HOUR)  # ten half-lives of 30 minutes
+    assert w.ids(back) == ["close", "far"]
+    np.testing.assert_allclose(back.scores, on_time.ranked.scores * (1 + 0.5**10) / 2, rtol=1e-5)
+
+
 def test_a_new_user_gets_trending_and_fresh_items() -> None:
     w = World()
     old = NOW - 48 * 100 * HOUR  # freshness 0.5 ** 100
@@ -466,7 +486,8 @@ def test_duplicates_and_unknown_items_change_nothing() -> None:
         w.add(i, (1, n, 0, 0))
     w.act("u", "a", dedupe_id="e1", partition=0, offset=5)
     st = w.states["u"]
-    raw, want = st.to_bytes(), w.rank("u", now=NOW + 1).items(w.cat)
+    # (the list as of the state: a request at its last event, in a session)
+    raw, want = st.to_bytes(), w.rank("u", now=NOW).items(w.cat)
     for ev in (Event("u", "b", "like", NOW + 1, dedupe_id="e1"),
                Event("u", "b", "like", NOW + 1, partition=0, offset=5),
                Event("u", "b", "like", NOW + 1, partition=0, offset=4)):  # fmt: skip
