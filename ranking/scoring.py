@@ -137,7 +137,12 @@ def resolve_users(
     prior = np.asarray(params.prior, np.float32)
     r_start = np.zeros(B + 1, np.int64)
     d_start = np.zeros(B + 1, np.int64)
+    session = np.ones(B, np.float32)
+    times = [now_ms] * B if isinstance(now_ms, (int, np.integer)) else now_ms
     for b, st in enumerate(states):
+        away = times[b] - st.last_ts
+        if away > 0 and st.n_events:
+            session[b] = 0.5 ** (away / params.session_half_life_ms)
         for i, m in enumerate(cat.modalities):
             v = st.interest.get(m)
             if v is not None and len(v) == cat.dims[m]:
@@ -158,9 +163,6 @@ def resolve_users(
         _joined([st.disliked for st in states], np.uint64), d_start,
         _decay(params.recency_decay, params.recent_window), *cat.index_arrays(),
     )  # fmt: skip
-    last = np.asarray([st.last_ts if st.n_events else 2**62 for st in states], np.float64)
-    away = np.broadcast_to(np.asarray(now_ms, np.float64), (B,)) - last
-    session = (0.5 ** (np.maximum(away, 0.0) / params.session_half_life_ms)).astype(np.float32)
     return Users(interests, ihas, seed_start, seed_row, seed_a, seed_w, ex_start, ex_row, flags,
                  fhas, weights, session)  # fmt: skip
 
