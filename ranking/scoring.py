@@ -123,10 +123,9 @@ def resolve_users(
     """Seeds (each user's latest positive items in the catalog, newest first, weight decay **
     (d - 1)), exact exclusions, seen filters, interests and weights of a batch of users, to be
     scored at ``now_ms`` (one time, or one per user), which sets the fade of their short-term
-    features (``Users.session``). ``shared``: per
-    user, the shared weights in effect (None: their start, ``params.prior``); the user's deltas
-    are added (deltas of another length, from a state written before a feature was added, are
-    ignored)."""
+    features (``Users.session``). ``shared``: per user, the shared weights in effect (None:
+    their start, ``params.prior``); the user's deltas are added (deltas of another length, from
+    a state written before a feature was added, are ignored)."""
     B = len(states)
     bits = cat.params.seen_bits
     interests = tuple(np.zeros((B, cat.dims[m]), np.float32) for m in cat.modalities)
