@@ -484,9 +484,9 @@ def reference(items: list[Item], states: list[UserState], pairs: Pairs) -> tuple
                 top *= (mass[b, f] + 1) / mass[b, f]
             feats[lo:hi, f] /= top if top > 0 else 1.0
         # the short-term features, by the time since the user's last event (after the scaling)
-        away = NOW - st.last_ts if st.n_events else 0
-        raw[lo:hi, 1:3] *= 0.5 ** (away / SP.session_half_life_ms)
-        feats[lo:hi, 1:3] *= 0.5 ** (away / SP.session_half_life_ms)
+        fade = 0.5 ** ((NOW - st.last_ts if st.n_events else 0) / SP.session_half_life_ms)
+        raw[lo:hi, 1:3] *= fade
+        feats[lo:hi, 1:3] *= fade
         w = np.asarray(SP.prior) + (st.weights if len(st.weights) == nf else 0.0)
         scores[lo:hi] = feats[lo:hi] @ w
         for p in range(lo, hi):
