@@ -83,6 +83,9 @@ class Catalog:
         self.hot = np.full(cap, NO_TREND)
         self.count = np.zeros(cap, np.float64)
         self.log_count = np.zeros(cap, np.float64)  # log1p(count): the "popular" feature
+        # the counts as a Fenwick tree, to draw rows in proportion to them (the learning
+        # step's popular negatives); a deleted row's count stays (the draw skips dead rows)
+        self.count_tree = kernels.fenwick_build(self.count)
         # scratch of the scoring kernel: a row's index among the user's pairs (-1 between calls)
         self.pair_at = np.full(cap, -1, np.int64)
         # the scoring kernel's cache of the rows' popularity features at one time (set_side
@@ -168,6 +171,7 @@ class Catalog:
         self.hot = _grow(self.hot, cap, NO_TREND)
         self.count = _grow(self.count, cap)
         self.log_count = _grow(self.log_count, cap)
+        self.count_tree = kernels.fenwick_build(self.count)
         self.pair_at = _grow(self.pair_at, cap, -1)
         self.pop_trend = _grow(self.pop_trend, cap)
         self.pop_hot = _grow(self.pop_hot, cap)
@@ -310,6 +314,7 @@ class Catalog:
             self.pop_ok[row] = False
             self._on_hot(row)
         if side.count != self.count[row]:
+            kernels.fenwick_add(self.count_tree, row, side.count - self.count[row])
             self.count[row] = side.count
             self.log_count[row] = math.log1p(side.count)
             c = max(side.count, 1.0)
@@ -366,6 +371,16 @@ class Catalog:
                 arr = self._powers[e] = np.maximum(self.count, 1.0) ** -e
             out.append(arr)
         return tuple(out)
+
+    def rows_by_count(self, us: np.ndarray) -> np.ndarray:
+        """Rows drawn in proportion to their interaction counts, one per u in ``us``
+        (uniform in [0, 1)); empty while no row has any. A deleted row can come back: the
+        caller skips dead rows."""
+        total = kernels.fenwick_total(self.count_tree)
+        if total <= 0 or not len(self):
+            return np.zeros(0, np.int64)
+        rows = kernels.fenwick_find(self.count_tree, np.asarray(us, np.float64) * total)
+        return np.minimum(rows, len(self) - 1)
 
     def neighbours(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The row's first ``n`` published neighbours (rows) and raw weights, strongest first."""

@@ -461,6 +461,65 @@ def merge_row(nb, w, add_nb, add_w):  # pragma: no cover
 
 
 @njit(cache=True)
+def fenwick_build(values):  # pragma: no cover
+    """A Fenwick (binary indexed) tree of ``values``: float64[n + 1], node i holding the sum
+    of values (i - (i & -i), i], so a prefix sum, an update and a draw by value each cost
+    O(log n)."""
+    n = len(values)
+    tree = np.zeros(n + 1, np.float64)
+    for i in range(1, n + 1):
+        tree[i] += values[i - 1]
+        j = i + (i & -i)
+        if j <= n:
+            tree[j] += tree[i]
+    return tree
+
+
+@njit(cache=True)
+def fenwick_add(tree, i, delta):  # pragma: no cover
+    """values[i] += delta."""
+    n = len(tree) - 1
+    j = i + 1
+    while j <= n:
+        tree[j] += delta
+        j += j & -j
+
+
+@njit(cache=True)
+def fenwick_total(tree):  # pragma: no cover
+    """The sum of all values."""
+    s = 0.0
+    j = len(tree) - 1
+    while j > 0:
+        s += tree[j]
+        j -= j & -j
+    return s
+
+
+@njit(cache=True)
+def fenwick_find(tree, us):  # pragma: no cover
+    """int64 per u in ``us`` (each in [0, total)): the first index whose prefix sum, itself
+    included, exceeds u, so an index is found with probability value / total."""
+    n = len(tree) - 1
+    top = 1
+    while top * 2 <= n:
+        top *= 2
+    out = np.empty(len(us), np.int64)
+    for k in range(len(us)):
+        u = us[k]
+        pos = 0
+        step = top
+        while step > 0:
+            nxt = pos + step
+            if nxt <= n and tree[nxt] <= u:
+                pos = nxt
+                u -= tree[nxt]
+            step //= 2
+        out[k] = min(pos, n - 1)
+    return out
+
+
+@njit(cache=True)
 def _slot(keys, h):  # pragma: no cover
     """Where item hash ``h`` is, or would go, in an open-addressing table (linear probing;
     ``len(keys)`` a power of two; item hashes are uniform, so their low bits index it)."""

@@ -1,8 +1,9 @@
 """The scorer learns online, from what users did with earlier recommendations.
 
 When a user takes an item, its features (scaled as the list the user was last shown) are
-compared with those of catalog items drawn uniformly, in one pairwise logistic (BPR) step. Its
-gradient moves two sets of weights:
+compared with those of catalog items the user could be shown, drawn uniformly and in
+proportion to their interactions (mixed negative sampling, ranking/step.py), in one pairwise
+logistic (BPR) step. Its gradient moves two sets of weights:
 
 - **shared weights**, learned from every such event of the population: how much content,
   co-occurrence, popularity at three paces, recency and freshness matter on this catalog. They

@@ -54,6 +54,7 @@ def model_params(s: RankingSettings) -> ModelParams:
         learning_l2=s.learning_l2,
         learning_negatives=s.learning_negatives,
         learning_random_negatives=s.learning_random_negatives,
+        learning_popular_negatives=s.learning_popular_negatives,
         shared_learning_rate=s.shared_learning_rate,
         shared_l2=s.shared_l2,
     )

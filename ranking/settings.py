@@ -122,6 +122,12 @@ class RankingSettings(BaseSettings):
     # events against 0.175 without, docs/evaluation.md).
     learning_negatives: int = Field(default=0, ge=0)
     learning_random_negatives: int = Field(default=5, ge=0)
+    # ... and this many drawn in proportion to the items' interactions: mixed negative
+    # sampling (Yang et al., RecSys 2020), uniform negatives beside popularity-proportional
+    # ones. Uniform ones alone are mostly items nobody takes, so the weights learned that
+    # popularity tells a taken item from the rest and ranked popular items first; drawn by
+    # interactions alone, the reverse (docs/evaluation.md, 2026-12-08).
+    learning_popular_negatives: int = Field(default=1, ge=0)
     # Online learning of the shared weights from every user's events: a step per event along
     # its gradient, and a weak pull toward zero (a tenth of the users'), so a feature that
     # does not help fades and the weights stay bounded. The features are scaled to [0, 1] and

@@ -11,10 +11,11 @@ Per round, for all its users at once (ranking/scoring.py: array operations over 
 pairs): the candidate rows of each user (the whole catalog while it is small, else the
 co-occurrence and content neighbours of their latest items, trending, hot, popular and fresh
 items, and the event's item); the state update (ranking/user_state.py); in one resolve and one
-scoring call, the features of each learning user's taken item and catalog items drawn uniformly
-under the state before the event, and of every user's candidates under the state after it; for
-each positive event of a user with history, one pairwise learning step (ranking/learner.py),
-after which that user's candidates are weighed again with the new deltas; each user's list and
+scoring call, the features of each learning user's taken item and of catalog items they could
+be shown, drawn uniformly and by interactions, under the state before the event, and of every
+user's candidates under the state after it; for each positive event of a user with history,
+one pairwise learning step (ranking/learner.py), after which that user's candidates are
+weighed again with the new deltas; each user's list and
 its reasons (ranking/explain.py).
 """
 
@@ -53,6 +54,7 @@ class ModelParams:
     learning_l2: float = 0.01
     learning_negatives: int = 0  # items shown above the taken one, at most
     learning_random_negatives: int = 5  # and catalog items drawn uniformly
+    learning_popular_negatives: int = 1  # and in proportion to their interactions
     shared_learning_rate: float = 0.1  # the shared weights (ranking/learner.py)
     shared_l2: float = 0.001
 
@@ -278,7 +280,7 @@ class OnlineModel:
         users = scoring.resolve_users(cat, resolved, p.score, shared_in, now_ms=at)
         users_after = users.tail(L)
         pairs_after = self.candidates(users_after, extra)
-        learn_pairs, negatives = self._learn_pairs(before, learners, extra)
+        learn_pairs, negatives = self._learn_pairs(before, learners, extra, users)
         both = Pairs.stack(learn_pairs, pairs_after)
         prior = np.asarray(p.score.prior, np.float32)
         scored = self._score(users, both, now_ms, L)
@@ -303,24 +305,47 @@ class OnlineModel:
             o.ranked = lists[b]
         return StepResult([o for o in outcomes if o is not None], updates, grads)
 
-    def _random_rows(self, taken: int, st: UserState) -> np.ndarray:
-        """``learning_random_negatives`` live rows other than ``taken``, drawn uniformly and
-        deterministically from the event (the item and the user's event count), so a replay
-        draws the same ones."""
-        n, cat = self.p.learning_random_negatives, self.cat
-        if n <= 0 or len(cat) < 2:
+    def _negative_rows(self, taken: int, st: UserState, users: scoring.Users, b: int) -> np.ndarray:
+        """The negatives of user ``b`` of ``users`` taking row ``taken``: live rows other than
+        ``taken`` that the user could be shown (not in their seen filter or exact exclusions:
+        an item the user already took is no negative; counted as one, the user's own latest
+        items, "hot" by their own events, taught the weights that what is hot is unwanted),
+        ``learning_random_negatives`` drawn uniformly and ``learning_popular_negatives`` in
+        proportion to the items' interactions (mixed negative sampling), deterministically
+        from the event (the item and the user's event count), so a replay draws the same ones.
+        Twice as many of each are drawn as needed and the first the user could be shown
+        kept."""
+        p, cat = self.p, self.cat
+        n_uni, n_pop, size = p.learning_random_negatives, p.learning_popular_negatives, len(cat)
+        if n_uni + n_pop <= 0 or size < 2:
             return np.zeros(0, np.int64)
         seed = (int(cat.hashes[taken]) ^ (int(st.n_events) * 0x9E3779B97F4A7C15)) % _MERSENNE
-        size, live = len(cat), cat.live
-        drawn = ((seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE % size for q in range(n))
-        return np.asarray([r for r in drawn if r != taken and live[r]], np.int64)
+        m = 2 * (n_uni + n_pop)
+        draws = [(seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE for q in range(m)]
+        uni = np.asarray([x % size for x in draws[: 2 * n_uni]], np.int64)
+        pop = cat.rows_by_count(np.asarray(draws[2 * n_uni :], np.float64) / _MERSENNE)
+        drawn = np.concatenate([uni, pop])
+        ok = (drawn != taken) & cat.live[drawn]
+        if users.fhas[b]:
+            pos = cat.bloom_pos[drawn]
+            ok &= ~((users.flags[b][pos >> 3] >> (pos & 7)) & 1).all(axis=1).astype(bool)
+        ex = users.ex_row[users.ex_start[b] : users.ex_start[b + 1]]
+        if len(ex):
+            ok &= ~np.isin(drawn, ex)
+        k = len(uni)
+        return np.concatenate([drawn[:k][ok[:k]][:n_uni], drawn[k:][ok[k:]][:n_pop]])
 
     def _learn_pairs(
-        self, before: Sequence[UserState], learners: Sequence[int], extra: Sequence[int | None]
+        self,
+        before: Sequence[UserState],
+        learners: Sequence[int],
+        extra: Sequence[int | None],
+        users: scoring.Users,
     ) -> tuple[Pairs, list[np.ndarray]]:
         """Each learner's pairs (numbered by position in ``learners``): the taken item and its
-        negatives, catalog items drawn uniformly (and, with ``learning_negatives``, the items
-        shown above it in the user's last list, all of them when it was not listed)."""
+        negatives, catalog items the user could be shown, drawn uniformly and by interactions
+        (``_negative_rows``; and, with ``learning_negatives``, the items shown above it in the
+        user's last list, all of them when it was not listed)."""
         p = self.p
         negatives: list[np.ndarray] = []
         us: list[int] = []
@@ -328,7 +353,7 @@ class OnlineModel:
         for j, b in enumerate(learners):
             taken = extra[b]
             assert taken is not None
-            neg = self._random_rows(taken, before[b])
+            neg = self._negative_rows(taken, before[b], users, j)
             if p.learning_negatives > 0:
                 shown = self.cat.rows_of(before[b].shown)
                 pos = np.flatnonzero(shown == taken)

@@ -748,3 +748,27 @@ def test_short_term_features_fade_while_the_user_is_away(half_lives: int) -> Non
             assert later[i][FEATURES.index(f)] == pytest.approx(now[i][FEATURES.index(f)])
     assert now["linked"][cf] == pytest.approx(0.75)
     assert later["linked"][cf] == pytest.approx(0.75 * 0.5**half_lives, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 1000])
+def test_the_fenwick_tree_draws_as_the_cumulative_sums_do(n: int) -> None:
+    """After a build and random updates (counts only grow, some rows stay 0), the tree's
+    total is the values' sum and each draw is numpy's searchsorted over their cumulative
+    sums: index i with probability values[i] / total, never one whose value is 0."""
+    rng = np.random.default_rng(n)
+    values = np.where(rng.random(n) < 0.3, 0.0, rng.integers(1, 50, n).astype(np.float64))
+    tree = kernels.fenwick_build(values)
+    for _ in range(3 * n):
+        i = int(rng.integers(n))
+        if values[i]:
+            d = float(rng.integers(1, 5))
+            values[i] += d
+            kernels.fenwick_add(tree, i, d)
+    total = kernels.fenwick_total(tree)
+    assert total == pytest.approx(values.sum())
+    if not total:
+        return
+    us = np.concatenate([rng.random(500) * total, np.cumsum(values)[values > 0][:-1]])
+    got = kernels.fenwick_find(tree, us)
+    np.testing.assert_array_equal(got, np.searchsorted(np.cumsum(values), us, side="right"))
+    assert np.all(values[got] > 0)

@@ -522,10 +522,10 @@ LEARN_CASES = [(10, "A1", 5), (3, "A1", 3), (10, "B0", 0)]  # list size, taken, 
 
 
 def learning_world(k: int, lr: float) -> World:
-    # only the items shown above: no uniform negatives, so the step has a known answer
+    # only the items shown above: no drawn negatives, so the step has a known answer
     w = World(
         params(LEARN_PRIOR, k=k, learning_rate=lr, learning_negatives=5,
-               learning_random_negatives=0),
+               learning_random_negatives=0, learning_popular_negatives=0),
         dim=3,
     )  # fmt: skip
     for i, v in (("A0", (1, 0, 0)), ("A1", (0.8, 0.6, 0)), ("A2", (0.6, 0.8, 0))):
@@ -627,3 +627,36 @@ def test_diversify_is_the_textbook_greedy_mmr(lam: float) -> None:
         assert explain.diversify(cat, rows, s, 10, sp) == want, trial
     off = dataclasses.replace(sp, diversity=0.0)
     assert explain.diversify(cat, rows, s, 3, off) == [0, 1, 2][: min(3, n)]
+
+
+def test_negatives_are_items_the_user_could_be_shown_drawn_uniformly_and_by_interactions() -> None:
+    """The learning step's negatives: never the item taken, one the user took before, or a
+    deleted one; the uniform ones spread over the catalog, the popular ones follow the items'
+    interactions (P holds 1,000 of the catalog's 1,199); the same event draws the same."""
+    n_items = 200
+    w = World(params(learning_random_negatives=5, learning_popular_negatives=1))
+    for n in range(n_items):
+        w.add(f"i{n}")
+        w.side_row(f"i{n}", 1.0)
+    w.side_row("i7", 1000.0)  # "P"
+    for n in range(20, 60):  # the user took i20..i59
+        w.act("u", f"i{n}", ts=NOW + n, publish=False)
+    w.cat.delete("i3")
+    st = w.states["u"]
+    users = scoring.resolve_users(w.cat, [st], w.model.p.score, [None], now_ms=NOW)
+    taken = w.cat.row_of[item_hash("i10")]
+    uni: list[int] = []
+    pop: list[int] = []
+    for n_events in range(400):
+        s = dataclasses.replace(st, n_events=n_events)
+        neg = w.model._negative_rows(taken, s, users, 0)
+        assert len(neg) == 6
+        np.testing.assert_array_equal(neg, w.model._negative_rows(taken, s, users, 0))
+        uni += neg[:5].tolist()
+        pop.append(int(neg[5]))
+    ids = {w.cat.ids[r] for r in uni + pop}
+    assert not ids & ({"i10", "i3"} | {f"i{n}" for n in range(20, 60)})
+    assert len({w.cat.ids[r] for r in uni}) > 120  # of the 159 the user could be shown
+    assert uni.count(w.cat.row_of[item_hash("i7")]) < 40  # 2,000 draws, about 1 in 159 each
+    share = pop.count(w.cat.row_of[item_hash("i7")]) / len(pop)
+    assert 0.75 < share < 0.92  # 1,000 / 1,159 = 0.86 of the counts the user could be shown
