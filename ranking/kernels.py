@@ -520,6 +520,68 @@ def fenwick_find(tree, us):  # pragma: no cover
 
 
 @njit(cache=True)
+def negative_rows(
+    draws,
+    n_uni,
+    n_pop,
+    modulus,
+    size,
+    taken,
+    live,
+    count_tree,
+    flags,
+    b,
+    has_filter,
+    pos,
+    ex_row,
+):  # pragma: no cover
+    """The learning step's negatives (ranking/step.py ``_negative_rows``) from ``draws``
+    (int64, uniform in [0, modulus)): the first 2 n_uni as rows drawn uniformly, the rest as
+    rows drawn in proportion to their counts (``count_tree``, a Fenwick tree); of each kind,
+    the first n_uni / n_pop that are live, not ``taken``, not in user ``b``'s seen filter
+    (``flags``, when ``has_filter``) and not in ``ex_row``, the uniform ones first."""
+    n_draw = 2 * n_uni
+    rows = np.empty(len(draws), np.int64)
+    for k in range(n_draw):
+        rows[k] = draws[k] % size
+    if len(draws) > n_draw:
+        total = fenwick_total(count_tree)
+        if total > 0:
+            us = np.empty(len(draws) - n_draw, np.float64)
+            for k in range(len(us)):
+                us[k] = draws[n_draw + k] / modulus * total
+            found = fenwick_find(count_tree, us)
+            for k in range(len(us)):
+                rows[n_draw + k] = min(found[k], size - 1)
+        else:
+            rows = rows[:n_draw]
+    out = np.empty(n_uni + n_pop, np.int64)
+    m = 0
+    for part in range(2):
+        lo, hi, want = (0, n_draw, n_uni) if part == 0 else (n_draw, len(rows), n_pop)
+        got = 0
+        for k in range(lo, hi):
+            if got == want:
+                break
+            r = rows[k]
+            if r == taken or not live[r]:
+                continue
+            if has_filter and _in_filter(flags, b, pos, r):
+                continue
+            hit = False
+            for x in ex_row:
+                if x == r:
+                    hit = True
+                    break
+            if hit:
+                continue
+            out[m] = r
+            m += 1
+            got += 1
+    return out[:m]
+
+
+@njit(cache=True)
 def _slot(keys, h):  # pragma: no cover
     """Where item hash ``h`` is, or would go, in an open-addressing table (linear probing;
     ``len(keys)`` a power of two; item hashes are uniform, so their low bits index it)."""

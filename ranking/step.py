@@ -322,18 +322,11 @@ class OnlineModel:
         seed = (int(cat.hashes[taken]) ^ (int(st.n_events) * 0x9E3779B97F4A7C15)) % _MERSENNE
         m = 2 * (n_uni + n_pop)
         draws = [(seed * (q + 1) + q * 0xBF58476D1CE4E5B9) % _MERSENNE for q in range(m)]
-        uni = np.asarray([x % size for x in draws[: 2 * n_uni]], np.int64)
-        pop = cat.rows_by_count(np.asarray(draws[2 * n_uni :], np.float64) / _MERSENNE)
-        drawn = np.concatenate([uni, pop])
-        ok = (drawn != taken) & cat.live[drawn]
-        if users.fhas[b]:
-            pos = cat.bloom_pos[drawn]
-            ok &= ~((users.flags[b][pos >> 3] >> (pos & 7)) & 1).all(axis=1).astype(bool)
         ex = users.ex_row[users.ex_start[b] : users.ex_start[b + 1]]
-        if len(ex):
-            ok &= ~np.isin(drawn, ex)
-        k = len(uni)
-        return np.concatenate([drawn[:k][ok[:k]][:n_uni], drawn[k:][ok[k:]][:n_pop]])
+        return kernels.negative_rows(
+            np.asarray(draws, np.int64), n_uni, n_pop, float(_MERSENNE), size, taken, cat.live,
+            cat.count_tree, users.flags, b, bool(users.fhas[b]), cat.bloom_pos, ex,
+        )  # fmt: skip
 
     def _learn_pairs(
         self,
