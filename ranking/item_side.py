@@ -41,7 +41,7 @@ class CoocParams:
     max_row: int = 1000  # entries kept per item row
     top_n: int = 100  # neighbours used as collaborative candidates and "cf" (strongest first)
     history_top_n: int = 400  # entries of the row the "history" feature reads
-    history_alpha: float = 0.5  # "history" weight of an entry: w / count(neighbour) ** alpha
+    history_alpha: float = 1.0  # "history" weight of an entry: w / count(neighbour) ** alpha
 
 
 def trend_after(trend: float, weight: float, ts: int, half_life_ms: float) -> float:
