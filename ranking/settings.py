@@ -118,16 +118,17 @@ class RankingSettings(BaseSettings):
     # Online learning of the user's weight deltas (ranking/learner.py).
     learning_rate: float = Field(default=0.01, ge=0)
     learning_l2: float = Field(default=0.01, ge=0)
-    # Each learning step compares the item taken with this many catalog items drawn uniformly
-    # (BPR's negatives) and, optionally, with the items shown above it in the user's last list
-    # (learning_negatives: off, since every such pair is one the list had the wrong way round,
-    # so they only ever shrink the weights: ML-100k prequential HR@10 0.149 with them at 30k
-    # events against 0.175 without, docs/evaluation.md).
+    # Each learning step compares the item taken with this many items drawn uniformly among
+    # those the user could be shown (BPR's negatives) and, optionally, with the items shown
+    # above it in the user's last list (learning_negatives: off, since every such pair is one
+    # the list had the wrong way round, so they only ever shrink the weights: ML-100k
+    # prequential HR@10 0.149 with them at 30k events against 0.175 without,
+    # docs/evaluation.md).
     learning_negatives: int = Field(default=0, ge=0)
     learning_random_negatives: int = Field(default=5, ge=0)
     # ... and this many drawn in proportion to the items' interactions: mixed negative
-    # sampling (Yang et al., RecSys 2020), uniform negatives beside popularity-proportional
-    # ones. Uniform ones alone are mostly items nobody takes, so the weights learned that
+    # sampling (Ji Yang et al., WWW 2020 companion), uniform negatives beside ones drawn by
+    # popularity. Uniform ones alone are mostly items nobody takes, so the weights learned that
     # popularity tells a taken item from the rest and ranked popular items first; drawn by
     # interactions alone, the reverse (docs/evaluation.md, 2026-12-08).
     learning_popular_negatives: int = Field(default=1, ge=0)
