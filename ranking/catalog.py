@@ -372,16 +372,6 @@ class Catalog:
             out.append(arr)
         return tuple(out)
 
-    def rows_by_count(self, us: np.ndarray) -> np.ndarray:
-        """Rows drawn in proportion to their interaction counts, one per u in ``us``
-        (uniform in [0, 1)); empty while no row has any. A deleted row can come back: the
-        caller skips dead rows."""
-        total = kernels.fenwick_total(self.count_tree)
-        if total <= 0 or not len(self):
-            return np.zeros(0, np.int64)
-        rows = kernels.fenwick_find(self.count_tree, np.asarray(us, np.float64) * total)
-        return np.minimum(rows, len(self) - 1)
-
     def neighbours(self, row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The row's first ``n`` published neighbours (rows) and raw weights, strongest first."""
         s = int(self.slot[row])

@@ -557,27 +557,17 @@ def negative_rows(
             rows = rows[:n_draw]
     out = np.empty(n_uni + n_pop, np.int64)
     m = 0
-    for part in range(2):
-        lo, hi, want = (0, n_draw, n_uni) if part == 0 else (n_draw, len(rows), n_pop)
+    for lo, hi, want in ((0, n_draw, n_uni), (n_draw, len(rows), n_pop)):
         got = 0
         for k in range(lo, hi):
             if got == want:
                 break
             r = rows[k]
-            if r == taken or not live[r]:
-                continue
-            if has_filter and _in_filter(flags, b, pos, r):
-                continue
-            hit = False
-            for x in ex_row:
-                if x == r:
-                    hit = True
-                    break
-            if hit:
-                continue
-            out[m] = r
-            m += 1
-            got += 1
+            if r != taken and live[r] and not (has_filter and _in_filter(flags, b, pos, r)):
+                if not np.any(ex_row == r):
+                    out[m] = r
+                    m += 1
+                    got += 1
     return out[:m]
 
 
